@@ -1,0 +1,1 @@
+"""Jagged ops, STU layers, the HSTU match model, loss, metrics and export."""

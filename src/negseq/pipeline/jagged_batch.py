@@ -1,0 +1,110 @@
+"""`JaggedBatch`: the one structure every stage after sampling speaks (as torchrec's JaggedTensor).
+
+A feature group is a jagged int64 sequence per row: `values` [L] (dense item rows of the
+item table, 0 for an unknown id), `offsets` [B+1], optional `timestamps` [L].
+The candidate group holds the candidate sequences exactly as the layout builds them:
+
+- interleaved: row i is `p1, n1_1..n1_n, p2, ...`; `cand_pos_lengths[i]` positives,
+  each followed by `neg_per_pos` negatives.
+- suffix: row i holds its `cand_pos_lengths[i]` positives; the last row then holds
+  `num_shared_negatives` shared negatives, then `num_hard_negatives` hard negatives whose
+  owners are given by `hard_neg_indices` [H, 2] = (query row, offset in that row's hard list).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+Layout = Literal["interleaved", "suffix"]
+
+
+@dataclass(frozen=True)
+class JaggedFeature:
+    """One jagged feature group: `values` [L] int64, `offsets` [B+1] int64, optional `timestamps`."""
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    timestamps: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.values.dim() != 1 or self.offsets.dim() != 1 or self.offsets.numel() < 1:
+            raise ValueError("JaggedFeature needs 1-d values and offsets with at least one entry")
+        if int(self.offsets[-1]) != self.values.numel():
+            raise ValueError(
+                f"JaggedFeature offsets end at {int(self.offsets[-1])} "
+                f"but values hold {self.values.numel()}"
+            )
+        if self.timestamps is not None and self.timestamps.shape != self.values.shape:
+            raise ValueError("JaggedFeature timestamps must have the same length as values")
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def max_len(self) -> int:
+        return int(self.lengths.max()) if self.batch_size else 0
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedFeature:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return JaggedFeature(move(self.values), move(self.offsets), move(self.timestamps))
+
+
+@dataclass(frozen=True)
+class JaggedBatch:
+    """A training batch: user history, candidates and the layout metadata to split them."""
+
+    uih: JaggedFeature
+    candidate: JaggedFeature
+    cand_pos_lengths: torch.Tensor
+    layout: Layout
+    neg_per_pos: int = 0
+    num_shared_negatives: int = 0
+    num_hard_negatives: int = 0
+    hard_neg_indices: torch.Tensor | None = None
+    contextual: JaggedFeature | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("interleaved", "suffix"):
+            raise ValueError(f"JaggedBatch layout must be 'interleaved' or 'suffix', got {self.layout!r}")
+        batch = self.uih.batch_size
+        if self.candidate.batch_size != batch or self.cand_pos_lengths.numel() != batch:
+            raise ValueError(
+                f"JaggedBatch rows disagree: uih {batch}, candidate {self.candidate.batch_size}, "
+                f"cand_pos_lengths {self.cand_pos_lengths.numel()}"
+            )
+        num_pos = int(self.cand_pos_lengths.sum())
+        if self.layout == "interleaved":
+            expected = num_pos * (1 + self.neg_per_pos)
+        else:
+            expected = num_pos + self.num_shared_negatives + self.num_hard_negatives
+        if expected != self.candidate.values.numel():
+            raise ValueError(
+                f"JaggedBatch candidate holds {self.candidate.values.numel()} ids, "
+                f"the {self.layout} layout needs {expected}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.uih.batch_size
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedBatch:
+        return replace(
+            self,
+            uih=self.uih.to(device, non_blocking),
+            candidate=self.candidate.to(device, non_blocking),
+            cand_pos_lengths=self.cand_pos_lengths.to(device, non_blocking=non_blocking),
+            hard_neg_indices=None
+            if self.hard_neg_indices is None
+            else self.hard_neg_indices.to(device, non_blocking=non_blocking),
+            contextual=None if self.contextual is None else self.contextual.to(device, non_blocking),
+        )
