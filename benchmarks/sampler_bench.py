@@ -37,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_data  # noqa: E402  (a sibling script, not a package module)
+import bench_data  # noqa: E402  (sibling scripts, not package modules)
+import graphlearn_runner  # noqa: E402  (Python 3.9-compatible; imports graph-learn lazily)
 
 BENCH_DIR = Path(__file__).resolve().parent
 GL_VENV = BENCH_DIR / ".gl-venv"
@@ -73,22 +74,24 @@ def pin_to_one_core(cpu: int) -> None:
 
 
 def time_calls(call: Callable[[int], dict[str, int]], num_calls: int, reps: int) -> dict:
-    """Median over `reps` of `num_calls` calls; call(k) returns {kind: rows} of call k."""
+    """Medians over `reps` of `num_calls` calls (wall and CPU); call(k) returns {kind: rows}."""
     call(0)  # warm-up: numba compilation, lazily built structures
-    seconds, rows = [], {}
+    seconds, cpu_seconds, rows = [], [], {}
     for rep in range(reps):
         rows = {}
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for k in range(num_calls):
             for kind, n in call(1 + rep * num_calls + k).items():
                 rows[kind] = rows.get(kind, 0) + n
         seconds.append(time.perf_counter() - started)
-    median = float(np.median(seconds))
-    result = {"seconds": [round(s, 5) for s in seconds], "median_s": round(median, 5),
-              "calls_per_rep": num_calls, "rows_per_rep": rows}
-    result.update({f"{kind}_per_s": n / median for kind, n in rows.items()})
-    result["rows_per_s"] = sum(rows.values()) / median
-    return result
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return graphlearn_runner.rates(seconds, cpu_seconds, rows, num_calls)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -137,7 +140,7 @@ def load_probe(data_dir: Path, num_hard: int) -> dict:
 
     data = bench_data.BenchData(data_dir, bench_data.BenchDataSpec())
     rss_before = current_rss_mib()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     from negseq import sampler as ns
 
     items = ns.ItemTable.read(data.parquet("items"), attr_fields=ATTR_FIELDS)
@@ -151,7 +154,8 @@ def load_probe(data_dir: Path, num_hard: int) -> dict:
                                  user_id_field=USER_ID_FIELD, **common),
     ]
     total_s = time.perf_counter() - started
-    return {"seconds": round(total_s, 3), "read_s": round(read_s, 3),
+    return {"seconds": round(total_s, 3), "cpu_seconds": round(cpu_seconds() - cpu_started, 3),
+            "read_s": round(read_s, 3),
             "build_s": round(total_s - read_s, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
             "rss_before_mib": round(rss_before, 1), "samplers_built": len(samplers)}
 
@@ -320,12 +324,13 @@ def machine_info() -> dict:
             "git_commit": commit}
 
 
-def rate_of(entries: list[dict], impl: str, sampler: str, ef, mode: str | None) -> float | None:
+def find_rate(entries: list[dict], key: str, impl: str, sampler: str, ef, mode: str | None
+              ) -> float | None:
     for entry in entries:
         if (entry["impl"], entry["sampler"], entry["ef"]) == (impl, sampler, ef) and (
             mode is None or entry.get("mode") == mode
         ):
-            return entry.get("rows_per_s")
+            return entry.get(key)
     return None
 
 
@@ -339,36 +344,44 @@ def check(name: str, value: float | None, target: float, higher_is_better: bool 
 
 
 def summarize(entries: list[dict], load: dict, alias: dict, args: argparse.Namespace) -> dict:
+    """Ratios and acceptance checks on the `--clock` rates (CPU time by default)."""
+    key = "rows_per_cpu_s" if args.clock == "cpu" else "rows_per_s"
+    load_key = "cpu_seconds" if args.clock == "cpu" else "seconds"
+
+    def rate_of(*where) -> float | None:
+        return find_rate(entries, key, *where)
+
     rows = []
     for sampler in SAMPLERS:
         for ef in args.ef:
             for mode in ("shared", "per_positive"):
-                mine = rate_of(entries, "negseq", sampler, ef, mode)
-                gl = rate_of(entries, "graphlearn", sampler, ef, None)
-                numpy_rate = rate_of(entries, "numpy", "numpy_choice", ef, "ids+attributes")
+                mine = rate_of("negseq", sampler, ef, mode)
+                gl = rate_of("graphlearn", sampler, ef, None)
+                numpy_rate = rate_of("numpy", "numpy_choice", ef, "ids+attributes")
                 rows.append({"sampler": sampler, "ef": ef, "mode": mode, "negseq_rows_per_s": mine,
                              "graphlearn_rows_per_s": gl, "vs_graphlearn": ratio(mine, gl),
                              "vs_numpy_choice": ratio(mine, numpy_rate)})
-    hard_mine = rate_of(entries, "negseq", "hard_lookup", None, None)
-    hard_gl = rate_of(entries, "graphlearn", "hard_lookup", args.ef[0], None)
+    hard_mine = rate_of("negseq", "hard_lookup", None, None)
+    hard_gl = rate_of("graphlearn", "hard_lookup", args.ef[0], None)
     rows.append({"sampler": "hard_lookup", "ef": None, "mode": "lookup+attributes",
                  "negseq_rows_per_s": hard_mine, "graphlearn_rows_per_s": hard_gl,
                  "vs_graphlearn": ratio(hard_mine, hard_gl), "vs_numpy_choice": None})
 
     negseq_load, gl_load = load.get("negseq", {}), load.get("graphlearn", {})
-    load_speedup = ratio(gl_load.get("seconds"), negseq_load.get("seconds"))
+    load_speedup = ratio(gl_load.get(load_key), negseq_load.get(load_key))
     rss_ratio = ratio(negseq_load.get("peak_rss_mib"), gl_load.get("peak_rss_mib"))
     checks = []
     for sampler, (min_rate, min_ratio) in TARGETS.items():
-        mine = rate_of(entries, "negseq", sampler, TARGET_EF, "shared")
-        gl = rate_of(entries, "graphlearn", sampler, TARGET_EF, None)
+        mine = rate_of("negseq", sampler, TARGET_EF, "shared")
+        gl = rate_of("graphlearn", sampler, TARGET_EF, None)
         checks.append(check(f"{sampler} ef={TARGET_EF} negatives/s", mine, min_rate))
         checks.append(check(f"{sampler} ef={TARGET_EF} x graph-learn", ratio(mine, gl), min_ratio))
     checks.append(check("hard lookup rows/s", hard_mine, HARD_LOOKUP_TARGET))
     checks.append(check("load speed-up vs graph-learn", load_speedup, LOAD_SPEEDUP_TARGET))
     checks.append(check("load peak RSS / graph-learn", rss_ratio, LOAD_RSS_TARGET,
                         higher_is_better=False))
-    return {"summary": {"size": "small" if args.small else "full", "rates": rows,
+    return {"summary": {"size": "small" if args.small else "full", "clock": args.clock,
+                        "rates": rows,
                         "load": {"negseq": negseq_load, "graphlearn": gl_load,
                                  "speedup": load_speedup, "rss_ratio": rss_ratio},
                         "alias": alias, "acceptance": checks,
@@ -382,7 +395,9 @@ def format_summary(summary: dict) -> str:
     def times(value: float | None) -> str:
         return f"{value:7.1f}x" if value else "       -"
 
-    lines = [f"sampler benchmark ({summary['size']} size), rows/s, medians on one core",
+    clock = "CPU" if summary["clock"] == "cpu" else "wall"
+    lines = [f"sampler benchmark ({summary['size']} size), rows per {clock} second, medians, "
+             "one core",
              f"{'sampler':<22}{'ef':>4} {'mode':<13}{'negseq':>9} {'graph-learn':>11} "
              f"{'x gl':>8} {'x numpy':>8}"]
     for row in summary["rates"]:
@@ -393,7 +408,8 @@ def format_summary(summary: dict) -> str:
     for impl in ("negseq", "graphlearn"):
         info = load[impl]
         if info.get("status") == "ok":
-            lines.append(f"load {impl:<11}{info['seconds']:8.2f} s  peak RSS "
+            lines.append(f"load {impl:<11}{info['seconds']:8.2f} s wall "
+                         f"{info.get('cpu_seconds', float('nan')):8.2f} s CPU  peak RSS "
                          f"{info['peak_rss_mib']:8.1f} MiB")
         else:
             lines.append(f"load {impl:<11}unavailable: {info.get('reason', '?')[:200]}")
@@ -429,6 +445,9 @@ def main() -> None:
     parser.add_argument("--num-hard", type=int, default=16, help="num_hard_sample")
     parser.add_argument("--cpu", type=int, default=0, help="the one core to run on")
     parser.add_argument("--no-graphlearn", action="store_true", help="skip graph-learn")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="rates the summary compares: per CPU second of the process (robust "
+                             "to other load on the core) or per wall second; both are in the JSON")
     parser.add_argument("--load-probe", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_probe:
