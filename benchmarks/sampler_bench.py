@@ -29,6 +29,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -294,7 +295,10 @@ def run_graphlearn(runner_args: list[str], timeout: int = 900) -> dict:
     """Run graphlearn_runner.py in its venv; its one JSON line, or why there is none."""
     command = [str(GL_VENV / "bin" / "python"), str(GL_RUNNER), "--quiet", *runner_args]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        # graph-learn writes its log files into the working directory: give it a scratch one.
+        with tempfile.TemporaryDirectory(prefix="graphlearn-") as scratch:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  cwd=scratch)
     except subprocess.TimeoutExpired:
         return {"status": "error", "reason": f"graph-learn runner ran past {timeout} s"}
     for line in reversed(proc.stdout.strip().splitlines()):
