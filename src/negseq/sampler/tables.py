@@ -227,14 +227,20 @@ class ItemTable:
         *,
         schema: pa.Schema | Mapping[str, pa.DataType] | None = None,
         source: str = "<arrow>",
+        item_id_field: str | None = None,
     ) -> ItemTable:
-        """Validate an Arrow table; `attr_fields` keeps only those attributes, `schema` casts them."""
+        """Validate an Arrow table; `attr_fields` keeps only those attributes, `schema` casts them.
+
+        An attr field named `item_id_field` need not be a column: it is the `id` column.
+        """
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if attr_fields is not None:
             keep = [n for n in ("id", "weight") if n in table.column_names]
-            _require_columns(table, [f for f in attr_fields if f not in keep], source)
-            table = table.select(keep + [f for f in attr_fields if f not in keep])
+            wanted = [f for f in attr_fields if f not in keep]
+            wanted = [f for f in wanted if f != item_id_field or f in table.column_names]
+            _require_columns(table, wanted, source)
+            table = table.select(keep + wanted)
         if schema is not None:
             table = _cast_to_schema(table, schema, source)
         return cls(table, source=source)
@@ -260,7 +266,7 @@ class ItemTable:
             if item_id_field is not None and item_id_field in attr_fields:
                 column = _cast_strings(table[item_id_field], pa.int64(), source, item_id_field)
                 table = table.set_column(table.schema.get_field_index(item_id_field), item_id_field, column)
-        return cls.from_arrow(table, attr_fields, schema=schema, source=source)
+        return cls.from_arrow(table, attr_fields, schema=schema, source=source, item_id_field=item_id_field)
 
     def __len__(self) -> int:
         return len(self.ids)
