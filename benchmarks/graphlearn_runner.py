@@ -157,7 +157,8 @@ def run_bench(args: argparse.Namespace, gl) -> dict:
             for sampler in SAMPLERS + ("hard_lookup",):
                 if sampler == "hard_lookup" and ef != args.ef[0]:
                     continue  # independent of ef
-                entry = {"sampler": sampler, "ef": ef, "batch": args.batch}
+                entry = {"sampler": sampler, "ef": None if sampler == "hard_lookup" else ef,
+                         "batch": args.batch}
                 try:
                     entry.update(time_sampler(calls, sampler, batches, args.reps))
                 except Exception as error:  # report and go on with the other samplers
