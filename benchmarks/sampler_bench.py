@@ -107,27 +107,31 @@ def current_rss_mib() -> float:
 # --------------------------------------------------------------------------- negseq
 
 
-def load_negseq(data: bench_data.BenchData, num_sample: int, num_hard: int) -> dict:
-    """Read the Parquet tables and build the samplers that serve every benchmark call."""
+def read_tables(data: bench_data.BenchData) -> tuple:
+    """The benchmark's item table (with the attribute columns) and both edge tables, from Parquet."""
     from negseq import sampler as ns
 
-    common = {"num_sample": num_sample, "attr_fields": ATTR_FIELDS, "item_id_field": ITEM_ID_FIELD}
-    started = time.perf_counter()
     items = ns.ItemTable.read(data.parquet("items"), attr_fields=ATTR_FIELDS)
-    pos_edges = ns.EdgeTable.read(data.parquet("pos_edges"))
-    hard_edges = ns.EdgeTable.read(data.parquet("hard_edges"))
-    read_s = time.perf_counter() - started
-    v1 = ns.NegativeSampler(items, **common)
-    v2 = ns.NegativeSamplerV2(items, pos_edges, user_id_field=USER_ID_FIELD, **common)
-    hard = ns.HardNegativeSampler(items, hard_edges, num_hard_sample=num_hard,
-                                  user_id_field=USER_ID_FIELD, **common)
-    hard_v2 = ns.HardNegativeSamplerV2(items, pos_edges, hard_edges, num_hard_sample=num_hard,
-                                       user_id_field=USER_ID_FIELD, **common)
-    return {
-        "samplers": dict(zip(SAMPLERS, (v1, v2, hard, hard_v2), strict=True)),
-        "items": items, "hard_edges": hard_edges,
-        "read_s": read_s, "total_s": time.perf_counter() - started,
-    }
+    return (items, ns.EdgeTable.read(data.parquet("pos_edges")),
+            ns.EdgeTable.read(data.parquet("hard_edges")))
+
+
+def load_negseq(data: bench_data.BenchData, num_sample: int, num_hard: int) -> dict:
+    """The tables and the four samplers that serve every benchmark call."""
+    from negseq import sampler as ns
+
+    items, pos_edges, hard_edges = read_tables(data)
+    common = {"num_sample": num_sample, "attr_fields": ATTR_FIELDS, "item_id_field": ITEM_ID_FIELD}
+    with_user = {**common, "user_id_field": USER_ID_FIELD}
+    samplers = (
+        ns.NegativeSampler(items, **common),
+        ns.NegativeSamplerV2(items, pos_edges, **with_user),
+        ns.HardNegativeSampler(items, hard_edges, num_hard_sample=num_hard, **with_user),
+        ns.HardNegativeSamplerV2(items, pos_edges, hard_edges, num_hard_sample=num_hard,
+                                 **with_user),
+    )
+    return {"samplers": dict(zip(SAMPLERS, samplers, strict=True)), "items": items,
+            "hard_edges": hard_edges}
 
 
 def load_probe(data_dir: Path, num_hard: int) -> dict:
@@ -137,16 +141,12 @@ def load_probe(data_dir: Path, num_hard: int) -> dict:
     the positive-edge CSR and V2 pool, and the hard-negative CSR (HardNegativeSamplerV2
     plus NegativeSampler; the hard V1 sampler's index is the same one again).
     """
-    import negseq.sampler  # noqa: F401  (import cost is not load time)
+    from negseq import sampler as ns  # import cost is not load time
 
     data = bench_data.BenchData(data_dir, bench_data.BenchDataSpec())
     rss_before = current_rss_mib()
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    from negseq import sampler as ns
-
-    items = ns.ItemTable.read(data.parquet("items"), attr_fields=ATTR_FIELDS)
-    pos_edges = ns.EdgeTable.read(data.parquet("pos_edges"))
-    hard_edges = ns.EdgeTable.read(data.parquet("hard_edges"))
+    items, pos_edges, hard_edges = read_tables(data)
     read_s = time.perf_counter() - started
     common = {"num_sample": 4096, "attr_fields": ATTR_FIELDS, "item_id_field": ITEM_ID_FIELD}
     samplers = [
@@ -156,9 +156,9 @@ def load_probe(data_dir: Path, num_hard: int) -> dict:
     ]
     total_s = time.perf_counter() - started
     return {"seconds": round(total_s, 3), "cpu_seconds": round(cpu_seconds() - cpu_started, 3),
-            "read_s": round(read_s, 3),
-            "build_s": round(total_s - read_s, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
-            "rss_before_mib": round(rss_before, 1), "samplers_built": len(samplers)}
+            "read_s": round(read_s, 3), "build_s": round(total_s - read_s, 3),
+            "peak_rss_mib": round(peak_rss_mib(), 1), "rss_before_mib": round(rss_before, 1),
+            "samplers_built": len(samplers)}
 
 
 def run_load_probe(data: bench_data.BenchData, num_hard: int) -> dict:
