@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Whether the kernels below were built for the Triton interpreter (read at import)."""
 
-_INTERPRETER_BLOCK = 16  # block size used on CPU, where autotuning means nothing
+_INTERPRETER_BLOCK = 32  # block size used on CPU, where autotuning means nothing
 
 
 @triton.jit
