@@ -42,19 +42,30 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Whether the kernels below were built for the Triton interpreter (read at import)."""
 
 _INTERPRETER_BLOCK = 32  # block size used on CPU, where autotuning means nothing
+# tanh.approx for the sigmoid on the GPU at 16-bit inputs (its ~2^-11 error is below
+# bf16/fp16 rounding); NEGSEQ_TRITON_FAST_MATH=0 falls back to exp and a division.
+_FAST_MATH = not INTERPRETING and os.environ.get("NEGSEQ_TRITON_FAST_MATH", "1") != "0"
 
 
 @triton.jit
-def _sigmoid_silu(s, FAST_MATH: tl.constexpr):
-    """(sigmoid(s), silu(s)). FAST_MATH uses one tanh.approx instead of exp + divide."""
+def _sigmoid_silu(qk, alpha, FAST_MATH: tl.constexpr):
+    """(sigmoid(s), silu(s)) of s = alpha * qk.
+
+    FAST_MATH: one tanh.approx (sigmoid(s) = (1 + tanh(s / 2)) / 2) instead of exp and a
+    division; with h = s / 2, silu(s) = h + h * tanh(h) is one multiply-add.
+    """
     if FAST_MATH:
+        h = qk * (0.5 * alpha)
         t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=r,r", [0.5 * s], dtype=tl.float32, is_pure=True, pack=1
+            "tanh.approx.f32 $0, $1;", "=r,r", [h], dtype=tl.float32, is_pure=True, pack=1
         )
         sig = 0.5 + 0.5 * t
+        silu = h + h * t
     else:
+        s = qk * alpha
         sig = 1.0 / (1.0 + tl.exp(-s))
-    return sig, s * sig
+        silu = s * sig
+    return sig, silu
 
 
 @triton.jit
@@ -142,8 +153,7 @@ def _fwd_step(acc, q, k_base, v_base, offs_m, start_n, seq_len, stride_kl, strid
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D_QK), stride_kl, seq_len, D_QK, BLOCK_D_QK)
     v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_D_V), stride_vl, seq_len, D_V, BLOCK_D_V)
-    s = tl.dot(q, tl.trans(k)) * alpha
-    _, a = _sigmoid_silu(s, FAST_MATH)
+    _, a = _sigmoid_silu(tl.dot(q, tl.trans(k)), alpha, FAST_MATH)
     if MASK > 0:
         valid = _valid(offs_m[:, None], offs_n[None, :], seq_len, max_attn_len,
                        contextual_seq_len, MASK, HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL)
@@ -204,8 +214,7 @@ def _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len, stride_q
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(q_base, offs_m, tl.arange(0, BLOCK_D_QK), stride_ql, seq_len, D_QK, BLOCK_D_QK)
     do = _load_rows(do_base, offs_m, tl.arange(0, BLOCK_D_V), stride_dol, seq_len, D_V, BLOCK_D_V)
-    s_t = tl.dot(k, tl.trans(q)) * alpha
-    sig, a_t = _sigmoid_silu(s_t, FAST_MATH)
+    sig, a_t = _sigmoid_silu(tl.dot(k, tl.trans(q)), alpha, FAST_MATH)
     dp_t = tl.dot(v, tl.trans(do))
     ds_t = dp_t * (sig + a_t * (1.0 - sig))  # d silu(s) / ds
     if MASK > 0:
@@ -290,8 +299,7 @@ def _dq_step(dq, q, do, k_base, v_base, offs_m, start_n, seq_len, stride_kl, str
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D_QK), stride_kl, seq_len, D_QK, BLOCK_D_QK)
     v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_D_V), stride_vl, seq_len, D_V, BLOCK_D_V)
-    s = tl.dot(q, tl.trans(k)) * alpha
-    sig, a = _sigmoid_silu(s, FAST_MATH)
+    sig, a = _sigmoid_silu(tl.dot(q, tl.trans(k)), alpha, FAST_MATH)
     dp = tl.dot(do, tl.trans(v))
     ds = dp * (sig + a * (1.0 - sig))
     if MASK > 0:
@@ -355,27 +363,29 @@ def _configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 
 
 _AUTOTUNE_KEY = ["AUTOTUNE_MAX_LEN", "D_QK", "D_V", "HAS_MAX_ATTN_LEN", "HAS_CONTEXTUAL"]
-# Small config sets: the forward and dQ step along keys inside a query block (BLOCK_M is a
+# Small config sets (BLOCK_M, BLOCK_N, warps, stages), the first of each the default when
+# autotuning is off. The forward and dQ step along keys inside a query block (BLOCK_M a
 # multiple of BLOCK_N); dK/dV step along queries inside a key block (BLOCK_N a multiple of
-# BLOCK_M).
-_fwd_tuned = triton.autotune(
-    _configs([(128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)]),
-    key=_AUTOTUNE_KEY,
-)(_hstu_fwd_kernel)
-_dkdv_tuned = triton.autotune(
-    _configs([(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)]),
-    key=_AUTOTUNE_KEY,
-)(_hstu_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(
-    _configs([(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)]),
-    key=_AUTOTUNE_KEY,
-)(_hstu_bwd_dq_kernel)
+# BLOCK_M). Chosen so that at D=128 on sm_90 ptxas keeps them (nearly) free of spills.
+_FWD_CONFIGS = _configs([(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3)])
+_DKDV_CONFIGS = _configs([(32, 64, 8, 2), (32, 64, 8, 3), (64, 64, 8, 2), (64, 128, 8, 2)])
+_DQ_CONFIGS = _configs([(64, 64, 8, 2), (64, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)])
+_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_AUTOTUNE_KEY)(_hstu_fwd_kernel)
+_dkdv_tuned = triton.autotune(_DKDV_CONFIGS, key=_AUTOTUNE_KEY)(_hstu_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(_DQ_CONFIGS, key=_AUTOTUNE_KEY)(_hstu_bwd_dq_kernel)
+
+AUTOTUNE = os.environ.get("NEGSEQ_TRITON_AUTOTUNE", "1") != "0"
+"""Autotune block sizes per (length bucket, head dims, mask variant); off: first config."""
 
 
-def _select(tuned, raw):
-    """The autotuned kernel on GPU; the raw kernel with a fixed small block in the interpreter."""
+def _select(tuned, raw, configs: list[triton.Config]):
+    """The kernel to launch and the launch options it needs beyond the arguments."""
     if INTERPRETING:
         return raw, {"BLOCK_M": _INTERPRETER_BLOCK, "BLOCK_N": _INTERPRETER_BLOCK}
+    if not AUTOTUNE:
+        default = configs[0]
+        return raw, {**default.kwargs, "num_warps": default.num_warps,
+                     "num_stages": default.num_stages}
     return tuned, {}
 
 
@@ -390,7 +400,7 @@ def _common_args(q: torch.Tensor, v: torch.Tensor, max_len: int, max_attn_len: i
         "BLOCK_D_V": max(16, triton.next_power_of_2(d_v)),
         "HAS_MAX_ATTN_LEN": max_attn_len > 0,
         "HAS_CONTEXTUAL": contextual_seq_len > 0,
-        "FAST_MATH": not INTERPRETING,
+        "FAST_MATH": _FAST_MATH and q.dtype != torch.float32,
     }
 
 
@@ -405,7 +415,7 @@ def _fwd(q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_s
     batch = offsets.numel() - 1
     if L == 0 or batch == 0 or max_len == 0:
         return out.zero_()
-    kernel, fixed = _select(_fwd_tuned, _hstu_fwd_kernel)
+    kernel, fixed = _select(_fwd_tuned, _hstu_fwd_kernel, _FWD_CONFIGS)
     grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), batch * H)  # noqa: E731
     kernel[grid](
         q, k, v, out, offsets, _longest_first(offsets),
@@ -430,13 +440,13 @@ def _bwd(grad_out, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len,
     in_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                   grad_out.stride(0), grad_out.stride(1))
 
-    kernel, fixed = _select(_dkdv_tuned, _hstu_bwd_dkdv_kernel)
+    kernel, fixed = _select(_dkdv_tuned, _hstu_bwd_dkdv_kernel, _DKDV_CONFIGS)
     grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_N"]), batch * H)  # noqa: E731
     kernel[grid](
         q, k, v, grad_out, dk, dv, offsets, order, *in_strides,
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, **common, **fixed,
     )
-    kernel, fixed = _select(_dq_tuned, _hstu_bwd_dq_kernel)
+    kernel, fixed = _select(_dq_tuned, _hstu_bwd_dq_kernel, _DQ_CONFIGS)
     grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), batch * H)  # noqa: E731
     kernel[grid](
         q, k, v, grad_out, dq, offsets, order, *in_strides, dq.stride(0), dq.stride(1),
