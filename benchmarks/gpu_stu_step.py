@@ -61,7 +61,7 @@ def train(kernel: str, args, x, target, offsets) -> dict:
         opt.step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return {"bench": "stu_like_train", "kernel": kernel, "first_loss": round(losses[0], 6),
             "last_loss": round(losses[-1], 6), "steps": args.steps,
             "median_step_ms": round(1e3 * statistics.median(times[2:]), 2)}
