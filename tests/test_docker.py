@@ -215,7 +215,8 @@ def test_compose_ray_nodes_share_auth_outputs_and_shared_memory(compose):
     assert "--head" in services["ray-head"]["command"]
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
     assert "container_name" not in services["ray-worker"], "a fixed name would stop --scale"
-    assert services["ray-head"]["healthcheck"]["test"][:2] == ["CMD", "ray"]
+    kind, probe = services["ray-head"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and "ray health-check" in probe and "ray job list" in probe
 
 
 # ---- KubeRay -------------------------------------------------------------------------------
