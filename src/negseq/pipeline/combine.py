@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from negseq.errors import NegseqError
 from negseq.pipeline import id_strings
-from negseq.pipeline.sampler_input import flatten_id_column, is_id_list_type, is_id_string_type
+from negseq.pipeline.sampler_input import flatten_id_column, is_id_string_type
 
 
 def _as_array(data: pa.Array | pa.ChunkedArray) -> pa.Array:
