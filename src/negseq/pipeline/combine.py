@@ -38,8 +38,10 @@ def _as_ids(data: pa.Array | pa.ChunkedArray | np.ndarray | None, what: str) -> 
             raise NegseqError(f"{what} hold {data.null_count} null ids")
         if not pa.types.is_integer(data.type):
             raise NegseqError(f"{what} must be integer ids, got {data.type}")
-        data = data.to_numpy() if isinstance(data, pa.Array) else data.to_numpy()
+        data = data.to_numpy()
     ids = np.asarray(data)
+    if ids.ndim == 1 and ids.size == 0:
+        return np.empty(0, dtype=np.int64)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise NegseqError(f"{what} must be a 1-d integer array, got {ids.dtype} {ids.shape}")
     return np.ascontiguousarray(ids, dtype=np.int64)

@@ -21,8 +21,6 @@ from negseq.errors import NegseqError
 OK = 0
 BAD_TOKEN = 1
 
-INT64_MAX = np.iinfo(np.int64).max
-
 
 @njit(cache=True, nogil=True)
 def _delim_at(data, i, end, delim):
@@ -35,38 +33,43 @@ def _delim_at(data, i, end, delim):
     return True
 
 
+_INT64_MAX_DIGITS = np.frombuffer(b"9223372036854775807", dtype=np.uint8)
+_INT64_MIN_DIGITS = np.frombuffer(b"9223372036854775808", dtype=np.uint8)
+
+
 @njit(cache=True, nogil=True)
 def _token_ok(data, start, end):
     """True when data[start:end] is an optional '-' and 1..19 digits that fit int64."""
     i = start
-    if i < end and data[i] == 45:  # '-'
+    negative = i < end and data[i] == 45  # '-'
+    if negative:
         i += 1
     n = end - i
     if n < 1 or n > 19:
         return False
-    value = 0
     for j in range(i, end):
-        c = data[j]
-        if c < 48 or c > 57:
+        if data[j] < 48 or data[j] > 57:
             return False
-        d = c - 48
-        if value > (9223372036854775807 - d) // 10:
-            return False
-        value = value * 10 + d
+    if n == 19:  # equal-length digit strings compare like the numbers they spell
+        limit = _INT64_MIN_DIGITS if negative else _INT64_MAX_DIGITS
+        for j in range(19):
+            if data[i + j] != limit[j]:
+                return data[i + j] < limit[j]
     return True
 
 
 @njit(cache=True, nogil=True)
 def _token_value(data, start, end):
-    i = start
-    negative = False
-    if data[i] == 45:
-        negative = True
-        i += 1
+    """Value of a token `_token_ok` accepted (accumulated on the sign's side: no overflow)."""
+    if data[start] == 45:
+        value = 0
+        for j in range(start + 1, end):
+            value = value * 10 - (data[j] - 48)
+        return value
     value = 0
-    for j in range(i, end):
+    for j in range(start, end):
         value = value * 10 + (data[j] - 48)
-    return -value if negative else value
+    return value
 
 
 @njit(cache=True, nogil=True)
