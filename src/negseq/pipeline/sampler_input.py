@@ -52,6 +52,8 @@ def flatten_id_column(
     the column and row.
     """
     typ = arr.type
+    if pa.types.is_null(typ):  # an all-null column (e.g. read from an empty CSV field)
+        return np.empty(0, dtype=np.int64), np.zeros(len(arr), dtype=np.int64)
     if pa.types.is_integer(typ):
         valid = id_strings.validity(arr)
         ids = arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
