@@ -19,9 +19,7 @@ from negseq.pipeline import (
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(0, 10**6)
 rows = st.lists(st.none() | st.lists(ids, max_size=6), max_size=12)
 string_types = st.sampled_from([pa.string(), pa.large_string()])
-list_types = st.sampled_from(
-    [pa.list_(pa.int64()), pa.large_list(pa.int64()), pa.list_(pa.int32())]
-)
+list_types = st.sampled_from([pa.list_(pa.int64()), pa.large_list(pa.int64()), pa.list_(pa.int32())])
 delims = st.sampled_from([";", ",", "|", "::"])
 
 
@@ -69,9 +67,7 @@ def maybe_slice(arr: pa.Array, cut: bool) -> pa.Array:
 
 
 def test_interleaved_vectors():
-    out, lengths = combine_neg_as_candidate_sequence(
-        pa.array(["1", "2", "3"]), np.arange(101, 107), 2
-    )
+    out, lengths = combine_neg_as_candidate_sequence(pa.array(["1", "2", "3"]), np.arange(101, 107), 2)
     assert out.to_pylist() == ["1;101;102", "2;103;104", "3;105;106"]
     assert lengths.dtype == np.int32 and lengths.tolist() == [1, 1, 1]
     out, lengths = combine_neg_as_candidate_sequence(
@@ -141,9 +137,7 @@ def test_suffix_null_last_row_carries_the_negatives():
 
 
 def test_suffix_empty_batch():
-    out, lengths = combine_negs_to_candidate_suffix(
-        pa.array([], pa.string()), np.array([], np.int64)
-    )
+    out, lengths = combine_negs_to_candidate_suffix(pa.array([], pa.string()), np.array([], np.int64))
     assert len(out) == 0 and out.type == pa.string() and len(lengths) == 0
     with pytest.raises(NegseqError, match="empty batch"):
         combine_negs_to_candidate_suffix(pa.array([], pa.string()), np.array([1]))
@@ -174,11 +168,7 @@ def test_missing_column_is_an_error():
 @given(data=rows, typ=string_types | list_types, delim=delims, cut=st.booleans())
 def test_flatten_matches_reference(data, typ, delim, cut):
     data = fit(data, typ)
-    values = (
-        to_strings(data, delim)
-        if pa.types.is_string(typ) or pa.types.is_large_string(typ)
-        else data
-    )
+    values = to_strings(data, delim) if pa.types.is_string(typ) or pa.types.is_large_string(typ) else data
     arr = maybe_slice(pa.array(values, type=typ), cut)
     users = pa.array(range(len(data)), type=pa.int64())
     flat, counts = build_sampler_input({"item": arr, "user": users}, "item", "user", delim)
@@ -242,9 +232,7 @@ def test_suffix_matches_reference(data, typ, delim, cut, negs, hard):
 
 
 def test_one_row_and_empty_batches():
-    out, lengths = combine_neg_as_candidate_sequence(
-        pa.array([], pa.string()), np.array([], np.int64), 3
-    )
+    out, lengths = combine_neg_as_candidate_sequence(pa.array([], pa.string()), np.array([], np.int64), 3)
     assert out.to_pylist() == [] and lengths.tolist() == []
     out, lengths = combine_neg_as_candidate_sequence(pa.array([[]], pa.list_(pa.int64())), [], 3)
     assert out.to_pylist() == [[]] and lengths.tolist() == [0]

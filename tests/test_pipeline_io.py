@@ -115,7 +115,5 @@ def test_missing_source_is_an_error(tmp_path):
 
 def test_manifest_is_json_with_schema(tmp_path):
     entries, schema = _entries(tmp_path, 1)
-    path = write_manifest(
-        tmp_path, rows_in=3, files=entries, schema=schema, seed=None, config_hash=""
-    )
+    path = write_manifest(tmp_path, rows_in=3, files=entries, schema=schema, seed=None, config_hash="")
     assert "x: int64" in json.loads(path.read_text())["schema"]

@@ -69,10 +69,7 @@ def test_interleaved_matches_reference(uih, strings, max_seq_len, n, data):
         t for r in uih for t in [10 * i for i in range(len(r))][-max_seq_len:]
     ]
     assert jb.candidate.values.tolist() == [ITEMS.rows.get(v, 0) for r in cands for v in r]
-    assert (
-        jb.candidate.offsets.tolist()
-        == np.concatenate([[0], np.cumsum([len(r) for r in cands])]).tolist()
-    )
+    assert jb.candidate.offsets.tolist() == np.concatenate([[0], np.cumsum([len(r) for r in cands])]).tolist()
     assert jb.cand_pos_lengths.dtype == torch.int32
     assert jb.cand_pos_lengths.tolist() == [len(r) for r in pos]
     if sum(map(len, pos)):

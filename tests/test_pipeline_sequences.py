@@ -65,9 +65,7 @@ def test_prepare_matches_reference(rows, max_seq_len, min_len):
 
 def test_ties_in_time_broken_by_item_id():
     table = pa.table({"u": [1, 1, 1], "i": [30, 10, 20], "t": [5, 5, 5]})
-    train, evals = prepare_sequences(
-        table, user_field="u", item_field="i", time_field="t", max_seq_len=10
-    )
+    train, evals = prepare_sequences(table, user_field="u", item_field="i", time_field="t", max_seq_len=10)
     assert evals.column("uih").to_pylist() == [[10, 20]]
     assert evals.column("target").to_pylist() == [30]
     assert train.column("uih").to_pylist() == [[10]]
@@ -82,6 +80,4 @@ def test_bad_input_names_column_and_row():
     with pytest.raises(NegseqError, match="no column 'x'"):
         prepare_sequences(table, user_field="x", item_field="i", time_field="t", max_seq_len=5)
     with pytest.raises(NegseqError, match="min_len must be >= 2"):
-        prepare_sequences(
-            table, user_field="u", item_field="i", time_field="t", max_seq_len=5, min_len=1
-        )
+        prepare_sequences(table, user_field="u", item_field="i", time_field="t", max_seq_len=5, min_len=1)

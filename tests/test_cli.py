@@ -1,0 +1,140 @@
+"""`negseq prepare`, `sample`, `inspect`: the ml-100k round trip and error reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from negseq.cli import main
+
+REPO = Path(__file__).parents[1]
+# CI keeps the data at ../shared next to the repo; NEGSEQ_SHARED_DIR points elsewhere (worktrees).
+ML100K = Path(os.environ.get("NEGSEQ_SHARED_DIR", REPO.parent / "shared")) / "data" / "ml-100k"
+
+JOB = """
+[input]
+path = "prep/train.parquet"
+batch_size = 200
+
+[sampler.negative_sampler]
+input_path = "prep/items.parquet"
+num_sample = 8
+item_id_field = "target"
+seed = 11
+
+[candidates]
+layout = "{layout}"
+
+[output]
+path = "sampled"
+format = "{fmt}"
+
+[run]
+workers = 2
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (ML100K / "u.data").exists(), reason=f"MovieLens 100K not found at {ML100K}")
+@pytest.mark.parametrize("layout, fmt", [("interleaved", "parquet"), ("suffix", "ipc")])
+def test_ml100k_prepare_sample_inspect(tmp_path, capsys, layout, fmt):
+    rc = main(
+        [
+            "prepare",
+            str(ML100K / "u.data"),
+            "--out",
+            str(tmp_path / "prep"),
+            "--delimiter",
+            "\\t",
+            "--column-names",
+            "user_id,item_id,rating,timestamp",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    train = pq.read_table(tmp_path / "prep" / "train.parquet")
+    assert train.num_rows == 943  # every ml-100k user has >= 20 ratings
+    (tmp_path / "job.toml").write_text(JOB.format(layout=layout, fmt=fmt))
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "sampled"), "--json", "--rows", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["manifest_ok"] and report["problems"] == []
+    assert report["manifest"]["rows_in"] == report["manifest"]["rows_out"] == train.num_rows
+    assert report["rows"] == train.num_rows
+    assert report["manifest"]["seed"] == 11 and report["manifest"]["num_files"] == 5
+    head = report["head"][0]
+    if layout == "interleaved":
+        assert len(head["target"]) == 1 + 8 and head["target"][0] == train.column("target")[0].as_py()
+    else:
+        assert head["target"] == [train.column("target")[0].as_py()]
+    # a second run writes the same names again: exactly once
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 0
+    ext = "parquet" if fmt == "parquet" else "arrow"
+    assert sorted(p.name for p in (tmp_path / "sampled").iterdir()) == ["manifest.json"] + [
+        f"part-00000{i}.{ext}" for i in range(5)
+    ]
+
+
+def test_inspect_reports_mismatch(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "rows_in": 1,
+                "rows_out": 1,
+                "num_files": 1,
+                "seed": 0,
+                "config_hash": "x",
+                "schema": "",
+                "files": [{"name": "part-000000.parquet", "batch_index": 0, "rows_in": 1, "rows_out": 1}],
+            }
+        )
+    )
+    pq.write_table(__import__("pyarrow").table({"x": [1, 2]}), out / "part-000000.parquet")
+    assert main(["inspect", str(out)]) == 1
+    assert "manifest matches files: NO" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "job, message",
+    [
+        ("[input]\npath='x.parquet'\n[output]\npath='o'\n", "missing [sampler.<type>] table"),
+        ("[input]\npath='x.parquet'\nbogus=1\n", "[input] unknown key(s) bogus"),
+        ("[input\n", "not valid TOML"),
+        (
+            "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
+            "input_path='i.parquet'\nnum_sample=2\nitem_id_field='item'\n",
+            "i.parquet",
+        ),
+    ],
+)
+def test_sample_errors_are_one_line(tmp_path, capsys, job, message):
+    (tmp_path / "job.toml").write_text(job)
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("negseq sample: error:")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_console_error_has_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "negseq.cli", "inspect", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=100,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "no such file or folder" in proc.stderr
