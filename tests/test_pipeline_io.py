@@ -72,7 +72,7 @@ def test_crashed_write_leaves_no_half_file(tmp_path):
         num_rows = 1
         schema = pa.schema([("x", pa.int64())])
 
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         write_batch_output(tmp_path, 0, Boom(), "parquet")
     assert list(tmp_path.iterdir()) == []
 
