@@ -170,11 +170,12 @@ def bench_end_to_end(rows: int, workers: int, batch_size: int, num_sample: int, 
             job.write_text(JOB.format(batch_size=batch_size, num_sample=num_sample, layout=layout,
                                       workers=workers))
             argv = ["sample", str(job), "--quiet", "--input", str(tmp_path / source)]
-            times = []
+            times, cpu = [], []
             for _ in range(reps):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 assert main(argv) == 0
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
             manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
             assert manifest["rows_out"] == rows
             median = statistics.median(times)
@@ -182,7 +183,8 @@ def bench_end_to_end(rows: int, workers: int, batch_size: int, num_sample: int, 
             emit(bench="negseq_sample_end_to_end", layout=layout, column=column, rows=rows,
                  neg_per_pos=num_sample, workers=workers, batch_size=batch_size,
                  cores=len(os.sched_getaffinity(0)), median_s=median, rows_per_s=rows / median,
-                 runs_s=times, output_mb=out_bytes / 2**20)
+                 runs_s=times, cpu_s=statistics.median(cpu), load_avg_1m=os.getloadavg()[0],
+                 output_mb=out_bytes / 2**20)
 
 
 def main() -> None:

@@ -155,6 +155,21 @@ def _atomic_write(final: Path, write) -> None:
             tmp.unlink()
 
 
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding: not id lists or candidate strings, whose values are
+    nearly all distinct (encoding them costs a third of the write time and saves nothing)."""
+    return [
+        f.name
+        for f in schema
+        if not (
+            pa.types.is_list(f.type)
+            or pa.types.is_large_list(f.type)
+            or pa.types.is_string(f.type)
+            or pa.types.is_large_string(f.type)
+        )
+    ]
+
+
 def write_batch_output(
     out_dir: str | Path,
     batch_index: int,
@@ -173,7 +188,7 @@ def write_batch_output(
 
     def write(tmp: Path) -> None:
         if format == "parquet":
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
         else:
             with ipc.new_file(tmp, table.schema) as writer:
                 writer.write_table(table)
