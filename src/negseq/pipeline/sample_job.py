@@ -185,7 +185,10 @@ def run_sample_job(job: SampleJob, *, progress: bool = False) -> dict[str, Any]:
         num_workers=job.workers,
         max_in_flight=job.max_in_flight,
     )
-    batches = iter_batches(job.input_path, batch_size=job.batch_size, format=job.input_format, csv=job.csv)
+    required = [f for f in (sampler.item_id_field, sampler.user_id_field) if f is not None]
+    batches = iter_batches(
+        job.input_path, batch_size=job.batch_size, format=job.input_format, csv=job.csv, require=required
+    )
     return executor.write(
         batches,
         job.output_path,
