@@ -105,6 +105,18 @@ def test_inspect_reports_mismatch(tmp_path, capsys):
     assert "manifest matches files: NO" in capsys.readouterr().out
 
 
+def test_sample_missing_input_column_fails_before_writing(tmp_path, capsys):
+    pq.write_table(pa.table({"id": [1, 2], "weight": [1.0, 1.0]}), tmp_path / "items.parquet")
+    pq.write_table(pa.table({"other": [1]}), tmp_path / "x.parquet")
+    (tmp_path / "job.toml").write_text(
+        "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
+        "input_path='items.parquet'\nnum_sample=2\nitem_id_field='item'\n"
+    )
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
+    assert "missing column(s) 'item'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "job, message",
     [
@@ -118,18 +130,6 @@ def test_inspect_reports_mismatch(tmp_path, capsys):
         ),
     ],
 )
-def test_sample_missing_input_column_fails_before_writing(tmp_path, capsys):
-    pq.write_table(pa.table({"id": [1, 2], "weight": [1.0, 1.0]}), tmp_path / "items.parquet")
-    pq.write_table(pa.table({"other": [1]}), tmp_path / "x.parquet")
-    (tmp_path / "job.toml").write_text(
-        "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
-        "input_path='items.parquet'\nnum_sample=2\nitem_id_field='item'\n"
-    )
-    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
-    assert "missing column(s) 'item'" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
-
-
 def test_sample_errors_are_one_line(tmp_path, capsys, job, message):
     (tmp_path / "job.toml").write_text(job)
     assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
