@@ -25,12 +25,12 @@ class DictItems:
 
 
 ITEMS = DictItems(range(0, 40, 2))  # even ids known, odd ids unknown
-hist = st.lists(st.lists(st.integers(0, 50), max_size=7), min_size=0, max_size=8)
+hist = st.lists(st.none() | st.lists(st.integers(0, 50), max_size=7), min_size=0, max_size=8)
 
 
 def as_column(data, strings: bool):
     if strings:
-        return pa.array([";".join(map(str, r)) for r in data], pa.string())
+        return pa.array([None if r is None else ";".join(map(str, r)) for r in data], pa.string())
     return pa.array(data, pa.list_(pa.int64()))
 
 
@@ -44,11 +44,12 @@ def as_column(data, strings: bool):
 )
 def test_interleaved_matches_reference(uih, strings, max_seq_len, n, data):
     pos = [data.draw(st.lists(st.integers(0, 50), max_size=4)) for _ in uih]
+    ts = [None if r is None else [10 * i for i in range(len(r))] for r in uih]
     cands = [[v for p in r for v in [p, *[(p * 7 + k) % 50 for k in range(n)]]] for r in pos]
     batch = pa.record_batch(
         {
             "uih": as_column(uih, strings),
-            "ts": pa.array([[10 * i for i in range(len(r))] for r in uih], pa.list_(pa.int64())),
+            "ts": pa.array(ts, pa.list_(pa.int64())),
             "cand": as_column(cands, strings),
             "cand_pos_lengths": pa.array([len(r) for r in pos], pa.int32()),
         }
@@ -62,12 +63,10 @@ def test_interleaved_matches_reference(uih, strings, max_seq_len, n, data):
         max_seq_len=max_seq_len,
         layout="interleaved",
     )
-    kept = [r[-max_seq_len:] if r else [] for r in uih]
+    kept = [r[-max_seq_len:] if r else [] for r in uih]  # a null history is an empty one
     assert jb.uih.values.tolist() == [ITEMS.rows.get(v, 0) for r in kept for v in r]
     assert jb.uih.lengths.tolist() == [len(r) for r in kept]
-    assert jb.uih.timestamps.tolist() == [
-        t for r in uih for t in [10 * i for i in range(len(r))][-max_seq_len:]
-    ]
+    assert jb.uih.timestamps.tolist() == [t for r in ts if r for t in r[-max_seq_len:]]
     assert jb.candidate.values.tolist() == [ITEMS.rows.get(v, 0) for r in cands for v in r]
     assert jb.candidate.offsets.tolist() == np.concatenate([[0], np.cumsum([len(r) for r in cands])]).tolist()
     assert jb.cand_pos_lengths.dtype == torch.int32
