@@ -46,6 +46,17 @@ def test_interleaved_strings(items):
     assert batch.column("item_id").to_pylist() == ["101;102", None, "", "103"]  # input untouched
 
 
+def test_neg_per_pos_and_eval_count(items):
+    sampler = NegativeSampler(items, num_sample=3, num_eval_sample=1, item_id_field="item_id", seed=5)
+    batch = batch_of(["101;102"])
+    out = sample_candidates(batch, sampler, layout="interleaved", training=False)
+    assert len(out.column("item_id")[0].as_py().split(";")) == 2 * (1 + 1)
+    out = sample_candidates(batch, sampler, layout="interleaved", neg_per_pos=4)
+    assert len(out.column("item_id")[0].as_py().split(";")) == 2 * (1 + 4)
+    with pytest.raises(NegseqError, match="neg_per_pos applies to the 'interleaved' layout"):
+        sample_candidates(batch, sampler, layout="suffix", neg_per_pos=4)
+
+
 def test_same_key_same_output(items):
     sampler = NegativeSampler(items, num_sample=4, item_id_field="item_id", seed=9)
     batch = batch_of(["101;150", "160"])

@@ -43,8 +43,7 @@ def sample_candidates_and_stats(
         raise NegseqError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "interleaved" and getattr(sampler, "is_hard", False):
         raise NegseqError(
-            "hard negatives are shared by a batch, so they need the 'suffix' layout, "
-            "not 'interleaved'"
+            "hard negatives are shared by a batch, so they need the 'suffix' layout, not 'interleaved'"
         )
     if isinstance(batch, pa.Table):
         batch = pa.RecordBatch.from_arrays(
@@ -54,7 +53,16 @@ def sample_candidates_and_stats(
     positives = column_of(batch, item_field)
     flat, counts = build_sampler_input(batch, item_field, sampler.user_id_field, seq_delim)
     num_pos = int(counts.sum())
-    n = sampler.num_sample if neg_per_pos is None else int(neg_per_pos)
+    if layout == "suffix" and neg_per_pos is not None:
+        raise NegseqError(
+            "neg_per_pos applies to the 'interleaved' layout; the 'suffix' layout appends the "
+            "sampler's num_sample shared negatives"
+        )
+    n = sampler.num_sample
+    if not training and getattr(sampler, "num_eval_sample", None) is not None:
+        n = sampler.num_eval_sample
+    if neg_per_pos is not None:
+        n = int(neg_per_pos)
 
     stats: dict[str, int] = {}
     negs = np.empty(0, np.int64)
@@ -107,9 +115,9 @@ def sample_candidates(
     Returns the batch with `sampler.item_id_field` replaced by the candidate sequences (same
     type family as the input), plus `cand_pos_lengths` (int32) and, for the hard samplers
     (suffix layout only), `hard_neg_indices` (list<int32>: flattened (query row, offset) pairs on
-    the last row). `neg_per_pos` defaults to `sampler.num_sample` negatives for each positive in
-    the interleaved layout; the suffix layout appends the sampler's `num_sample` shared negatives.
-    A batch without positives gets no negatives.
+    the last row). `neg_per_pos` defaults to `sampler.num_sample` (`num_eval_sample` when not
+    training and set) negatives for each positive in the interleaved layout; the suffix layout
+    appends the sampler's shared negatives. A batch without positives gets no negatives.
     """
     out, _ = sample_candidates_and_stats(
         batch,
