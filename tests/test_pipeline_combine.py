@@ -238,3 +238,16 @@ def test_one_row_and_empty_batches():
     assert out.to_pylist() == [[]] and lengths.tolist() == [0]
     out, lengths = combine_negs_to_candidate_suffix(pa.array([""]), np.array([1, 2]))
     assert out.to_pylist() == ["1;2"] and lengths.tolist() == [0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.lists(st.none() | ids, max_size=12), n=st.integers(0, 3))
+def test_int_column_matches_reference(data, n):
+    arr = pa.array(data, pa.int64())
+    flat, counts = build_sampler_input({"item": arr}, "item")
+    assert flat["item"].to_pylist() == [v for v in data if v is not None]
+    assert counts.tolist() == [0 if v is None else 1 for v in data]
+    negs = np.arange(len(flat["item"]) * n, dtype=np.int64)
+    out, lengths = combine_neg_as_candidate_sequence(arr, negs, n)
+    assert out.to_pylist() == ref_interleaved([None if v is None else [v] for v in data], negs.tolist(), n)
+    assert lengths.tolist() == counts.tolist()

@@ -17,10 +17,6 @@ from numba import njit
 
 from negseq.errors import NegseqError
 
-# Error codes returned by the kernels (0 = fine).
-OK = 0
-BAD_TOKEN = 1
-
 
 @njit(cache=True, nogil=True)
 def _delim_at(data, i, end, delim):
@@ -184,14 +180,6 @@ def _write_known(out, pos, v, width):
     else:
         out[p - 1] = 48 + v
     return end
-
-
-@njit(cache=True, nogil=True)
-def digit_lengths(values):
-    out = np.empty(values.shape[0], dtype=np.int64)
-    for i in range(values.shape[0]):
-        out[i] = _num_digits(values[i])
-    return out
 
 
 @njit(cache=True, nogil=True)

@@ -56,9 +56,8 @@ def flatten_id_column(
         return np.empty(0, dtype=np.int64), np.zeros(len(arr), dtype=np.int64)
     if pa.types.is_integer(typ):
         valid = id_strings.validity(arr)
-        ids = arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if not valid.all():
-            ids = ids[valid]
+        # drop nulls in Arrow: to_numpy would turn a nullable int column into lossy float64
+        ids = arr.drop_null().cast(pa.int64()).to_numpy()
         return np.ascontiguousarray(ids, dtype=np.int64), valid.astype(np.int64)
     if is_id_string_type(typ):
         offsets, data, valid = id_strings.string_buffers(arr)
