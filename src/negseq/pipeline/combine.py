@@ -53,9 +53,7 @@ def _list_type(pos_type: pa.DataType) -> pa.DataType:
     return pa.list_(pa.int64())
 
 
-def _make_list_array(
-    typ: pa.DataType, lengths: np.ndarray, values: np.ndarray, valid: np.ndarray
-) -> pa.Array:
+def _make_list_array(typ: pa.DataType, lengths: np.ndarray, child: pa.Array, valid: np.ndarray) -> pa.Array:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     offset_type = np.int64 if pa.types.is_large_list(typ) else np.int32
@@ -63,7 +61,6 @@ def _make_list_array(
         raise NegseqError("combined lists hold over 2^31 ids; use smaller batches or large_list")
     null_count = int(len(valid) - np.count_nonzero(valid))
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
-    child = pa.array(values, type=pa.int64())
     return pa.Array.from_buffers(
         typ,
         len(lengths),
@@ -109,10 +106,14 @@ def combine_neg_as_candidate_sequence(
         return out, counts.astype(np.int32)
     ids, counts = flatten_id_column(pos, seq_delim, "positives")
     _check_neg_count(len(negs), len(ids), neg_per_pos)
-    block = np.empty((len(ids), 1 + neg_per_pos), dtype=np.int64)
+    # Arrow's memory pool reuses freed blocks: no fresh-page faults as with np.empty.
+    size = len(ids) * (1 + neg_per_pos)
+    buf = pa.allocate_buffer(size * 8)
+    block = np.frombuffer(buf, dtype=np.int64).reshape(len(ids), 1 + neg_per_pos)
     block[:, 0] = ids
     block[:, 1:] = negs.reshape(len(ids), neg_per_pos)
-    out = _make_list_array(_list_type(pos.type), counts * (1 + neg_per_pos), block.ravel(), valid)
+    child = pa.Array.from_buffers(pa.int64(), size, [None, buf])
+    out = _make_list_array(_list_type(pos.type), counts * (1 + neg_per_pos), child, valid)
     return out, counts.astype(np.int32)
 
 
@@ -160,5 +161,6 @@ def combine_negs_to_candidate_suffix(
     lengths[-1] += len(suffix)
     if len(suffix):
         valid[-1] = True
-    out = _make_list_array(_list_type(pos.type), lengths, np.concatenate([ids, suffix]), valid)
+    child = pa.array(np.concatenate([ids, suffix]), type=pa.int64())
+    out = _make_list_array(_list_type(pos.type), lengths, child, valid)
     return out, counts.astype(np.int32)
