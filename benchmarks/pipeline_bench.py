@@ -92,14 +92,30 @@ def bench_combines(batch: int, neg_per_pos: int, shared: int, reps: int) -> None
     ours = median_time(lambda: combine_neg_as_candidate_sequence(strings, negs, neg_per_pos), reps)
     ours_list = median_time(lambda: combine_neg_as_candidate_sequence(lists, negs, neg_per_pos), reps)
     common = {"rows": batch, "positives": num_pos, "neg_per_pos": neg_per_pos, "tokens": tokens}
-    emit(bench="interleaved_baseline_loop", column="string", median_s=base,
-         tokens_per_s=tokens / base, **common)
-    emit(bench="arrow_int_to_string_cast", median_s=cast_only, share_of_loop=cast_only / base,
-         **common)
-    emit(bench="interleaved_combine", column="string", median_s=ours, tokens_per_s=tokens / ours,
-         ratio_vs_loop=base / ours, **common)
-    emit(bench="interleaved_combine", column="list", median_s=ours_list,
-         tokens_per_s=tokens / ours_list, ratio_vs_loop=base / ours_list, **common)
+    emit(
+        bench="interleaved_baseline_loop",
+        column="string",
+        median_s=base,
+        tokens_per_s=tokens / base,
+        **common,
+    )
+    emit(bench="arrow_int_to_string_cast", median_s=cast_only, share_of_loop=cast_only / base, **common)
+    emit(
+        bench="interleaved_combine",
+        column="string",
+        median_s=ours,
+        tokens_per_s=tokens / ours,
+        ratio_vs_loop=base / ours,
+        **common,
+    )
+    emit(
+        bench="interleaved_combine",
+        column="list",
+        median_s=ours_list,
+        tokens_per_s=tokens / ours_list,
+        ratio_vs_loop=base / ours_list,
+        **common,
+    )
 
     shared_negs = rng.integers(1, NUM_ITEMS, shared)
     shared_arrow = pa.array(shared_negs)
@@ -111,12 +127,29 @@ def bench_combines(batch: int, neg_per_pos: int, shared: int, reps: int) -> None
     ours_s = median_time(lambda: combine_negs_to_candidate_suffix(strings, shared_negs), reps)
     ours_sl = median_time(lambda: combine_negs_to_candidate_suffix(lists, shared_negs), reps)
     common = {"rows": batch, "positives": num_pos, "shared_negatives": shared, "tokens": suffix_tokens}
-    emit(bench="suffix_baseline_loop", column="string", median_s=base_s,
-         tokens_per_s=suffix_tokens / base_s, **common)
-    emit(bench="suffix_combine", column="string", median_s=ours_s,
-         tokens_per_s=suffix_tokens / ours_s, ratio_vs_loop=base_s / ours_s, **common)
-    emit(bench="suffix_combine", column="list", median_s=ours_sl,
-         tokens_per_s=suffix_tokens / ours_sl, ratio_vs_loop=base_s / ours_sl, **common)
+    emit(
+        bench="suffix_baseline_loop",
+        column="string",
+        median_s=base_s,
+        tokens_per_s=suffix_tokens / base_s,
+        **common,
+    )
+    emit(
+        bench="suffix_combine",
+        column="string",
+        median_s=ours_s,
+        tokens_per_s=suffix_tokens / ours_s,
+        ratio_vs_loop=base_s / ours_s,
+        **common,
+    )
+    emit(
+        bench="suffix_combine",
+        column="list",
+        median_s=ours_sl,
+        tokens_per_s=suffix_tokens / ours_sl,
+        ratio_vs_loop=base_s / ours_sl,
+        **common,
+    )
 
 
 JOB = """
@@ -167,8 +200,9 @@ def bench_end_to_end(rows: int, workers: int, batch_size: int, num_sample: int, 
             ("interleaved", "string", "input_str.parquet"),
         ):
             job = tmp_path / "job.toml"
-            job.write_text(JOB.format(batch_size=batch_size, num_sample=num_sample, layout=layout,
-                                      workers=workers))
+            job.write_text(
+                JOB.format(batch_size=batch_size, num_sample=num_sample, layout=layout, workers=workers)
+            )
             argv = ["sample", str(job), "--quiet", "--input", str(tmp_path / source)]
             times, cpu = [], []
             for _ in range(reps):
@@ -176,15 +210,26 @@ def bench_end_to_end(rows: int, workers: int, batch_size: int, num_sample: int, 
                 assert main(argv) == 0
                 times.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
-            manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+            manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
             assert manifest["rows_out"] == rows
             median = statistics.median(times)
             out_bytes = sum(p.stat().st_size for p in (tmp_path / "out").glob("part-*"))
-            emit(bench="negseq_sample_end_to_end", layout=layout, column=column, rows=rows,
-                 neg_per_pos=num_sample, workers=workers, batch_size=batch_size,
-                 cores=len(os.sched_getaffinity(0)), median_s=median, rows_per_s=rows / median,
-                 runs_s=times, cpu_s=statistics.median(cpu), load_avg_1m=os.getloadavg()[0],
-                 output_mb=out_bytes / 2**20)
+            emit(
+                bench="negseq_sample_end_to_end",
+                layout=layout,
+                column=column,
+                rows=rows,
+                neg_per_pos=num_sample,
+                workers=workers,
+                batch_size=batch_size,
+                cores=len(os.sched_getaffinity(0)),
+                median_s=median,
+                rows_per_s=rows / median,
+                runs_s=times,
+                cpu_s=statistics.median(cpu),
+                load_avg_1m=os.getloadavg()[0],
+                output_mb=out_bytes / 2**20,
+            )
 
 
 def main() -> None:
@@ -202,9 +247,15 @@ def main() -> None:
     args = parser.parse_args()
 
     all_cores = sorted(os.sched_getaffinity(0))
-    emit(bench="machine", platform=platform.platform(), python=platform.python_version(),
-         cpus_available=len(all_cores), pyarrow=pa.__version__, numpy=np.__version__,
-         load_avg_1m=os.getloadavg()[0])
+    emit(
+        bench="machine",
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpus_available=len(all_cores),
+        pyarrow=pa.__version__,
+        numpy=np.__version__,
+        load_avg_1m=os.getloadavg()[0],
+    )
     os.sched_setaffinity(0, all_cores[:1])
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
@@ -213,8 +264,7 @@ def main() -> None:
         os.sched_setaffinity(0, all_cores[: args.e2e_cores])
         pa.set_cpu_count(args.e2e_cores)
         pa.set_io_thread_count(args.e2e_cores)
-        bench_end_to_end(args.rows, args.workers, args.e2e_batch_size, args.neg_per_pos,
-                         args.e2e_reps)
+        bench_end_to_end(args.rows, args.workers, args.e2e_batch_size, args.neg_per_pos, args.e2e_reps)
 
 
 if __name__ == "__main__":

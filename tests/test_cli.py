@@ -79,7 +79,7 @@ def test_ml100k_prepare_sample_inspect(tmp_path, capsys, layout, fmt):
     # a second run writes the same names again: exactly once
     assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 0
     ext = "parquet" if fmt == "parquet" else "arrow"
-    assert sorted(p.name for p in (tmp_path / "sampled").iterdir()) == ["manifest.json"] + [
+    assert sorted(p.name for p in (tmp_path / "sampled").iterdir()) == ["_manifest.json"] + [
         f"part-00000{i}.{ext}" for i in range(5)
     ]
 
@@ -87,7 +87,7 @@ def test_ml100k_prepare_sample_inspect(tmp_path, capsys, layout, fmt):
 def test_inspect_reports_mismatch(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.json").write_text(
+    (out / "_manifest.json").write_text(
         json.dumps(
             {
                 "rows_in": 1,
@@ -151,3 +151,29 @@ def test_console_error_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "no such file or folder" in proc.stderr
+
+
+def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
+    log = "u|i|t\n" + "".join(f"{u}|{i}|{t}\n" for u in (1, 2) for t, i in enumerate((10, 11, 12, 13)))
+    (tmp_path / "log.psv").write_text(log)
+    (tmp_path / "prepare.toml").write_text(
+        "[prepare]\ninput='log.psv'\nout='prep'\nformat='csv'\ndelimiter='|'\n"
+        "user_field='u'\nitem_field='i'\ntime_field='t'\nmax_seq_len=2\n"
+    )
+    assert main(["prepare", "--job", str(tmp_path / "prepare.toml"), "--quiet"]) == 0
+    evals = pq.read_table(tmp_path / "prep" / "eval.parquet").to_pylist()
+    assert evals[0]["uih"] == [11, 12] and evals[0]["target"] == 13
+    items = pq.read_table(tmp_path / "prep" / "items.parquet").to_pylist()
+    assert items == [{"id": i, "weight": 2.0} for i in (10, 11, 12, 13)]
+
+    # sample a CSV source without a header, positives as ';' strings
+    (tmp_path / "pos.csv").write_text("1,10;11\n2,\n3,12\n")
+    (tmp_path / "sample.toml").write_text(
+        "[input]\npath='pos.csv'\ncolumn_names=['user_id','item_id']\nbatch_size=2\n"
+        "[sampler.negative_sampler]\ninput_path='prep/items.parquet'\nnum_sample=2\n"
+        "item_id_field='item_id'\n[candidates]\nlayout='interleaved'\n[output]\npath='out'\n"
+    )
+    assert main(["sample", str(tmp_path / "sample.toml"), "--quiet"]) == 0
+    out = pq.read_table(tmp_path / "out").to_pylist()
+    assert [r["cand_pos_lengths"] for r in out] == [2, 0, 1]
+    assert [len(r["item_id"].split(";")) if r["item_id"] else 0 for r in out] == [6, 0, 3]

@@ -127,7 +127,7 @@ def test_executor_stops_on_bad_input_without_manifest(items, tmp_path):
     batches = [batch_of(["101"]), batch_of(["10x"])]
     with pytest.raises(NegseqError, match="token '10x'"):
         LocalExecutor(sampler, layout="interleaved").write(batches, tmp_path)
-    assert not (tmp_path / "manifest.json").exists()
+    assert not (tmp_path / "_manifest.json").exists()
 
 
 def test_iter_jagged_in_order(items):

@@ -2,8 +2,10 @@
 
 Outputs: one file a batch, `part-{batch_index:06d}.{parquet|arrow}`, each written to a temporary
 name and renamed, so a crashed task never leaves a half file and a re-run or retried task
-rewrites the same names (exactly once). `manifest.json` is written last; its presence means the
-run finished. The Ray executor uses the same functions, so both executors write the same files.
+rewrites the same names (exactly once). `_manifest.json` is written last; its presence means the
+run finished. Its leading underscore keeps it out of `pq.read_table(folder)` / `pyarrow.dataset`,
+which skip such names, so the folder reads back with plain pyarrow. The Ray executor uses the
+same functions, so both executors write the same files.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "_manifest.json"
 OUTPUT_FORMATS = {"parquet": "parquet", "ipc": "arrow", "arrow": "arrow"}
 _SUFFIX_FORMATS = {
     ".parquet": "parquet",
@@ -215,7 +217,7 @@ def write_manifest(
     config_hash: str,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `manifest.json` last. `files`: [{"name", "batch_index", "rows_in", "rows_out"}] in
+    """Write `_manifest.json` last. `files`: [{"name", "batch_index", "rows_in", "rows_out"}] in
     batch order. Output files of an earlier run that this run did not write are removed first,
     so the folder holds exactly what the manifest lists."""
     out_dir = Path(out_dir)
