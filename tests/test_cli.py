@@ -173,7 +173,8 @@ def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
         "[sampler.negative_sampler]\ninput_path='prep/items.parquet'\nnum_sample=2\n"
         "item_id_field='item_id'\n[candidates]\nlayout='interleaved'\n[output]\npath='out'\n"
     )
-    assert main(["sample", str(tmp_path / "sample.toml"), "--quiet"]) == 0
+    assert main(["sample", str(tmp_path / "sample.toml")]) == 0
+    assert "sample: 3 rows in, 3 rows out, 2 files" in capsys.readouterr().out
     out = pq.read_table(tmp_path / "out").to_pylist()
     assert [r["cand_pos_lengths"] for r in out] == [2, 0, 1]
     assert [len(r["item_id"].split(";")) if r["item_id"] else 0 for r in out] == [6, 0, 3]

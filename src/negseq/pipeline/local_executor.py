@@ -131,6 +131,7 @@ class LocalExecutor:
         format: str = "parquet",
         config_hash: str = "",
         progress: bool = False,
+        total_rows: int | None = None,
     ) -> dict[str, Any]:
         """Write one file a batch and the manifest last; returns the manifest's contents."""
         out_dir = Path(out_dir)
@@ -152,7 +153,7 @@ class LocalExecutor:
         files: list[dict[str, Any]] = []
         totals: dict[str, int] = {}
         schema = None
-        with tqdm(unit="rows", desc="sample", disable=not progress) as bar:
+        with tqdm(total=total_rows, unit="rows", unit_scale=True, desc="sample", disable=not progress) as bar:
             for entry, out_schema, stats in ordered_map(
                 work, batches, num_workers=self.num_workers, max_in_flight=self.max_in_flight
             ):

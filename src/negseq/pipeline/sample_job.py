@@ -171,7 +171,7 @@ class SampleJob:
 
 def run_sample_job(job: SampleJob, *, progress: bool = False) -> dict[str, Any]:
     """Run a sample job on the local executor; returns the manifest it wrote."""
-    from negseq.pipeline.io import config_hash, iter_batches
+    from negseq.pipeline.io import config_hash, detect_format, iter_batches, open_dataset
     from negseq.pipeline.local_executor import LocalExecutor
     from negseq.sampler import build_sampler
 
@@ -186,6 +186,9 @@ def run_sample_job(job: SampleJob, *, progress: bool = False) -> dict[str, Any]:
         max_in_flight=job.max_in_flight,
     )
     required = [f for f in (sampler.item_id_field, sampler.user_id_field) if f is not None]
+    total_rows = None
+    if progress and (job.input_format or detect_format(job.input_path)) != "csv":
+        total_rows = open_dataset(job.input_path, format=job.input_format).count_rows()  # metadata only
     batches = iter_batches(
         job.input_path, batch_size=job.batch_size, format=job.input_format, csv=job.csv, require=required
     )
@@ -195,4 +198,5 @@ def run_sample_job(job: SampleJob, *, progress: bool = False) -> dict[str, Any]:
         format=job.output_format,
         config_hash=config_hash(job.config_for_hash()),
         progress=progress,
+        total_rows=total_rows,
     )
