@@ -61,7 +61,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_prepare)
 
 
-def _prepare_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
+def _prepare_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(_PREPARE_DEFAULTS)
     base = None
     if args.job:
@@ -85,7 +85,7 @@ def _prepare_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path | 
             raise NegseqError(f"prepare: {key} is not set (argument or [prepare] {key})")
         if base is not None and not Path(settings[key]).is_absolute():
             settings[key] = str(base / settings[key])
-    return settings, base
+    return settings
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -94,7 +94,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from negseq.pipeline import CsvOptions, prepare_sequences, read_table
 
-    s, _ = _prepare_settings(args)
+    s = _prepare_settings(args)
     csv = CsvOptions(delimiter=s["delimiter"], column_names=s["column_names"])
     out = Path(s["out"])
     with tqdm(total=3, desc="prepare", unit="step", disable=args.quiet) as bar:
