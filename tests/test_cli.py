@@ -1,0 +1,180 @@
+"""`negseq prepare`, `sample`, `inspect`: the ml-100k round trip and error reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from negseq.cli import main
+
+REPO = Path(__file__).parents[1]
+# CI keeps the data at ../shared next to the repo; NEGSEQ_SHARED_DIR points elsewhere (worktrees).
+ML100K = Path(os.environ.get("NEGSEQ_SHARED_DIR", REPO.parent / "shared")) / "data" / "ml-100k"
+
+JOB = """
+[input]
+path = "prep/train.parquet"
+batch_size = 200
+
+[sampler.negative_sampler]
+input_path = "prep/items.parquet"
+num_sample = 8
+item_id_field = "target"
+seed = 11
+
+[candidates]
+layout = "{layout}"
+
+[output]
+path = "sampled"
+format = "{fmt}"
+
+[run]
+workers = 2
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (ML100K / "u.data").exists(), reason=f"MovieLens 100K not found at {ML100K}")
+@pytest.mark.parametrize("layout, fmt", [("interleaved", "parquet"), ("suffix", "ipc")])
+def test_ml100k_prepare_sample_inspect(tmp_path, capsys, layout, fmt):
+    rc = main(
+        [
+            "prepare",
+            str(ML100K / "u.data"),
+            "--out",
+            str(tmp_path / "prep"),
+            "--delimiter",
+            "\\t",
+            "--column-names",
+            "user_id,item_id,rating,timestamp",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    train = pq.read_table(tmp_path / "prep" / "train.parquet")
+    assert train.num_rows == 943  # every ml-100k user has >= 20 ratings
+    (tmp_path / "job.toml").write_text(JOB.format(layout=layout, fmt=fmt))
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "sampled"), "--json", "--rows", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["manifest_ok"] and report["problems"] == []
+    assert report["manifest"]["rows_in"] == report["manifest"]["rows_out"] == train.num_rows
+    assert report["rows"] == train.num_rows
+    assert report["manifest"]["seed"] == 11 and report["manifest"]["num_files"] == 5
+    head = report["head"][0]
+    if layout == "interleaved":
+        assert len(head["target"]) == 1 + 8 and head["target"][0] == train.column("target")[0].as_py()
+    else:
+        assert head["target"] == [train.column("target")[0].as_py()]
+    # a second run writes the same names again: exactly once
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 0
+    ext = "parquet" if fmt == "parquet" else "arrow"
+    assert sorted(p.name for p in (tmp_path / "sampled").iterdir()) == ["_manifest.json"] + [
+        f"part-00000{i}.{ext}" for i in range(5)
+    ]
+
+
+def test_inspect_reports_mismatch(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_manifest.json").write_text(
+        json.dumps(
+            {
+                "rows_in": 1,
+                "rows_out": 1,
+                "num_files": 1,
+                "seed": 0,
+                "config_hash": "x",
+                "schema": "",
+                "files": [{"name": "part-000000.parquet", "batch_index": 0, "rows_in": 1, "rows_out": 1}],
+            }
+        )
+    )
+    pq.write_table(pa.table({"x": [1, 2]}), out / "part-000000.parquet")
+    assert main(["inspect", str(out)]) == 1
+    assert "manifest matches files: NO" in capsys.readouterr().out
+
+
+def test_sample_missing_input_column_fails_before_writing(tmp_path, capsys):
+    pq.write_table(pa.table({"id": [1, 2], "weight": [1.0, 1.0]}), tmp_path / "items.parquet")
+    pq.write_table(pa.table({"other": [1]}), tmp_path / "x.parquet")
+    (tmp_path / "job.toml").write_text(
+        "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
+        "input_path='items.parquet'\nnum_sample=2\nitem_id_field='item'\n"
+    )
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
+    assert "missing column(s) 'item'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "job, message",
+    [
+        ("[input]\npath='x.parquet'\n[output]\npath='o'\n", "missing [sampler.<type>] table"),
+        ("[input]\npath='x.parquet'\nbogus=1\n", "[input] unknown key(s) bogus"),
+        ("[input\n", "not valid TOML"),
+        (
+            "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
+            "input_path='i.parquet'\nnum_sample=2\nitem_id_field='item'\n",
+            "i.parquet",
+        ),
+    ],
+)
+def test_sample_errors_are_one_line(tmp_path, capsys, job, message):
+    (tmp_path / "job.toml").write_text(job)
+    assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("negseq sample: error:")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_console_error_has_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "negseq.cli", "inspect", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=100,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "no such file or folder" in proc.stderr
+
+
+def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
+    log = "u|i|t\n" + "".join(f"{u}|{i}|{t}\n" for u in (1, 2) for t, i in enumerate((10, 11, 12, 13)))
+    (tmp_path / "log.psv").write_text(log)
+    (tmp_path / "prepare.toml").write_text(
+        "[prepare]\ninput='log.psv'\nout='prep'\nformat='csv'\ndelimiter='|'\n"
+        "user_field='u'\nitem_field='i'\ntime_field='t'\nmax_seq_len=2\n"
+    )
+    assert main(["prepare", "--job", str(tmp_path / "prepare.toml"), "--quiet"]) == 0
+    evals = pq.read_table(tmp_path / "prep" / "eval.parquet").to_pylist()
+    assert evals[0]["uih"] == [11, 12] and evals[0]["target"] == 13
+    items = pq.read_table(tmp_path / "prep" / "items.parquet").to_pylist()
+    assert items == [{"id": i, "weight": 2.0} for i in (10, 11, 12, 13)]
+
+    # sample a CSV source without a header, positives as ';' strings
+    (tmp_path / "pos.csv").write_text("1,10;11\n2,\n3,12\n")
+    (tmp_path / "sample.toml").write_text(
+        "[input]\npath='pos.csv'\ncolumn_names=['user_id','item_id']\nbatch_size=2\n"
+        "[sampler.negative_sampler]\ninput_path='prep/items.parquet'\nnum_sample=2\n"
+        "item_id_field='item_id'\n[candidates]\nlayout='interleaved'\n[output]\npath='out'\n"
+    )
+    assert main(["sample", str(tmp_path / "sample.toml")]) == 0
+    assert "sample: 3 rows in, 3 rows out, 2 files" in capsys.readouterr().out
+    out = pq.read_table(tmp_path / "out").to_pylist()
+    assert [r["cand_pos_lengths"] for r in out] == [2, 0, 1]
+    assert [len(r["item_id"].split(";")) if r["item_id"] else 0 for r in out] == [6, 0, 3]
