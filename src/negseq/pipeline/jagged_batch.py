@@ -36,8 +36,7 @@ class JaggedFeature:
             raise ValueError("JaggedFeature needs 1-d values and offsets with at least one entry")
         if int(self.offsets[-1]) != self.values.numel():
             raise ValueError(
-                f"JaggedFeature offsets end at {int(self.offsets[-1])} "
-                f"but values hold {self.values.numel()}"
+                f"JaggedFeature offsets end at {int(self.offsets[-1])} but values hold {self.values.numel()}"
             )
         if self.timestamps is not None and self.timestamps.shape != self.values.shape:
             raise ValueError("JaggedFeature timestamps must have the same length as values")

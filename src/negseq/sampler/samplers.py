@@ -1,0 +1,382 @@
+"""The four negative samplers: weighted (V1), user-conditioned (V2), and their hard-negative variants.
+
+All share one `get` (validate the call, key the generator, draw, gather attributes, add
+hard negatives); a sampler differs only in how it draws (`_draw`) and whether it has a
+hard-negative index. The expand factor is computed in every call, from that call's Q.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from negseq.errors import NegseqError
+from negseq.sampler import kernels
+from negseq.sampler.csr import UserItemsCSR, hard_items_csr, positive_items_csr
+from negseq.sampler.tables import EdgeTable, ItemTable
+
+Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
+_KEY_LIMIT = 1 << 32  # epoch and batch_index share the generator's second key word
+
+
+def expand_factor(num_sample: int, num_positives: int) -> int:
+    """The dynamic expand factor of one call: `max(1, ceil(num_sample / max(1, Q)))`."""
+    return max(1, math.ceil(num_sample / max(1, num_positives)))
+
+
+@dataclass
+class SampleResult:
+    """What one `get` call drew. `ids` are always there; hard fields are empty/None when H = 0."""
+
+    ids: np.ndarray
+    negatives: pa.RecordBatch
+    hard_ids: np.ndarray
+    hard_negatives: pa.RecordBatch | None
+    hard_neg_indices: np.ndarray | None
+    expand_factor: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def _column(batch: Batch, name: str, role: str) -> np.ndarray:
+    """An int64 numpy view of a batch column; missing, non-integer or null values name the problem."""
+    names = batch.schema.names if isinstance(batch, pa.RecordBatch) else list(batch)
+    if name not in names:
+        raise NegseqError(f"batch: missing {role} column {name!r}; found {names}")
+    column = batch.column(name) if isinstance(batch, pa.RecordBatch) else batch[name]
+    if isinstance(column, np.ndarray):
+        if not np.issubdtype(column.dtype, np.integer):
+            raise NegseqError(f"batch: column {name!r} must hold int64 ids, found {column.dtype}")
+        return column.astype(np.int64, copy=False)
+    if not pa.types.is_integer(column.type):
+        raise NegseqError(
+            f"batch: column {name!r} must hold int64 ids (one a row), found {column.type}; "
+            "flatten multi-value columns with negseq.pipeline.build_sampler_input first"
+        )
+    if column.null_count:
+        nulls = np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))
+        raise NegseqError(f"batch: column {name!r}, row {int(nulls[0])}: null id")
+    return column.to_numpy().astype(np.int64, copy=False)
+
+
+class HardNegativeIndex:
+    """Each user's hard-negative items, top by weight then item id."""
+
+    def __init__(self, items: ItemTable, hard_edges: EdgeTable, num_hard_sample: int) -> None:
+        if num_hard_sample < 0:
+            raise NegseqError(f"num_hard_sample must be >= 0, got {num_hard_sample}")
+        self.num_hard_sample = num_hard_sample
+        self.csr: UserItemsCSR = hard_items_csr(hard_edges, items)
+
+    def lookup(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows [H], indices [H, 2] = (query row, offset in that row's hard list))."""
+        user_rows = self.csr.user_rows(user_ids)
+        known = user_rows >= 0
+        starts = np.where(known, self.csr.indptr[np.maximum(user_rows, 0)], 0)
+        ends = np.where(known, self.csr.indptr[np.maximum(user_rows, 0) + 1], 0)
+        counts = np.minimum(ends - starts, self.num_hard_sample)
+        query = np.repeat(np.arange(len(user_ids), dtype=np.int64), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        offset = np.arange(len(query), dtype=np.int64) - first
+        rows = self.csr.items[starts[query] + offset]
+        return rows, np.stack([query, offset], axis=1).astype(np.int32)
+
+
+class _Sampler:
+    """Shared setup and the `get` call; subclasses implement `_draw`."""
+
+    def __init__(
+        self,
+        items: ItemTable,
+        *,
+        num_sample: int,
+        attr_fields: Sequence[str] | None,
+        item_id_field: str,
+        user_id_field: str | None,
+        num_eval_sample: int | None,
+        max_retries: int,
+        seed: int,
+    ) -> None:
+        name = type(self).__name__
+        if num_sample < 0:
+            raise NegseqError(f"{name}: num_sample must be >= 0, got {num_sample}")
+        if num_eval_sample is not None and num_eval_sample < 0:
+            raise NegseqError(f"{name}: num_eval_sample must be >= 0, got {num_eval_sample}")
+        if max_retries < 0:
+            raise NegseqError(f"{name}: max_retries must be >= 0, got {max_retries}")
+        if not 0 <= seed < 2**64:
+            raise NegseqError(f"{name}: seed must be in [0, 2**64), got {seed}")
+        self.items = items
+        self.num_sample = num_sample
+        self.num_eval_sample = num_eval_sample
+        self.item_id_field = item_id_field
+        self.user_id_field = user_id_field
+        self.attr_fields = list(attr_fields) if attr_fields else [item_id_field]
+        for attr in self.attr_fields:
+            if attr not in items.table.column_names and attr != item_id_field:
+                raise NegseqError(
+                    f"{name}: attr field {attr!r} is not a column of the item table {items.source} "
+                    f"(columns {items.table.column_names})"
+                )
+        self.max_retries = max_retries
+        self.seed = seed
+        self.hard: HardNegativeIndex | None = None  # set by the hard-negative samplers
+
+    @property
+    def is_hard(self) -> bool:
+        return self.hard is not None
+
+    def estimated_sample_num(self, batch_size: int) -> int:
+        """Negatives a call yields, as TorchEasyRec estimates it (hard ones capped at 8 per row)."""
+        if self.hard is None:
+            return self.num_sample
+        return self.num_sample + min(self.hard.num_hard_sample, 8) * batch_size
+
+    def get(
+        self,
+        batch: Batch,
+        *,
+        epoch: int = 0,
+        batch_index: int = 0,
+        per_positive: int | None = None,
+        training: bool = True,
+    ) -> SampleResult:
+        """Draw negatives for the batch's positives: `num_sample` shared, or `per_positive` each."""
+        positives = _column(batch, self.item_id_field, "item id")
+        users = None
+        if self.user_id_field is not None:
+            users = _column(batch, self.user_id_field, "user id")
+            if len(users) != len(positives):
+                raise NegseqError(
+                    f"batch: user column {self.user_id_field!r} has {len(users)} rows, "
+                    f"item column {self.item_id_field!r} has {len(positives)}"
+                )
+        if not (0 <= epoch < _KEY_LIMIT and 0 <= batch_index < _KEY_LIMIT):
+            raise NegseqError(f"epoch and batch_index must be in [0, 2**32), got {epoch}, {batch_index}")
+        num_pos = len(positives)
+        if per_positive is None:
+            total = self.num_sample
+            if not training and self.num_eval_sample is not None:
+                total = self.num_eval_sample
+            group = expand_factor(total, num_pos)
+        else:
+            if per_positive < 0:
+                raise NegseqError(f"per_positive must be >= 0, got {per_positive}")
+            total, group = num_pos * per_positive, per_positive
+        rng = np.random.Generator(
+            np.random.Philox(key=np.array([self.seed, (epoch << 32) | batch_index], np.uint64))
+        )
+        rows = np.empty(total, dtype=np.int64)
+        stats = self._draw(rows, group, positives, users, rng)
+        assert len(rows) == total, f"{type(self).__name__} drew {len(rows)} negatives, promised {total}"
+        hard_rows = np.empty(0, np.int64)
+        hard_indices = None
+        if self.hard is not None and users is not None:
+            hard_rows, hard_indices = self.hard.lookup(users)
+            if len(hard_rows) == 0:
+                hard_indices = None
+        attrs = self.items.attributes
+        return SampleResult(
+            ids=self.items.ids[rows],
+            negatives=attrs(rows, self.attr_fields, self.item_id_field),
+            hard_ids=self.items.ids[hard_rows],
+            hard_negatives=None
+            if hard_indices is None
+            else attrs(hard_rows, self.attr_fields, self.item_id_field),
+            hard_neg_indices=hard_indices,
+            expand_factor=group,
+            stats=stats,
+        )
+
+    def _redraw_loop(
+        self,
+        rows: np.ndarray,
+        rng: np.random.Generator,
+        draw: Callable[[np.ndarray, np.ndarray], None],
+        hits: Callable[[np.ndarray], np.ndarray],
+    ) -> dict[str, int]:
+        """Round 0 fills every slot; each later round redraws the slots that hit an exclusion."""
+        slots = np.arange(len(rows), dtype=np.int64)
+        draw(slots, rng.random(len(slots)))
+        slots = hits(slots)
+        redraws = 0
+        for _ in range(self.max_retries):
+            if len(slots) == 0:
+                break
+            redraws += len(slots)
+            draw(slots, rng.random(len(slots)))
+            slots = hits(slots)
+        return {"draws": len(rows), "redraws": redraws, "collisions_kept": len(slots)}
+
+    def _draw(
+        self,
+        rows: np.ndarray,
+        group: int,
+        positives: np.ndarray,
+        users: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> dict[str, int]:
+        """Fill `rows` with drawn item rows; slot s belongs to positive s // group."""
+        raise NotImplementedError
+
+
+class NegativeSampler(_Sampler):
+    """Draws items by weight (alias table), redrawing any draw that is a positive of the call."""
+
+    def __init__(
+        self,
+        items: ItemTable,
+        *,
+        num_sample: int,
+        attr_fields: Sequence[str] | None = None,
+        item_id_field: str,
+        num_eval_sample: int | None = None,
+        max_retries: int = 5,
+        seed: int = 0,
+        user_id_field: str | None = None,
+    ) -> None:
+        super().__init__(
+            items,
+            num_sample=num_sample,
+            attr_fields=attr_fields,
+            item_id_field=item_id_field,
+            user_id_field=user_id_field,
+            num_eval_sample=num_eval_sample,
+            max_retries=max_retries,
+            seed=seed,
+        )
+        self._alias = kernels.build_alias_table(items.weights)
+
+    def _draw(self, rows, group, positives, users, rng):
+        excluded = kernels.row_bitmap(self.items.rows(positives), len(self.items))
+        return self._redraw_loop(
+            rows,
+            rng,
+            lambda slots, uniforms: kernels.alias_draw(slots, uniforms, self._alias, rows),
+            lambda slots: kernels.hits_in_bitmap(slots, rows, excluded),
+        )
+
+
+class NegativeSamplerV2(_Sampler):
+    """Draws from the positive edges' distinct items, redrawing a user's own positive items."""
+
+    def __init__(
+        self,
+        items: ItemTable,
+        pos_edges: EdgeTable,
+        *,
+        num_sample: int,
+        attr_fields: Sequence[str] | None = None,
+        item_id_field: str,
+        user_id_field: str,
+        weighted: bool = False,
+        num_eval_sample: int | None = None,
+        max_retries: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            items,
+            num_sample=num_sample,
+            attr_fields=attr_fields,
+            item_id_field=item_id_field,
+            user_id_field=user_id_field,
+            num_eval_sample=num_eval_sample,
+            max_retries=max_retries,
+            seed=seed,
+        )
+        self._positives: UserItemsCSR = positive_items_csr(pos_edges, items)
+        self._pool = np.unique(self._positives.items)
+        if len(self._pool) == 0:
+            raise NegseqError(f"{pos_edges.source}: the positive edge table is empty")
+        self.weighted = weighted
+        pool_weights = items.weights[self._pool] if weighted else np.ones(len(self._pool))
+        if not pool_weights.any():
+            raise NegseqError(f"{pos_edges.source}: every edge item has weight 0, nothing can be drawn")
+        self._alias = kernels.build_alias_table(pool_weights) if weighted else None
+
+    def _draw(self, rows, group, positives, users, rng):
+        positive_rows = self.items.rows(positives)
+        user_rows = self._positives.user_rows(users)
+        csr = self._positives
+
+        def draw(slots: np.ndarray, uniforms: np.ndarray) -> None:
+            if self._alias is None:
+                kernels.uniform_pool_draw(slots, uniforms, self._pool, rows)
+            else:
+                kernels.pool_draw(slots, uniforms, self._alias, self._pool, rows)
+
+        return self._redraw_loop(
+            rows,
+            rng,
+            draw,
+            lambda slots: kernels.hits_in_user_items(
+                slots, rows, group, positive_rows, user_rows, csr.indptr, csr.items
+            ),
+        )
+
+
+class HardNegativeSampler(NegativeSampler):
+    """NegativeSampler plus each query user's top `num_hard_sample` hard-negative items."""
+
+    def __init__(
+        self,
+        items: ItemTable,
+        hard_edges: EdgeTable,
+        *,
+        num_sample: int,
+        num_hard_sample: int,
+        attr_fields: Sequence[str] | None = None,
+        item_id_field: str,
+        user_id_field: str,
+        num_eval_sample: int | None = None,
+        max_retries: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            items,
+            num_sample=num_sample,
+            attr_fields=attr_fields,
+            item_id_field=item_id_field,
+            user_id_field=user_id_field,
+            num_eval_sample=num_eval_sample,
+            max_retries=max_retries,
+            seed=seed,
+        )
+        self.hard = HardNegativeIndex(items, hard_edges, num_hard_sample)
+
+
+class HardNegativeSamplerV2(NegativeSamplerV2):
+    """NegativeSamplerV2 plus each query user's top `num_hard_sample` hard-negative items."""
+
+    def __init__(
+        self,
+        items: ItemTable,
+        pos_edges: EdgeTable,
+        hard_edges: EdgeTable,
+        *,
+        num_sample: int,
+        num_hard_sample: int,
+        attr_fields: Sequence[str] | None = None,
+        item_id_field: str,
+        user_id_field: str,
+        weighted: bool = False,
+        num_eval_sample: int | None = None,
+        max_retries: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            items,
+            pos_edges,
+            num_sample=num_sample,
+            attr_fields=attr_fields,
+            item_id_field=item_id_field,
+            user_id_field=user_id_field,
+            weighted=weighted,
+            num_eval_sample=num_eval_sample,
+            max_retries=max_retries,
+            seed=seed,
+        )
+        self.hard = HardNegativeIndex(items, hard_edges, num_hard_sample)
