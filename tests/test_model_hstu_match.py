@@ -123,7 +123,7 @@ def test_suffix_shapes_and_masks(objective):
     assert out["logits"].shape == (q, 1 + 3 + 2)
     mask = out["mask"].tolist()
     if objective == "last":
-        # positives 5, 6, 7, 8; shared 9, 5, 10 (5 is query 0's positive); hard (0,0)=11 (0,1)=12 (2,1)=7
+        # positives 5, 6, 7, 8; shared 9, 5, 10 (5 = query 0 positive); hard 11, 12 (query 0), 7
         assert mask == [
             [True, True, False, True, True, True],
             [True, True, True, True, False, False],
