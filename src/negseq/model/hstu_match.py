@@ -33,6 +33,7 @@ from negseq.model.stu import STULayer, STUStack
 from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
 
 Similarity = Literal["cosine", "inner_product"]
+_DENSE_SCORE_LIMIT = 1 << 25  # most query x corpus scores computed at once (128 MiB of float32)
 Objective = Literal["last", "autoregressive"]
 
 
@@ -255,8 +256,14 @@ class HSTUMatch(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each query's own negatives neg_ids [Q, n] -> logits, mask [Q, 1+n]."""
         cand = torch.cat([pos_ids.unsqueeze(1), neg_ids], dim=1)
-        emb = self._item_lookup(cand)
-        logits = torch.einsum("qd,qkd->qk", query, emb)
+        corpus = self.num_items + 1
+        if cand.numel() > corpus and cand.shape[0] * corpus <= _DENSE_SCORE_LIMIT:
+            # small corpus: one GEMM against every item, then pick the candidates' columns
+            # (several times faster on CPU than gathering Q*(1+n) embedding rows)
+            all_items = self.item_embeddings(torch.arange(corpus, device=cand.device))
+            logits = (query @ all_items.T).gather(1, cand)
+        else:
+            logits = torch.einsum("qd,qkd->qk", query, self._item_lookup(cand))
         mask = torch.ones_like(cand, dtype=torch.bool)
         mask[:, 1:] = neg_ids != pos_ids.unsqueeze(1)
         return logits.masked_fill(~mask, float("-inf")), mask
