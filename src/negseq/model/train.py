@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from negseq.model.device import training_autocast
 from negseq.model.hstu_match import HSTUMatch
 from negseq.pipeline.jagged_batch import JaggedBatch
 
@@ -60,7 +61,11 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     quiet: bool = False,
 ) -> TrainReport:
-    """One pass over `batches` (or `max_steps` of them): forward, loss, backward, AdamW step."""
+    """One pass over `batches` (or `max_steps` of them): forward, loss, backward, AdamW step.
+
+    The model must already be on `device`; on CUDA the forward runs under bf16 autocast
+    (pick the attention kernel with `negseq.model.device.select_kernel` in `STUConfig`).
+    """
     optimizer = optimizer or make_optimizer(model, lr, weight_decay)
     report = TrainReport(optimizer)
     model.train()
@@ -75,7 +80,8 @@ def train(
             break
         report.data_wait_seconds += time.perf_counter() - wait_start
         batch = batch.to(device, non_blocking=True)
-        out = model(batch)
+        with training_autocast(device):
+            out = model(batch)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
