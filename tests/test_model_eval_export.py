@@ -162,7 +162,7 @@ def test_export_round_trip_without_negseq(tmp_path, items, num_time_buckets):
 def test_predict_writes_arrow_embeddings(tmp_path, items):
     model = trained_like_model()
     table = sequences([[100, 200], [], [300]], [400, 100, 200], user_ids=[7, 8, 9], ts=False)
-    paths = predict(model, table, items, tmp_path, item_ids=items.ids, batch_size=2)
+    paths = predict(model, table, items, tmp_path, batch_size=2)
     users = pa.ipc.open_file(paths["users"]).read_all()
     item_table = pa.ipc.open_file(paths["items"]).read_all()
     assert users.column("user_id").to_pylist() == [7, 8, 9]

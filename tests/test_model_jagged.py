@@ -112,3 +112,21 @@ def test_prepend_rows(lengths, width):
     assert out.tolist() == [v for row in expected for v in row]
     slots = jagged.row_slots(offsets, width)
     assert torch.equal(out[slots], values)
+
+
+def test_fallback_is_chosen_when_fbgemm_cannot_load(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)  # `import fbgemm_gpu` now raises
+    fallback = importlib.reload(jagged)
+    try:
+        assert fallback.BACKEND == "torch"
+        values, offsets, rows = make_rows([2, 0, 3], 2, seed=5)
+        padded = fallback.jagged_to_padded_dense(values, offsets, 3)
+        assert padded.tolist() == python_padded(rows, 3, 2, 0.0)
+        assert torch.equal(fallback.dense_to_jagged(padded, offsets), values)
+        assert fallback.asynchronous_complete_cumsum(torch.tensor([2, 0, 3])).tolist() == [0, 2, 2, 5]
+    finally:
+        monkeypatch.undo()
+        assert importlib.reload(jagged).BACKEND == "fbgemm"

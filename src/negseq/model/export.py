@@ -126,12 +126,12 @@ def predict(
     items: DenseRows,
     out_dir: str | Path,
     *,
-    item_ids: np.ndarray,
+    item_ids: np.ndarray | None = None,
     batch_size: int = 256,
 ) -> dict[str, Path]:
     """Write user embeddings (one per `sequences` row, from its `uih`) and item embeddings.
 
-    `item_ids`: the corpus ids to embed (e.g. `items.ids`), in the order they are written.
+    `item_ids`: the corpus ids to embed, in the order written (default: `items.ids`).
     """
     if "user_id" not in sequences.column_names:
         raise NegseqError(
@@ -149,7 +149,7 @@ def predict(
         for s in range(0, sequences.num_rows, batch_size)
     ]
     user_emb = torch.cat(user_chunks) if user_chunks else torch.zeros(0, model.embedding_dim)
-    item_ids = np.asarray(item_ids, dtype=np.int64)
+    item_ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)
     item_emb = model.item_embeddings(
         torch.from_numpy(np.asarray(items.dense_rows(item_ids), dtype=np.int64))
     )
