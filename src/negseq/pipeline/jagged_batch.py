@@ -23,11 +23,13 @@ Layout = Literal["interleaved", "suffix"]
 
 @dataclass(frozen=True)
 class JaggedFeature:
-    """One jagged feature group: `values` [L] int64, `offsets` [B+1] int64, optional `timestamps`."""
+    """One jagged feature group: `values` [L] int64, `offsets` [B+1] int64, optional `timestamps`
+    and `actions` (int64 bitmask a value: bit i = action type i happened)."""
 
     values: torch.Tensor
     offsets: torch.Tensor
     timestamps: torch.Tensor | None = None
+    actions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.values.dim() != 1 or self.offsets.dim() != 1 or self.offsets.numel() < 1:
@@ -38,6 +40,8 @@ class JaggedFeature:
             )
         if self.timestamps is not None and self.timestamps.shape != self.values.shape:
             raise ValueError("JaggedFeature timestamps must have the same length as values")
+        if self.actions is not None and self.actions.shape != self.values.shape:
+            raise ValueError("JaggedFeature actions must have the same length as values")
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -55,7 +59,9 @@ class JaggedFeature:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
-        return JaggedFeature(move(self.values), move(self.offsets), move(self.timestamps))
+        return JaggedFeature(
+            move(self.values), move(self.offsets), move(self.timestamps), move(self.actions)
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""Serving artefacts: the user and item towers as `torch.export` programs, and `predict`.
+
+`export` writes `user_tower.pt2`, `item_tower.pt2` and `towers.json` (inputs and dims).
+The programs hold their weights and need only torch to run (`load_tower(path)` is
+`torch.export.load(path).module()`), not negseq. The user tower takes a right-padded
+batch, `item_rows` int64 [B, N] and `lengths` int64 [B] (+ `timestamps` [B, N] when the
+model has time buckets), with B and N dynamic, and returns [B, D]; the item tower takes
+`item_rows` [N] and returns [N, D]. Rows are dense item rows (`items.dense_rows`).
+
+`predict` writes `user_embeddings.arrow` (user_id, embedding) and `item_embeddings.arrow`
+(item_id, embedding) as Arrow IPC files, embedding a fixed_size_list<float32>[D].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from negseq.errors import NegseqError
+from negseq.model.hstu_match import HSTUMatch
+from negseq.model.inputs import DenseRows, history_feature
+from negseq.model.jagged import jagged_to_padded_dense
+
+
+class _UserTower(nn.Module):
+    def __init__(self, model: HSTUMatch) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model.user_embeddings_padded(item_rows, lengths)
+
+
+class _TimedUserTower(_UserTower):
+    def forward(  # type: ignore[override]
+        self, item_rows: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.user_embeddings_padded(item_rows, lengths, timestamps)
+
+
+class _ItemTower(nn.Module):
+    def __init__(self, model: HSTUMatch) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_rows: torch.Tensor) -> torch.Tensor:
+        return self.model.item_embeddings(item_rows)
+
+
+def export(model: HSTUMatch, out_dir: str | Path) -> dict[str, Path]:
+    """Export the towers of `model` (in eval mode) to `out_dir`; returns the written paths."""
+    if model.contextual_seq_len or model.preprocessor.action_emb is not None:
+        raise NegseqError(
+            "export supports history-only user towers (no contextual prefix, no actions)"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    timed = model.positional.time_emb is not None
+    batch, seq = (
+        torch.export.Dim("batch", min=1),
+        torch.export.Dim("seq", min=1, max=model.max_seq_len),
+    )
+    rows = torch.ones(3, 5, dtype=torch.int64)
+    lengths = torch.tensor([5, 2, 0])
+    user_args: tuple[torch.Tensor, ...] = (rows, lengths)
+    user_dims: tuple[dict[int, torch.export.Dim], ...] = ({0: batch, 1: seq}, {0: batch})
+    if timed:
+        user_args += (torch.zeros(3, 5, dtype=torch.int64),)
+        user_dims += ({0: batch, 1: seq},)
+    user_tower = (_TimedUserTower if timed else _UserTower)(model)
+    paths = {"user_tower": out / "user_tower.pt2", "item_tower": out / "item_tower.pt2"}
+    with torch.no_grad():
+        user_program = torch.export.export(user_tower, user_args, dynamic_shapes=user_dims)
+        item_program = torch.export.export(
+            _ItemTower(model),
+            (torch.arange(4, dtype=torch.int64),),
+            dynamic_shapes=({0: torch.export.Dim("items", min=1)},),
+        )
+    torch.export.save(user_program, paths["user_tower"])
+    torch.export.save(item_program, paths["item_tower"])
+    meta = {
+        "embedding_dim": model.embedding_dim,
+        "num_items": model.num_items,
+        "max_seq_len": model.max_seq_len,
+        "similarity": model.similarity,
+        "user_tower_inputs": ["item_rows", "lengths"] + (["timestamps"] if timed else []),
+        "item_tower_inputs": ["item_rows"],
+    }
+    paths["meta"] = out / "towers.json"
+    paths["meta"].write_text(json.dumps(meta, indent=2))
+    model.train(was_training)
+    return paths
+
+
+def load_tower(path: str | Path) -> nn.Module:
+    """A saved tower as a callable module (plain torch, no negseq classes involved)."""
+    return torch.export.load(str(path)).module()
+
+
+def _embedding_table(ids: np.ndarray, emb: torch.Tensor, id_name: str) -> pa.Table:
+    flat = pa.array(emb.detach().to(torch.float32).numpy().reshape(-1))
+    return pa.table(
+        {
+            id_name: pa.array(ids, pa.int64()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]),
+        }
+    )
+
+
+def _write_ipc(table: pa.Table, path: Path) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+@torch.no_grad()
+def predict(
+    model: HSTUMatch,
+    sequences: pa.Table,
+    items: DenseRows,
+    out_dir: str | Path,
+    *,
+    item_ids: np.ndarray,
+    batch_size: int = 256,
+) -> dict[str, Path]:
+    """Write user embeddings (one per `sequences` row, from its `uih`) and item embeddings.
+
+    `item_ids`: the corpus ids to embed (e.g. `items.ids`), in the order they are written.
+    """
+    if "user_id" not in sequences.column_names:
+        raise NegseqError(
+            f"sequence table has no column 'user_id' (columns: {sequences.column_names})"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    with_ts = model.positional.time_emb is not None
+    user_chunks = [
+        model.user_embeddings(
+            history_feature(sequences.slice(s, batch_size), items, with_timestamps=with_ts)
+        )
+        for s in range(0, sequences.num_rows, batch_size)
+    ]
+    user_emb = torch.cat(user_chunks) if user_chunks else torch.zeros(0, model.embedding_dim)
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    item_emb = model.item_embeddings(
+        torch.from_numpy(np.asarray(items.dense_rows(item_ids), dtype=np.int64))
+    )
+    model.train(was_training)
+    paths = {"users": out / "user_embeddings.arrow", "items": out / "item_embeddings.arrow"}
+    user_ids = sequences.column("user_id").to_numpy()
+    _write_ipc(_embedding_table(user_ids, user_emb, "user_id"), paths["users"])
+    _write_ipc(_embedding_table(item_ids, item_emb, "item_id"), paths["items"])
+    return paths
+
+
+def padded_history(
+    values: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jagged history rows -> (item_rows [B, N], lengths [B]), the exported user tower's input."""
+    lengths = offsets[1:] - offsets[:-1]
+    width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+    return jagged_to_padded_dense(values, offsets, width, 0), lengths

@@ -1,0 +1,348 @@
+"""HSTU retrieval model: a user tower over jagged history, an item tower, sampled-softmax loss.
+
+User tower: item embedding -> `UIHPreprocessor` (+ contextual prefix, actions) ->
+`HSTUPositionalEncoder` -> dropout -> `STUStack` -> L2 norm (cosine). Item tower: the same
+item embedding table -> Linear -> LayerNorm (-> L2 norm for cosine).
+
+Who scores what (the query embedding of each positive):
+- `objective="last"` (TorchEasyRec #462): the row's last history position scores each of
+  the row's `cand_pos_lengths[i]` positives and their negatives.
+- `objective="autoregressive"` (HSTU paper): history position j scores the row's j-th
+  positive (the next item), so the candidate row must hold one positive per history item.
+
+Which negatives: interleaved -> each positive's own n negatives, logits [Q, 1+n]; suffix ->
+the M shared negatives for every query plus its hard negatives scattered by
+`hard_neg_indices` (query = positive index in [0, Q)), logits [Q, 1+M+Hmax]. Entries
+that do not exist, and negatives equal to the query's positive (accidental hits), are
+masked to -inf; `mask` says which entries are real. Loss: softmax cross-entropy, label 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from negseq.errors import NegseqError
+from negseq.model.encoders import HSTUPositionalEncoder, L2Norm, UIHPreprocessor
+from negseq.model.jagged import row_slots
+from negseq.model.stu import STULayer, STUStack
+from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
+
+Similarity = Literal["cosine", "inner_product"]
+Objective = Literal["last", "autoregressive"]
+
+
+@dataclass(frozen=True)
+class STUConfig:
+    """Per-layer STU settings; hidden_dim / attention_dim default to embedding_dim // num_heads."""
+
+    num_heads: int = 1
+    hidden_dim: int | None = None
+    attention_dim: int | None = None
+    output_dropout_ratio: float = 0.3
+    attn_alpha: float | None = None
+    max_attn_len: int = 0
+    scaling_seqlen: int = -1
+    kernel: str = "pytorch"
+
+
+def _rows_of(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+
+
+class HSTUMatch(nn.Module):
+    """Two-tower HSTU retrieval model. Item rows are dense: 1..num_items, 0 = unknown / padding."""
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int,
+        stu: STUConfig | None = None,
+        num_layers: int = 2,
+        max_seq_len: int = 200,
+        temperature: float = 0.05,
+        similarity: Similarity = "cosine",
+        layout: Literal["interleaved", "suffix"] = "interleaved",
+        objective: Objective = "last",
+        input_dropout_ratio: float = 0.2,
+        num_time_buckets: int = 0,
+        num_action_types: int = 0,
+        contextual_vocab_size: int = 0,
+        contextual_seq_len: int = 0,
+    ) -> None:
+        super().__init__()
+        if similarity not in ("cosine", "inner_product"):
+            raise ValueError(f"similarity must be 'cosine' or 'inner_product', got {similarity!r}")
+        if layout not in ("interleaved", "suffix"):
+            raise ValueError(f"layout must be 'interleaved' or 'suffix', got {layout!r}")
+        if objective not in ("last", "autoregressive"):
+            raise ValueError(f"objective must be 'last' or 'autoregressive', got {objective!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        stu = stu or STUConfig()
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        self.max_seq_len = max_seq_len
+        self.temperature = temperature
+        self.similarity = similarity
+        self.layout = layout
+        self.objective = objective
+        self.contextual_seq_len = contextual_seq_len
+        self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight[1:], std=0.02)
+        self.preprocessor = UIHPreprocessor(
+            embedding_dim,
+            embedding_dim,
+            num_action_types=num_action_types,
+            contextual_vocab_size=contextual_vocab_size,
+            contextual_seq_len=contextual_seq_len,
+        )
+        self.positional = HSTUPositionalEncoder(
+            max_seq_len + contextual_seq_len + 1,
+            embedding_dim,
+            num_time_buckets=num_time_buckets,
+            contextual_seq_len=contextual_seq_len,
+        )
+        self.input_dropout = nn.Dropout(input_dropout_ratio)
+        self.stu = STUStack(
+            [
+                STULayer(
+                    embedding_dim,
+                    stu.num_heads,
+                    stu.hidden_dim or embedding_dim // stu.num_heads,
+                    stu.attention_dim or embedding_dim // stu.num_heads,
+                    output_dropout_ratio=stu.output_dropout_ratio,
+                    attn_alpha=stu.attn_alpha,
+                    max_attn_len=stu.max_attn_len,
+                    contextual_seq_len=contextual_seq_len,
+                    scaling_seqlen=stu.scaling_seqlen,
+                    kernel=stu.kernel,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.user_norm = L2Norm() if similarity == "cosine" else nn.Identity()
+        self.item_tower = nn.Sequential(
+            nn.Linear(embedding_dim, embedding_dim),
+            nn.LayerNorm(embedding_dim),
+            L2Norm() if similarity == "cosine" else nn.Identity(),
+        )
+
+    # ----- towers -------------------------------------------------------------------------
+    def encode_history(
+        self, uih: JaggedFeature, contextual: JaggedFeature | None = None
+    ) -> torch.Tensor:
+        """The user tower's output at every history position: jagged [L, D] on uih.offsets."""
+        lengths = uih.lengths
+        if lengths.numel() and int(lengths.max()) > self.max_seq_len:
+            row = int(torch.argmax(lengths))
+            raise NegseqError(
+                f"uih row {row} holds {int(lengths[row])} items, more than max_seq_len "
+                f"{self.max_seq_len}: truncate history when building the batch"
+            )
+        x, offsets = self.preprocessor(
+            self.item_embedding(uih.values),
+            uih.offsets,
+            actions=uih.actions,
+            contextual_ids=None if contextual is None else contextual.values,
+            contextual_offsets=None if contextual is None else contextual.offsets,
+        )
+        timestamps = uih.timestamps
+        width = self.contextual_seq_len
+        if width and timestamps is not None:
+            padded_ts = timestamps.new_zeros(x.shape[0])
+            timestamps = padded_ts.index_copy(0, row_slots(uih.offsets, width), timestamps)
+        x = self.input_dropout(self.positional(x, offsets, timestamps))
+        max_len = int((offsets[1:] - offsets[:-1]).max()) if lengths.numel() else 0
+        x = self.stu(x, offsets, max_len)
+        if width:
+            x = x[row_slots(uih.offsets, width)]
+        return self.user_norm(x)
+
+    def user_embeddings(
+        self, uih: JaggedFeature, contextual: JaggedFeature | None = None
+    ) -> torch.Tensor:
+        """[B, D]: the last history position of each row; a zero row for an empty history."""
+        return self._last_position(self.encode_history(uih, contextual), uih.offsets)
+
+    @staticmethod
+    def _last_position(seq: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        lengths = offsets[1:] - offsets[:-1]
+        out = seq.new_zeros(lengths.numel(), seq.shape[-1])
+        nonempty = torch.nonzero(lengths > 0).flatten()
+        return out.index_copy(0, nonempty, seq[offsets[1:][nonempty] - 1])
+
+    def item_embeddings(self, rows: torch.Tensor) -> torch.Tensor:
+        """Item tower over dense item rows [...]; returns [..., D]."""
+        return self.item_tower(self.item_embedding(rows))
+
+    def user_embeddings_padded(
+        self,
+        item_rows: torch.Tensor,
+        lengths: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+        contextual_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The user tower on a right-padded batch (item_rows [B, N], lengths [B]) -> [B, D].
+
+        Plain static-shape tensor ops, so `torch.export` handles a dynamic B and N.
+        """
+        x, total = self.preprocessor.forward_padded(
+            self.item_embedding(item_rows), lengths, actions=actions, contextual_ids=contextual_ids
+        )
+        if self.contextual_seq_len and timestamps is not None:
+            timestamps = F.pad(timestamps, (self.contextual_seq_len, 0))
+        x = self.input_dropout(self.positional.forward_padded(x, total, timestamps))
+        x = self.user_norm(self.stu.forward_padded(x, total))
+        last = torch.clamp(total - 1, min=0).view(-1, 1, 1).expand(-1, 1, x.shape[-1])
+        out = torch.gather(x, 1, last).squeeze(1)
+        return out * (lengths > 0).to(out.dtype).unsqueeze(1)
+
+    # ----- training -----------------------------------------------------------------------
+    def forward(
+        self, batch: JaggedBatch, sample_weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """user_emb [B, D], logits [Q, K] / temperature, mask [Q, K], query_rows [Q], loss."""
+        if batch.layout != self.layout:
+            raise NegseqError(
+                f"batch layout {batch.layout!r} but the model was built for {self.layout!r}"
+            )
+        cand_pos_lengths = batch.cand_pos_lengths.to(torch.int64)
+        seq = self.encode_history(batch.uih, batch.contextual)
+        user_emb = self._last_position(seq, batch.uih.offsets)
+        query_rows = _rows_of(cand_pos_lengths)
+        if self.objective == "last":
+            query = user_emb[query_rows]
+        else:
+            uih_lengths = batch.uih.lengths
+            bad = torch.nonzero(cand_pos_lengths != uih_lengths).flatten()
+            if bad.numel():
+                row = int(bad[0])
+                raise NegseqError(
+                    f"autoregressive objective: row {row} has {int(cand_pos_lengths[row])} "
+                    "positives "
+                    f"but {int(uih_lengths[row])} history items (needs one positive a history item)"
+                )
+            query = seq
+        if self.layout == "interleaved":
+            table = batch.candidate.values.view(query.shape[0], 1 + batch.neg_per_pos)
+            logits, mask = self._interleaved_logits(query, table[:, 0], table[:, 1:])
+        else:
+            logits, mask = self._suffix_logits(batch, query, cand_pos_lengths)
+        logits = logits / self.temperature
+        loss = self.loss(logits, cand_pos_lengths, sample_weights)
+        return {
+            "user_emb": user_emb,
+            "logits": logits,
+            "mask": mask,
+            "query_rows": query_rows,
+            "loss": loss,
+        }
+
+    def _item_lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Item tower for many ids: over the whole table once when that is cheaper."""
+        if ids.numel() > self.num_items + 1:
+            return self.item_embeddings(torch.arange(self.num_items + 1, device=ids.device))[ids]
+        return self.item_embeddings(ids)
+
+    def _interleaved_logits(
+        self, query: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's own negatives neg_ids [Q, n] -> logits, mask [Q, 1+n]."""
+        cand = torch.cat([pos_ids.unsqueeze(1), neg_ids], dim=1)
+        emb = self._item_lookup(cand)
+        logits = torch.einsum("qd,qkd->qk", query, emb)
+        mask = torch.ones_like(cand, dtype=torch.bool)
+        mask[:, 1:] = neg_ids != pos_ids.unsqueeze(1)
+        return logits.masked_fill(~mask, float("-inf")), mask
+
+    def _suffix_logits(
+        self, batch: JaggedBatch, query: torch.Tensor, cand_pos_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        values, offsets = batch.candidate.values, batch.candidate.offsets
+        num_shared, num_hard = batch.num_shared_negatives, batch.num_hard_negatives
+        expected = cand_pos_lengths.clone()
+        if expected.numel():
+            expected[-1] += num_shared + num_hard
+        bad = torch.nonzero(batch.candidate.lengths != expected).flatten()
+        if bad.numel():
+            row = int(bad[0])
+            raise NegseqError(
+                f"suffix layout: candidate row {row} holds {int(batch.candidate.lengths[row])} "
+                f"ids, expected {int(expected[row])} (positives, then shared and hard negatives "
+                "in the last row)"
+            )
+        num_queries = query.shape[0]
+        query_rows = _rows_of(cand_pos_lengths)
+        pos_starts = torch.cumsum(cand_pos_lengths, 0) - cand_pos_lengths
+        pos_index = (
+            offsets[query_rows]
+            + torch.arange(num_queries, device=values.device)
+            - pos_starts[query_rows]
+        )
+        pos_ids = values[pos_index]
+        shared_ids = values[values.numel() - num_hard - num_shared : values.numel() - num_hard]
+        hard_ids = values[values.numel() - num_hard :]
+        pos_emb = self._item_lookup(pos_ids)
+        pos_logit = (query * pos_emb).sum(-1, keepdim=True)
+        shared_logit = query @ self._item_lookup(shared_ids).T
+        shared_mask = shared_ids.unsqueeze(0) != pos_ids.unsqueeze(1)
+        hard_logit, hard_mask = self._hard_logits(batch, query, pos_ids, hard_ids)
+        logits = torch.cat([pos_logit, shared_logit, hard_logit], dim=1)
+        mask = torch.cat(
+            [torch.ones_like(pos_ids, dtype=torch.bool).unsqueeze(1), shared_mask, hard_mask], 1
+        )
+        return logits.masked_fill(~mask, float("-inf")), mask
+
+    def _hard_logits(
+        self, batch: JaggedBatch, query: torch.Tensor, pos_ids: torch.Tensor, hard_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard negatives scattered to [Q, Hmax] by (query, offset); absent entries masked."""
+        num_queries = query.shape[0]
+        if hard_ids.numel() == 0:
+            empty = query.new_zeros(num_queries, 0)
+            return empty, empty.to(torch.bool)
+        index = batch.hard_neg_indices
+        if index is None or index.shape != (hard_ids.numel(), 2):
+            raise NegseqError(
+                f"suffix layout: {hard_ids.numel()} hard negatives need hard_neg_indices of shape "
+                f"[{hard_ids.numel()}, 2], got {None if index is None else tuple(index.shape)}"
+            )
+        index = index.to(torch.int64)
+        if (
+            int(index[:, 0].min()) < 0
+            or int(index[:, 0].max()) >= num_queries
+            or int(index[:, 1].min()) < 0
+        ):
+            raise NegseqError(
+                f"hard_neg_indices query rows must lie in [0, {num_queries}) and offsets be >= 0, "
+                f"got rows [{int(index[:, 0].min())}, {int(index[:, 0].max())}]"
+            )
+        width = int(index[:, 1].max()) + 1
+        score = (query[index[:, 0]] * self._item_lookup(hard_ids)).sum(-1)
+        logits = query.new_zeros(num_queries, width).index_put((index[:, 0], index[:, 1]), score)
+        mask = torch.zeros(num_queries, width, dtype=torch.bool, device=query.device)
+        mask[index[:, 0], index[:, 1]] = hard_ids != pos_ids[index[:, 0]]
+        return logits, mask
+
+    @staticmethod
+    def loss(
+        logits: torch.Tensor,
+        cand_pos_lengths: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Softmax cross-entropy, label 0; row weights [B] are repeated over each row's queries."""
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        per_query = F.cross_entropy(
+            logits, logits.new_zeros(logits.shape[0], dtype=torch.int64), reduction="none"
+        )
+        if sample_weights is None:
+            return per_query.mean()
+        weights = torch.repeat_interleave(sample_weights.to(per_query.dtype), cand_pos_lengths)
+        return (per_query * weights).sum() / weights.sum().clamp(min=1e-12)

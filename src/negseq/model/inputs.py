@@ -1,0 +1,62 @@
+"""Sequence-table columns (Arrow list<int64>) -> the model's jagged inputs.
+
+Used by `evaluate` and `predict`, which read `prepare_sequences` tables directly (training
+batches come from the pipeline's `to_jagged_batch`). Item ids become dense rows through
+the item table (`items.dense_rows`, 0 for an unknown id).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from negseq.errors import NegseqError
+from negseq.pipeline.jagged_batch import JaggedFeature
+
+
+class DenseRows(Protocol):
+    """What the model needs of an item table: its size and the id -> dense row map."""
+
+    def __len__(self) -> int: ...
+
+    def dense_rows(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+def list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values int64 [L], offsets int64 [B+1]) of a list<int> column; a null row is empty."""
+    if name not in table.column_names:
+        raise NegseqError(f"sequence table has no column {name!r} (columns: {table.column_names})")
+    column = table.column(name)
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        raise NegseqError(
+            f"sequence table column {name!r} must be a list of ints, got {column.type}"
+        )
+    column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    flat = column.flatten()  # honours slicing, skips null rows
+    if flat.null_count:
+        raise NegseqError(f"sequence table column {name!r} holds a null item inside a list")
+    return flat.to_numpy(zero_copy_only=False).astype(np.int64), offsets
+
+
+def history_feature(table: pa.Table, items: DenseRows, *, with_timestamps: bool) -> JaggedFeature:
+    """The `uih` column (and `uih_ts` when asked) as a JaggedFeature of dense item rows."""
+    ids, offsets = list_column(table, "uih")
+    timestamps = None
+    if with_timestamps:
+        ts, ts_offsets = list_column(table, "uih_ts")
+        if not np.array_equal(ts_offsets, offsets):
+            raise NegseqError(
+                "sequence table columns 'uih' and 'uih_ts' differ in length on some row"
+            )
+        timestamps = torch.from_numpy(ts)
+    return JaggedFeature(
+        torch.from_numpy(np.asarray(items.dense_rows(ids), dtype=np.int64)),
+        torch.from_numpy(offsets),
+        timestamps,
+    )

@@ -1,0 +1,92 @@
+"""A plain training loop over an iterable of `JaggedBatch` (local job, Ray Train, benchmarks).
+
+It owns no data loading and no evaluation: the caller passes batches (one pass per call)
+and, to continue across epochs, the optimizer returned by the previous call. The time spent
+waiting on the batch iterator is reported apart from compute, since a trainer starved by
+its sampling stage is the failure DESIGN §5 asks us to surface.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from negseq.model.hstu_match import HSTUMatch
+from negseq.pipeline.jagged_batch import JaggedBatch
+
+
+@dataclass
+class TrainReport:
+    """What one `train` call did: per-step losses and where the time went."""
+
+    optimizer: torch.optim.Optimizer
+    losses: list[float] = field(default_factory=list)
+    rows: int = 0
+    queries: int = 0
+    seconds: float = 0.0
+    data_wait_seconds: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
+
+
+def make_optimizer(
+    model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.0
+) -> torch.optim.AdamW:
+    """AdamW over all parameters (generative-recommenders trains HSTU with lr 1e-3)."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98)
+    )
+
+
+def train(
+    model: HSTUMatch,
+    batches: Iterable[JaggedBatch],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    max_steps: int | None = None,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+    quiet: bool = False,
+) -> TrainReport:
+    """One pass over `batches` (or `max_steps` of them): forward, loss, backward, AdamW step."""
+    optimizer = optimizer or make_optimizer(model, lr, weight_decay)
+    report = TrainReport(optimizer)
+    model.train()
+    start = time.perf_counter()
+    iterator = iter(batches)
+    progress = tqdm(total=max_steps, disable=quiet, desc="train", unit="batch")
+    while max_steps is None or report.steps < max_steps:
+        wait_start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        report.data_wait_seconds += time.perf_counter() - wait_start
+        batch = batch.to(device, non_blocking=True)
+        out = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        loss = float(out["loss"].detach())
+        report.losses.append(loss)
+        report.rows += batch.batch_size
+        report.queries += out["logits"].shape[0]
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}")
+        if on_step is not None:
+            on_step(report.steps, loss)
+    progress.close()
+    report.seconds = time.perf_counter() - start
+    return report
