@@ -217,10 +217,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # ---- entry ---------------------------------------------------------------------------------
 
+# ---- run -----------------------------------------------------------------------------------
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the main job: prepare -> sample -> train -> evaluate -> export (Ray or embedded)",
+    )
+    p.add_argument("job", type=Path, help="job file (TOML): [data] [sampler.*] [candidates] [model] ...")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from negseq.job import load_run_job, run_job
+
+    result = run_job(load_run_job(args.job), quiet=args.quiet)
+    if args.quiet:
+        print(json.dumps({"model": result["model"], "most_popular": result["most_popular"]}))
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare,
     add_sample,
     add_inspect,
+    add_run,
 ]
 
 

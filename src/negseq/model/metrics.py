@@ -49,9 +49,9 @@ def rank_metrics(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k in ks:
         hit = ranks < k
-        out[f"hr@{k}"] = float(hit.double().mean())
-        out[f"ndcg@{k}"] = float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean())
-    out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
+        out[f"HR@{k}"] = float(hit.double().mean())
+        out[f"NDCG@{k}"] = float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean())
+    out["MRR"] = float((1.0 / (ranks + 1.0)).mean())
     return out
 
 

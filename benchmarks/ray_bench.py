@@ -1,0 +1,137 @@
+"""Ray sampling stage vs the local executor on the same input, and whether the trainer waits on data.
+
+Prints one JSON object a line:
+- {"bench": "sampling", "executor": "local"|"ray", "actors": n, "rows_per_s": ...} (median of
+  --repeats runs over the same prepared rows; the Ray figure includes the dataset's start-up);
+- {"bench": "trainer", "data_wait_fraction": ...}: a short Ray Train run fed by the actor pool;
+  the fraction of step time spent blocked on the data iterator.
+
+    python benchmarks/ray_bench.py [--rows 20000] [--repeats 3] [--quiet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from negseq.pipeline.local_executor import LocalExecutor
+from negseq.pipeline.ray_executor import ActorPool, SamplingPlan, sampled_dataset
+from negseq.pipeline.ray_trainer import TrainSettings, fit
+from negseq.pipeline.sequences import prepare_sequences
+from negseq.sampler import ItemTable, NegativeSampler
+from negseq.synthetic import generate_interactions
+
+NEG_PER_POS = 32
+BATCH = 256
+
+
+def _inputs(rows: int) -> tuple[pa.Table, NegativeSampler]:
+    log = generate_interactions(num_users=rows, num_items=5000, min_len=10, max_len=40, seed=1)
+    train, _ = prepare_sequences(
+        log, user_field="user_id", item_field="item_id", time_field="timestamp", max_seq_len=50
+    )
+    ids = np.unique(log.column("item_id").to_numpy())
+    items = ItemTable.from_arrow(pa.table({"id": ids}))
+    return train, NegativeSampler(items, num_sample=NEG_PER_POS, item_id_field="next_items")
+
+
+def _local_rate(train: pa.Table, sampler: NegativeSampler) -> float:
+    executor = LocalExecutor(sampler, layout="interleaved", neg_per_pos=NEG_PER_POS, num_workers=2)
+    start = time.perf_counter()
+    rows = sum(b.num_rows for b in executor.iter_sampled(train.to_batches(max_chunksize=BATCH)))
+    return rows / (time.perf_counter() - start)
+
+
+def _ray_rate(train: pa.Table, sampler_ref, source_ref, actors: int) -> float:
+    plan = SamplingPlan(batch_size=BATCH, layout="interleaved", neg_per_pos=NEG_PER_POS)
+    pool = ActorPool(min_size=actors, max_size=actors, num_cpus=0.5)
+    start = time.perf_counter()
+    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, plan, pool, epochs=[0])
+    rows = sum(b.num_rows for b in dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    return rows / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    train, sampler = _inputs(args.rows)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    sampler_ref, source_ref = ray.put(sampler), ray.put(train)
+    lines = []
+    local = statistics.median(_local_rate(train, sampler) for _ in range(args.repeats))
+    lines.append(
+        {
+            "bench": "sampling",
+            "executor": "local",
+            "threads": 2,
+            "rows": train.num_rows,
+            "rows_per_s": round(local),
+        }
+    )
+    for actors in (1, 2):
+        rate = statistics.median(
+            _ray_rate(train, sampler_ref, source_ref, actors) for _ in range(args.repeats)
+        )
+        lines.append(
+            {
+                "bench": "sampling",
+                "executor": "ray",
+                "actors": actors,
+                "rows": train.num_rows,
+                "rows_per_s": round(rate),
+                "ratio_to_local": round(rate / local, 3),
+            }
+        )
+    plan = SamplingPlan(batch_size=BATCH, layout="interleaved", neg_per_pos=NEG_PER_POS)
+    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, plan, ActorPool(1, 2, 0.5), epochs=[0])
+    settings = TrainSettings(
+        model={
+            "num_items": len(sampler.items),
+            "embedding_dim": 64,
+            "num_layers": 2,
+            "max_seq_len": 50,
+            "layout": "interleaved",
+            "objective": "autoregressive",
+        },
+        stu={"num_heads": 1},
+        uih_field="uih",
+        candidate_field="next_items",
+        timestamp_field=None,
+        max_seq_len=50,
+        layout="interleaved",
+        checkpoint_every=10_000,
+        max_steps=args.train_steps,
+    )
+    _, metrics = fit(
+        settings, dataset, sampler.items, storage_path="runs/ray_bench", name="bench", use_gpu=False
+    )
+    lines.append(
+        {
+            "bench": "trainer",
+            "steps": metrics["step"],
+            "train_seconds": round(metrics["train_seconds"], 2),
+            "data_wait_seconds": round(metrics["data_wait_seconds"], 2),
+            "data_wait_fraction": round(metrics["data_wait_fraction"], 3),
+        }
+    )
+    ray.shutdown()
+    for line in lines:
+        print(json.dumps(line))
+    if not args.quiet:
+        print("\n".join(f"# {json.dumps(line)}" for line in lines), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Ray Train: workers iterate their shard of sampled batches, collate to `JaggedBatch`, train.
+
+The loop is the model's `train` function; this module adds what a distributed run needs:
+the worker's device (GPU when the run asked for one), resuming from the last checkpoint
+after a worker failure, checkpoints every `checkpoint_every` steps, and the trainer's
+time blocked on its data iterator as a reported metric.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from negseq.model.hstu_match import HSTUMatch, STUConfig
+from negseq.model.train import make_optimizer, train
+from negseq.pipeline.jagged import to_jagged_batch
+from negseq.pipeline.jagged_batch import JaggedBatch
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What every worker needs to build the model and read its shard."""
+
+    model: dict[str, Any]
+    stu: dict[str, Any]
+    uih_field: str
+    candidate_field: str
+    timestamp_field: str | None
+    max_seq_len: int
+    layout: str
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    checkpoint_every: int = 50
+    max_steps: int | None = None
+
+
+def build_model(settings: TrainSettings) -> HSTUMatch:
+    return HSTUMatch(**settings.model, stu=STUConfig(**settings.stu))
+
+
+def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    torch.save(state, path / STATE_FILE)
+
+
+def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    _unwrap(model).load_state_dict(state["model"])
+    return state
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _jagged_batches(settings: TrainSettings, items: Any) -> Iterator[JaggedBatch]:
+    shard = ray.train.get_dataset_shard("train")
+    # batch_size=None keeps each sampled batch whole: the suffix layout's shared negatives
+    # sit on its last row, so batches must not be re-cut.
+    for table in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        yield to_jagged_batch(
+            table,
+            items=items,
+            uih_field=settings.uih_field,
+            candidate_field=settings.candidate_field,
+            timestamp_field=settings.timestamp_field,
+            max_seq_len=settings.max_seq_len,
+            layout=settings.layout,  # type: ignore[arg-type]
+        )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    settings: TrainSettings = config["settings"]
+    items = ray.get(config["items_ref"])
+    device = ray.train.torch.get_device()
+    model = build_model(settings)
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_model_state(checkpoint, model)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+    model = ray.train.torch.prepare_model(model)
+    batches = itertools.islice(_jagged_batches(settings, items), start_step, None)
+    max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
+
+    def on_step(step: int, loss: float) -> None:
+        done = start_step + step
+        if done % settings.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                save_state(Path(folder), model, optimizer, done)
+                ray.train.report(
+                    {"step": done, "loss": loss},
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                )
+
+    report = train(
+        _unwrap(model),
+        batches,
+        optimizer=optimizer,
+        max_steps=max_steps,
+        device=device,
+        on_step=on_step,
+        quiet=True,
+    )
+    steps = start_step + report.steps
+    with tempfile.TemporaryDirectory() as folder:
+        save_state(Path(folder), model, optimizer, steps)
+        ray.train.report(
+            {
+                "step": steps,
+                "loss": report.losses[-1] if report.losses else float("nan"),
+                "mean_loss": report.mean_loss,
+                "rows": report.rows,
+                "train_seconds": report.seconds,
+                "data_wait_seconds": report.data_wait_seconds,
+                "data_wait_fraction": report.data_wait_seconds / report.seconds if report.seconds else 0.0,
+            },
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+        )
+
+
+def fit(
+    settings: TrainSettings,
+    dataset: ray.data.Dataset,
+    items: Any,
+    *,
+    storage_path: str | Path,
+    name: str,
+    num_workers: int = 1,
+    use_gpu: bool | None = None,
+    max_failures: int = 1,
+) -> tuple[HSTUMatch, dict[str, Any]]:
+    """Train on Ray Train; returns the trained model (on CPU) and the last reported metrics."""
+    if use_gpu is None:
+        use_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"settings": settings, "items_ref": ray.put(items)},
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    model = build_model(settings)
+    load_model_state(result.checkpoint, model)
+    return model, dict(result.metrics or {})

@@ -1,0 +1,228 @@
+"""The Ray executor on a real local Ray (num_cpus=2): writes, determinism, an actor killed
+mid-run, the streaming trainer, and `ray job submit` against a `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+from negseq.pipeline.io import read_manifest, verify_outputs  # noqa: E402
+from negseq.pipeline.ray_executor import (  # noqa: E402
+    ActorPool,
+    SamplingPlan,
+    sampled_dataset,
+    write_sampled_outputs,
+)
+from negseq.pipeline.ray_trainer import TrainSettings, fit  # noqa: E402
+from negseq.sampler import ItemTable, NegativeSampler  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[1]
+NUM_ITEMS = 300
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # The dashboard serves the state API the kill test uses to find the pool's actors.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=_free_port(),
+        log_to_driver=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def _source(rows: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 8, rows)
+    uih = [rng.integers(1, NUM_ITEMS + 1, n).tolist() for n in lengths]
+    return pa.table(
+        {
+            "user_id": np.arange(rows, dtype=np.int64),
+            "uih": uih,
+            "next_items": [h[1:] + [int(rng.integers(1, NUM_ITEMS + 1))] for h in uih],
+        }
+    )
+
+
+def _sampler() -> NegativeSampler:
+    items = ItemTable.from_arrow(pa.table({"id": np.arange(1, NUM_ITEMS + 1, dtype=np.int64)}))
+    return NegativeSampler(items, num_sample=4, item_id_field="next_items", seed=3)
+
+
+def _write(out: Path, source: pa.Table, actors: int, batch_size: int = 16) -> dict:
+    return write_sampled_outputs(
+        ray.put(_sampler()),
+        ray.put(source),
+        out,
+        SamplingPlan(batch_size=batch_size, layout="interleaved"),
+        ActorPool(min_size=actors, max_size=actors, num_cpus=0.5),
+    )
+
+
+def _same_files(left: Path, right: Path) -> bool:
+    names = sorted(p.name for p in left.iterdir() if p.name.startswith("part-"))
+    assert names == sorted(p.name for p in right.iterdir() if p.name.startswith("part-"))
+    _, mismatch, errors = filecmp.cmpfiles(left, right, names, shallow=False)
+    return not mismatch and not errors
+
+
+def test_one_and_two_actors_write_byte_identical_outputs(local_ray, tmp_path):
+    source = _source(200)
+    one = _write(tmp_path / "one", source, actors=1)
+    two = _write(tmp_path / "two", source, actors=2)
+    assert one["rows_in"] == one["rows_out"] == 200 == two["rows_out"]
+    assert len(one["files"]) == 13  # ceil(200 / 16), named by batch index
+    assert verify_outputs(tmp_path / "one") == [] and verify_outputs(tmp_path / "two") == []
+    assert _same_files(tmp_path / "one", tmp_path / "two")
+    manifest = read_manifest(tmp_path / "one")
+    assert manifest["rows_in"] == 200 and manifest["sampler_stats"]["draws"] > 0
+
+
+def _pool_actor_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False)
+    return [a.pid for a in actors if "MapWorker" in (a.class_name or "") and a.pid]
+
+
+def test_a_killed_actor_loses_and_duplicates_nothing(local_ray, tmp_path):
+    source = _source(3000, seed=1)
+    clean = _write(tmp_path / "clean", source, actors=2, batch_size=8)
+    killed: list[int] = []
+
+    def kill_one_actor() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            written = list((tmp_path / "faulty").glob("part-*"))
+            pids = _pool_actor_pids()
+            if pids and len(written) >= 20:
+                os.kill(pids[0], signal.SIGKILL)  # what ray.kill does to the actor's worker process
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    faulty = _write(tmp_path / "faulty", source, actors=2, batch_size=8)
+    killer.join()
+    assert killed, "no pool actor was found to kill while the run was in progress"
+    assert faulty["rows_in"] == faulty["rows_out"] == 3000
+    assert verify_outputs(tmp_path / "faulty") == []
+    assert len(list((tmp_path / "faulty").glob("part-*"))) == len(clean["files"]) == 375
+    assert not list((tmp_path / "faulty").glob(".*tmp*")), "a half-written file was left behind"
+    assert _same_files(tmp_path / "clean", tmp_path / "faulty")
+
+
+def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
+    source = _source(256, seed=2)
+    plan = SamplingPlan(batch_size=32, layout="interleaved")
+    dataset = sampled_dataset(
+        ray.put(_sampler()), ray.put(source), source.num_rows, plan, ActorPool(1, 1, 0.5), epochs=[0]
+    )
+    settings = TrainSettings(
+        model={
+            "num_items": NUM_ITEMS,
+            "embedding_dim": 16,
+            "num_layers": 1,
+            "max_seq_len": 8,
+            "layout": "interleaved",
+            "objective": "autoregressive",
+        },
+        stu={"num_heads": 1},
+        uih_field="uih",
+        candidate_field="next_items",
+        timestamp_field=None,
+        max_seq_len=8,
+        layout="interleaved",
+        checkpoint_every=4,
+        max_steps=6,
+    )
+    items = _sampler().items
+    model, metrics = fit(settings, dataset, items, storage_path=tmp_path / "train", name="t", use_gpu=False)
+    assert metrics["step"] == 6
+    assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+    assert 0.0 <= metrics["data_wait_fraction"] <= 1.0
+    assert model.item_embedding.weight.shape == (NUM_ITEMS + 1, 16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(600)
+def test_ray_job_submit_runs_negseq_run_on_a_started_cluster(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    gcs, dashboard = _free_port(), _free_port()
+    job = tmp_path / "job.toml"
+    job.write_text(
+        (REPO / "tests" / "data" / "tiny_job.toml").read_text().replace("OUTPUT_DIR", str(tmp_path / "out"))
+    )
+    head = subprocess.Popen(
+        [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        submit = [
+            str(bin_dir / "ray"),
+            "job",
+            "submit",
+            f"--address=http://127.0.0.1:{dashboard}",
+            "--",
+            str(bin_dir / "negseq"),
+            "run",
+            "--quiet",
+            str(job),
+        ]
+        deadline = time.monotonic() + 120
+        while True:  # the job API answers a little after the head is up
+            result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+            if (
+                result.returncode == 0
+                or time.monotonic() > deadline
+                or "Connection" not in result.stderr + result.stdout
+            ):
+                break
+            time.sleep(2)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "succeeded" in result.stdout
+        metrics = (tmp_path / "out" / "metrics.json").read_text()
+        assert '"most_popular"' in metrics and '"HR@10"' in metrics
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
