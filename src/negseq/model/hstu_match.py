@@ -133,9 +133,7 @@ class HSTUMatch(nn.Module):
         )
 
     # ----- towers -------------------------------------------------------------------------
-    def encode_history(
-        self, uih: JaggedFeature, contextual: JaggedFeature | None = None
-    ) -> torch.Tensor:
+    def encode_history(self, uih: JaggedFeature, contextual: JaggedFeature | None = None) -> torch.Tensor:
         """The user tower's output at every history position: jagged [L, D] on uih.offsets."""
         lengths = uih.lengths
         if lengths.numel() and int(lengths.max()) > self.max_seq_len:
@@ -163,9 +161,7 @@ class HSTUMatch(nn.Module):
             x = x[row_slots(uih.offsets, width)]
         return self.user_norm(x)
 
-    def user_embeddings(
-        self, uih: JaggedFeature, contextual: JaggedFeature | None = None
-    ) -> torch.Tensor:
+    def user_embeddings(self, uih: JaggedFeature, contextual: JaggedFeature | None = None) -> torch.Tensor:
         """[B, D]: the last history position of each row; a zero row for an empty history."""
         return self._last_position(self.encode_history(uih, contextual), uih.offsets)
 
@@ -209,9 +205,7 @@ class HSTUMatch(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """user_emb [B, D], logits [Q, K] / temperature, mask [Q, K], query_rows [Q], loss."""
         if batch.layout != self.layout:
-            raise NegseqError(
-                f"batch layout {batch.layout!r} but the model was built for {self.layout!r}"
-            )
+            raise NegseqError(f"batch layout {batch.layout!r} but the model was built for {self.layout!r}")
         cand_pos_lengths = batch.cand_pos_lengths.to(torch.int64)
         seq = self.encode_history(batch.uih, batch.contextual)
         user_emb = self._last_position(seq, batch.uih.offsets)
@@ -281,9 +275,7 @@ class HSTUMatch(nn.Module):
         query_rows = _rows_of(cand_pos_lengths)
         pos_starts = torch.cumsum(cand_pos_lengths, 0) - cand_pos_lengths
         pos_index = (
-            offsets[query_rows]
-            + torch.arange(num_queries, device=values.device)
-            - pos_starts[query_rows]
+            offsets[query_rows] + torch.arange(num_queries, device=values.device) - pos_starts[query_rows]
         )
         pos_ids = values[pos_index]
         shared_ids = values[values.numel() - num_hard - num_shared : values.numel() - num_hard]
@@ -294,9 +286,7 @@ class HSTUMatch(nn.Module):
         shared_mask = shared_ids.unsqueeze(0) != pos_ids.unsqueeze(1)
         hard_logit, hard_mask = self._hard_logits(batch, query, pos_ids, hard_ids)
         logits = torch.cat([pos_logit, shared_logit, hard_logit], dim=1)
-        mask = torch.cat(
-            [torch.ones_like(pos_ids, dtype=torch.bool).unsqueeze(1), shared_mask, hard_mask], 1
-        )
+        mask = torch.cat([torch.ones_like(pos_ids, dtype=torch.bool).unsqueeze(1), shared_mask, hard_mask], 1)
         return logits.masked_fill(~mask, float("-inf")), mask
 
     def _hard_logits(
@@ -314,11 +304,7 @@ class HSTUMatch(nn.Module):
                 f"[{hard_ids.numel()}, 2], got {None if index is None else tuple(index.shape)}"
             )
         index = index.to(torch.int64)
-        if (
-            int(index[:, 0].min()) < 0
-            or int(index[:, 0].max()) >= num_queries
-            or int(index[:, 1].min()) < 0
-        ):
+        if int(index[:, 0].min()) < 0 or int(index[:, 0].max()) >= num_queries or int(index[:, 1].min()) < 0:
             raise NegseqError(
                 f"hard_neg_indices query rows must lie in [0, {num_queries}) and offsets be >= 0, "
                 f"got rows [{int(index[:, 0].min())}, {int(index[:, 0].max())}]"

@@ -43,8 +43,7 @@ def sample_candidates_and_stats(
         raise NegseqError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "interleaved" and getattr(sampler, "is_hard", False):
         raise NegseqError(
-            "hard negatives are shared by a batch, so they need the 'suffix' layout, "
-            "not 'interleaved'"
+            "hard negatives are shared by a batch, so they need the 'suffix' layout, not 'interleaved'"
         )
     if isinstance(batch, pa.Table):
         batch = pa.RecordBatch.from_arrays(

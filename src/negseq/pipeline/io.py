@@ -50,9 +50,7 @@ class CsvOptions:
     column_names: Sequence[str] | None = None
 
     def file_format(self) -> ds.CsvFileFormat:
-        read = pacsv.ReadOptions(
-            column_names=list(self.column_names) if self.column_names else None
-        )
+        read = pacsv.ReadOptions(column_names=list(self.column_names) if self.column_names else None)
         parse = pacsv.ParseOptions(delimiter=self.delimiter)
         return ds.CsvFileFormat(read_options=read, parse_options=parse)
 
@@ -71,9 +69,7 @@ def detect_format(path: str | Path) -> str:
     return fmt
 
 
-def open_dataset(
-    path: str | Path, *, format: str | None = None, csv: CsvOptions | None = None
-) -> ds.Dataset:
+def open_dataset(path: str | Path, *, format: str | None = None, csv: CsvOptions | None = None) -> ds.Dataset:
     """A `pyarrow.dataset` over a file or folder of Parquet, Arrow IPC or CSV files."""
     path = Path(path)
     if not path.exists():
@@ -90,9 +86,7 @@ def open_dataset(
     source: Any = str(path)
     if path.is_dir():
         # Only this format's data files, in name order: skips manifests and hidden temp files.
-        suffixes = {
-            s for s, f in _SUFFIX_FORMATS.items() if f == ("ipc" if fmt == "arrow" else fmt)
-        }
+        suffixes = {s for s, f in _SUFFIX_FORMATS.items() if f == ("ipc" if fmt == "arrow" else fmt)}
         source = sorted(
             str(p)
             for p in path.rglob("*")
@@ -104,9 +98,7 @@ def open_dataset(
         raise NegseqError(f"{path}: cannot open as {fmt}: {exc}") from exc
 
 
-def read_table(
-    path: str | Path, *, format: str | None = None, csv: CsvOptions | None = None
-) -> pa.Table:
+def read_table(path: str | Path, *, format: str | None = None, csv: CsvOptions | None = None) -> pa.Table:
     try:
         return open_dataset(path, format=format, csv=csv).to_table()
     except pa.ArrowInvalid as exc:
@@ -165,11 +157,7 @@ def write_batch_output(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / output_name(batch_index, format)
-    table = (
-        record_batch
-        if isinstance(record_batch, pa.Table)
-        else pa.Table.from_batches([record_batch])
-    )
+    table = record_batch if isinstance(record_batch, pa.Table) else pa.Table.from_batches([record_batch])
 
     def write(tmp: Path) -> None:
         if format == "parquet":
@@ -231,9 +219,7 @@ def remove_manifest(out_dir: str | Path) -> None:
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST_NAME
     if not path.exists():
-        raise NegseqError(
-            f"{path}: no manifest (the run did not finish, or this is not an output folder)"
-        )
+        raise NegseqError(f"{path}: no manifest (the run did not finish, or this is not an output folder)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -31,16 +31,12 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def truncate_recent(
-    values: np.ndarray, counts: np.ndarray, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
+def truncate_recent(values: np.ndarray, counts: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the last `max_len` values of each row: (values, counts)."""
     kept = np.minimum(counts, max_len)
     ends = _offsets(counts)[1:]
     new_offsets = _offsets(kept)
-    idx = np.arange(new_offsets[-1], dtype=np.int64) + np.repeat(
-        ends - kept - new_offsets[:-1], kept
-    )
+    idx = np.arange(new_offsets[-1], dtype=np.int64) + np.repeat(ends - kept - new_offsets[:-1], kept)
     return values[idx], kept
 
 
@@ -52,9 +48,7 @@ def _interleaved_neg_per_pos(cand_counts: np.ndarray, pos_counts: np.ndarray) ->
         return 0
     total = int(cand_counts.sum())
     if total % total_pos:
-        raise NegseqError(
-            f"interleaved candidates: {total} ids is not a multiple of {total_pos} positives"
-        )
+        raise NegseqError(f"interleaved candidates: {total} ids is not a multiple of {total_pos} positives")
     neg_per_pos = total // total_pos - 1
     bad = np.flatnonzero(cand_counts != pos_counts * (1 + neg_per_pos))
     if len(bad):
@@ -86,9 +80,7 @@ def to_jagged_batch(
     uih_ids, uih_counts = truncate_recent(uih_ids, uih_counts, max_seq_len)
     timestamps = None
     if timestamp_field is not None:
-        ts, ts_counts = flatten_id_column(
-            column_of(record_batch, timestamp_field), column=timestamp_field
-        )
+        ts, ts_counts = flatten_id_column(column_of(record_batch, timestamp_field), column=timestamp_field)
         ts, ts_counts = truncate_recent(ts, ts_counts, max_seq_len)
         if not np.array_equal(ts_counts, uih_counts):
             row = int(np.flatnonzero(ts_counts != uih_counts)[0])
@@ -98,9 +90,7 @@ def to_jagged_batch(
     cand_ids, cand_counts = flatten_id_column(
         column_of(record_batch, candidate_field), column=candidate_field
     )
-    pos_counts = (
-        column_of(record_batch, CAND_POS_LENGTHS).fill_null(0).to_numpy(zero_copy_only=False)
-    )
+    pos_counts = column_of(record_batch, CAND_POS_LENGTHS).fill_null(0).to_numpy(zero_copy_only=False)
     pos_counts = pos_counts.astype(np.int64)
 
     neg_per_pos = num_shared = num_hard = 0
@@ -117,9 +107,7 @@ def to_jagged_batch(
             )
         names = record_batch.schema.names
         if HARD_NEG_INDICES in names:
-            pairs, _ = flatten_id_column(
-                column_of(record_batch, HARD_NEG_INDICES), column=HARD_NEG_INDICES
-            )
+            pairs, _ = flatten_id_column(column_of(record_batch, HARD_NEG_INDICES), column=HARD_NEG_INDICES)
             hard_indices = torch.from_numpy(pairs.reshape(-1, 2).astype(np.int32))
             num_hard = hard_indices.shape[0]
         num_shared = (int(extra[-1]) if len(extra) else 0) - num_hard

@@ -79,9 +79,7 @@ class LocalExecutor:
         self.max_in_flight = max_in_flight
         self.training = training
 
-    def sample(
-        self, batch_index: int, batch: pa.RecordBatch
-    ) -> tuple[pa.RecordBatch, dict[str, int]]:
+    def sample(self, batch_index: int, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, int]]:
         return sample_candidates_and_stats(
             batch,
             self.sampler,
@@ -123,9 +121,7 @@ class LocalExecutor:
                 layout=self.layout,
             )
 
-        yield from ordered_map(
-            work, batches, num_workers=self.num_workers, max_in_flight=self.max_in_flight
-        )
+        yield from ordered_map(work, batches, num_workers=self.num_workers, max_in_flight=self.max_in_flight)
 
     def write(
         self,

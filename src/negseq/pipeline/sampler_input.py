@@ -63,9 +63,7 @@ def flatten_id_column(
     if is_id_string_type(typ):
         offsets, data, valid = id_strings.string_buffers(arr)
         counts = id_strings.count_tokens(arr, seq_delim, column)
-        ids = id_strings.parse_tokens(
-            offsets, data, valid, id_strings.delim_bytes(seq_delim), counts
-        )
+        ids = id_strings.parse_tokens(offsets, data, valid, id_strings.delim_bytes(seq_delim), counts)
         return ids, counts
     if is_id_list_type(typ):
         counts = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -77,8 +75,7 @@ def flatten_id_column(
         ids = values.cast(pa.int64()).to_numpy(zero_copy_only=False)
         return np.ascontiguousarray(ids, dtype=np.int64), counts
     raise NegseqError(
-        f"column {column!r} has type {typ}; expected int64 ids, delimited id strings "
-        "or a list of ids"
+        f"column {column!r} has type {typ}; expected int64 ids, delimited id strings or a list of ids"
     )
 
 
@@ -100,8 +97,7 @@ def build_sampler_input(
         users = column_of(batch, user_id_field)
         if len(users) != len(items):
             raise NegseqError(
-                f"column {user_id_field!r} has {len(users)} rows, "
-                f"{item_id_field!r} has {len(items)}"
+                f"column {user_id_field!r} has {len(users)} rows, {item_id_field!r} has {len(items)}"
             )
         owner = np.repeat(np.arange(len(items), dtype=np.int64), counts)
         out[user_id_field] = users.take(pa.array(owner))

@@ -44,9 +44,7 @@ def _int64_column(table: pa.Table, name: str) -> np.ndarray:
         try:
             col = col.cast(pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise NegseqError(
-                f"interactions column {name!r} ({typ}) is not integer: {exc}"
-            ) from exc
+            raise NegseqError(f"interactions column {name!r} ({typ}) is not integer: {exc}") from exc
     return col.to_numpy().astype(np.int64, copy=False)
 
 
@@ -62,9 +60,7 @@ def _gather_lists(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> p
 def _next_items(items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """Row r: items[starts[r]+1 : ends[r]+1] when the history is non-empty, else empty."""
     nonempty = ends > starts
-    return _gather_lists(
-        items, np.where(nonempty, starts + 1, starts), np.where(nonempty, ends + 1, ends)
-    )
+    return _gather_lists(items, np.where(nonempty, starts + 1, starts), np.where(nonempty, ends + 1, ends))
 
 
 def _rows(users, items, times, first, target_pos, max_seq_len) -> pa.Table:
