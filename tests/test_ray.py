@@ -36,15 +36,7 @@ NUM_ITEMS = 300
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # The dashboard serves the state API the kill test uses to find the pool's actors.
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=_free_port(),
-        log_to_driver=False,
-    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
@@ -97,11 +89,28 @@ def test_one_and_two_actors_write_byte_identical_outputs(local_ray, tmp_path):
     assert manifest["rows_in"] == 200 and manifest["sampler_stats"]["draws"] > 0
 
 
-def _pool_actor_pids() -> list[int]:
-    from ray.util.state import list_actors
+def _descendant_pids(marker: str) -> list[int]:
+    """Processes under this one (the embedded Ray's workers) whose command line names `marker`.
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False)
-    return [a.pid for a in actors if "MapWorker" in (a.class_name or "") and a.pid]
+    Ray titles an actor's worker process `ray::<ActorClass>...`; walking /proc from our own pid
+    finds our actors without the dashboard and never touches another cluster's processes."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, stack = [], [os.getpid()]
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            stack.append(pid)
+            try:
+                if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
 
 
 def test_a_killed_actor_loses_and_duplicates_nothing(local_ray, tmp_path):
@@ -113,7 +122,7 @@ def test_a_killed_actor_loses_and_duplicates_nothing(local_ray, tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
             written = list((tmp_path / "faulty").glob("part-*"))
-            pids = _pool_actor_pids()
+            pids = _descendant_pids("MapWorker")
             if pids and len(written) >= 20:
                 os.kill(pids[0], signal.SIGKILL)  # what ray.kill does to the actor's worker process
                 killed.append(pids[0])
@@ -131,13 +140,8 @@ def test_a_killed_actor_loses_and_duplicates_nothing(local_ray, tmp_path):
     assert _same_files(tmp_path / "clean", tmp_path / "faulty")
 
 
-def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
-    source = _source(256, seed=2)
-    plan = SamplingPlan(batch_size=32, layout="interleaved")
-    dataset = sampled_dataset(
-        ray.put(_sampler()), ray.put(source), source.num_rows, plan, ActorPool(1, 1, 0.5), epochs=[0]
-    )
-    settings = TrainSettings(
+def _settings(checkpoint_every: int, max_steps: int) -> TrainSettings:
+    return TrainSettings(
         model={
             "num_items": NUM_ITEMS,
             "embedding_dim": 16,
@@ -152,15 +156,44 @@ def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
         timestamp_field=None,
         max_seq_len=8,
         layout="interleaved",
-        checkpoint_every=4,
-        max_steps=6,
+        checkpoint_every=checkpoint_every,
+        max_steps=max_steps,
     )
+
+
+def _dataset(rows: int, batch_size: int, seed: int):
+    source = _source(rows, seed=seed)
+    plan = SamplingPlan(batch_size=batch_size, layout="interleaved")
+    return sampled_dataset(
+        ray.put(_sampler()), ray.put(source), source.num_rows, plan, ActorPool(1, 1, 0.5), epochs=[0]
+    )
+
+
+def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
+    settings = _settings(checkpoint_every=4, max_steps=6)
+    dataset = _dataset(256, 32, seed=2)
     items = _sampler().items
     model, metrics = fit(settings, dataset, items, storage_path=tmp_path / "train", name="t", use_gpu=False)
     assert metrics["step"] == 6
     assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
     assert 0.0 <= metrics["data_wait_fraction"] <= 1.0
     assert model.item_embedding.weight.shape == (NUM_ITEMS + 1, 16)
+    assert metrics["resumed_from_step"] == 0
+
+
+def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
+    # What a retried trainer does after a failure: the same run (name, storage) picks up its latest
+    # checkpoint, restores model and optimizer, and skips the batches it already trained on.
+    storage, items = tmp_path / "train", _sampler().items
+    _, first = fit(
+        _settings(2, 6), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
+    )
+    assert first["step"] == 6 and first["resumed_from_step"] == 0
+    _, second = fit(
+        _settings(2, 10), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
+    )
+    assert second["resumed_from_step"] == 6
+    assert second["step"] == 10
 
 
 def _free_port() -> int:

@@ -72,9 +72,7 @@ class HSTUPositionalEncoder(nn.Module):
             -math.sqrt(1.0 / num_position_buckets),
             math.sqrt(1.0 / num_position_buckets),
         )
-        self.time_emb = (
-            nn.Embedding(num_time_buckets + 1, embedding_dim) if num_time_buckets > 0 else None
-        )
+        self.time_emb = nn.Embedding(num_time_buckets + 1, embedding_dim) if num_time_buckets > 0 else None
         if self.time_emb is not None:
             nn.init.uniform_(
                 self.time_emb.weight,
@@ -96,9 +94,7 @@ class HSTUPositionalEncoder(nn.Module):
         )
         if self.time_emb is not None:
             if timestamps is None:
-                raise NegseqError(
-                    "HSTUPositionalEncoder has time buckets but the batch has no timestamps"
-                )
+                raise NegseqError("HSTUPositionalEncoder has time buckets but the batch has no timestamps")
             buckets = time_bucket_ids(
                 query_ts,
                 timestamps,
@@ -173,9 +169,7 @@ class UIHPreprocessor(nn.Module):
             return item_emb
         if actions is None:
             raise NegseqError("UIHPreprocessor has action types but the batch has no actions")
-        bits = (
-            actions.unsqueeze(-1) >> torch.arange(self.num_action_types, device=actions.device)
-        ) & 1
+        bits = (actions.unsqueeze(-1) >> torch.arange(self.num_action_types, device=actions.device)) & 1
         return torch.cat([item_emb, bits.to(item_emb.dtype) @ self.action_emb], dim=-1)
 
     def forward(
@@ -193,9 +187,7 @@ class UIHPreprocessor(nn.Module):
         batch = offsets.numel() - 1
         return prepend_rows(x, offsets, self._contextual(contextual_ids, contextual_offsets, batch))
 
-    def _contextual(
-        self, ids: torch.Tensor | None, offsets: torch.Tensor | None, batch: int
-    ) -> torch.Tensor:
+    def _contextual(self, ids: torch.Tensor | None, offsets: torch.Tensor | None, batch: int) -> torch.Tensor:
         if ids is None or offsets is None:
             raise NegseqError(
                 "UIHPreprocessor has a contextual prefix but the batch has no contextual feature"
@@ -222,12 +214,8 @@ class UIHPreprocessor(nn.Module):
         if self.contextual_emb is None:
             return x, lengths
         if contextual_ids is None:
-            raise NegseqError(
-                "UIHPreprocessor has a contextual prefix but no contextual ids were given"
-            )
-        return torch.cat(
-            [self.contextual_emb(contextual_ids), x], dim=1
-        ), lengths + self.contextual_seq_len
+            raise NegseqError("UIHPreprocessor has a contextual prefix but no contextual ids were given")
+        return torch.cat([self.contextual_emb(contextual_ids), x], dim=1), lengths + self.contextual_seq_len
 
 
 class L2Norm(nn.Module):

@@ -55,9 +55,7 @@ class _ItemTower(nn.Module):
 def export(model: HSTUMatch, out_dir: str | Path) -> dict[str, Path]:
     """Export the towers of `model` (in eval mode) to `out_dir`; returns the written paths."""
     if model.contextual_seq_len or model.preprocessor.action_emb is not None:
-        raise NegseqError(
-            "export supports history-only user towers (no contextual prefix, no actions)"
-        )
+        raise NegseqError("export supports history-only user towers (no contextual prefix, no actions)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -134,18 +132,14 @@ def predict(
     `item_ids`: the corpus ids to embed, in the order written (default: `items.ids`).
     """
     if "user_id" not in sequences.column_names:
-        raise NegseqError(
-            f"sequence table has no column 'user_id' (columns: {sequences.column_names})"
-        )
+        raise NegseqError(f"sequence table has no column 'user_id' (columns: {sequences.column_names})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     with_ts = model.positional.time_emb is not None
     user_chunks = [
-        model.user_embeddings(
-            history_feature(sequences.slice(s, batch_size), items, with_timestamps=with_ts)
-        )
+        model.user_embeddings(history_feature(sequences.slice(s, batch_size), items, with_timestamps=with_ts))
         for s in range(0, sequences.num_rows, batch_size)
     ]
     user_emb = torch.cat(user_chunks) if user_chunks else torch.zeros(0, model.embedding_dim)
@@ -161,9 +155,7 @@ def predict(
     return paths
 
 
-def padded_history(
-    values: torch.Tensor, offsets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_history(values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Jagged history rows -> (item_rows [B, N], lengths [B]), the exported user tower's input."""
     lengths = offsets[1:] - offsets[:-1]
     width = max(int(lengths.max()) if lengths.numel() else 0, 1)

@@ -32,9 +32,7 @@ def list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise NegseqError(f"sequence table has no column {name!r} (columns: {table.column_names})")
     column = table.column(name)
     if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
-        raise NegseqError(
-            f"sequence table column {name!r} must be a list of ints, got {column.type}"
-        )
+        raise NegseqError(f"sequence table column {name!r} must be a list of ints, got {column.type}")
     column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
@@ -51,9 +49,7 @@ def history_feature(table: pa.Table, items: DenseRows, *, with_timestamps: bool)
     if with_timestamps:
         ts, ts_offsets = list_column(table, "uih_ts")
         if not np.array_equal(ts_offsets, offsets):
-            raise NegseqError(
-                "sequence table columns 'uih' and 'uih_ts' differ in length on some row"
-            )
+            raise NegseqError("sequence table columns 'uih' and 'uih_ts' differ in length on some row")
         timestamps = torch.from_numpy(ts)
     return JaggedFeature(
         torch.from_numpy(np.asarray(items.dense_rows(ids), dtype=np.int64)),

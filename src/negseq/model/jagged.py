@@ -17,9 +17,7 @@ except Exception:  # pragma: no cover - exercised only where fbgemm cannot load
     BACKEND = "torch"
 
 
-def _padded_index(
-    offsets: torch.Tensor, max_len: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _padded_index(offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(value index, row, position) of every jagged value that fits in `max_len` columns."""
     lengths = offsets[1:] - offsets[:-1]
     rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
@@ -74,9 +72,7 @@ def jagged_to_padded_dense(
     return padded.squeeze(2) if values.dim() == 1 else padded
 
 
-def dense_to_jagged(
-    dense: torch.Tensor, offsets: torch.Tensor, total_len: int | None = None
-) -> torch.Tensor:
+def dense_to_jagged(dense: torch.Tensor, offsets: torch.Tensor, total_len: int | None = None) -> torch.Tensor:
     """padded [B, N, D] (or [B, N]) -> values [L, D] (or [L]) by `offsets`."""
     if BACKEND != "fbgemm":
         return torch_dense_to_jagged(dense, offsets, total_len)
@@ -99,9 +95,7 @@ def prepend_rows(
     """Put `prefix` [B, C, ...] before each row of jagged `values` [L, ...] -> (values, offsets)."""
     batch, width = prefix.shape[0], prefix.shape[1]
     new_offsets = offsets + torch.arange(batch + 1, device=offsets.device) * width
-    prefix_slots = (
-        new_offsets[:-1].view(-1, 1) + torch.arange(width, device=offsets.device)
-    ).reshape(-1)
+    prefix_slots = (new_offsets[:-1].view(-1, 1) + torch.arange(width, device=offsets.device)).reshape(-1)
     out = values.new_empty(values.shape[0] + batch * width, *values.shape[1:])
     out = out.index_copy(0, row_slots(offsets, width), values)
     return out.index_copy(0, prefix_slots, prefix.reshape(-1, *values.shape[1:])), new_offsets

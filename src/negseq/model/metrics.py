@@ -88,9 +88,7 @@ def evaluate(
         raise NegseqError("eval table column 'target' holds nulls")
     counts = item_counts(eval_table, items) if counts is None else counts
     if counts.shape != (len(items) + 1,):
-        raise NegseqError(
-            f"counts must have len(items) + 1 = {len(items) + 1} entries, got {counts.shape}"
-        )
+        raise NegseqError(f"counts must have len(items) + 1 = {len(items) + 1} entries, got {counts.shape}")
     popularity = torch.from_numpy(counts.astype(np.float64)).view(1, -1)
     with_ts = model.positional.time_emb is not None
     was_training = model.training

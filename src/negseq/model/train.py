@@ -40,13 +40,9 @@ class TrainReport:
         return sum(self.losses) / len(self.losses) if self.losses else float("nan")
 
 
-def make_optimizer(
-    model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.0
-) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW over all parameters (generative-recommenders trains HSTU with lr 1e-3)."""
-    return torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98)
-    )
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
 
 def train(

@@ -59,9 +59,7 @@ class JaggedFeature:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
-        return JaggedFeature(
-            move(self.values), move(self.offsets), move(self.timestamps), move(self.actions)
-        )
+        return JaggedFeature(move(self.values), move(self.offsets), move(self.timestamps), move(self.actions))
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(
             {
                 "step": steps,
+                "resumed_from_step": start_step,
                 "loss": report.losses[-1] if report.losses else float("nan"),
                 "mean_loss": report.mean_loss,
                 "rows": report.rows,
