@@ -382,7 +382,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     job = _write_job(tmp_path)
     proc, location = _start_serve(job, "--log-level", "DEBUG")
     reference = build_sampler({"hard_negative_sampler": _job_sampler(job)}, base_dir=tmp_path)
-    batch = _batch(20_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
+    batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
     answered, refused, wrong = [], [], []
     lock = threading.Lock()
 

@@ -1,31 +1,40 @@
-"""The `negseq` command. Each subcommand registers its parser and a `run(args) -> int`.
-
-Bad input (NegseqError) is reported as one line on stderr with exit status 2, not a traceback.
-"""
+"""The `negseq` command. Each subcommand is one `add_<name>` function that registers its parser
+and handler; add new ones to SUBCOMMANDS. Bad input ends as one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
+
+import pyarrow as pa
 
 from negseq.errors import NegseqError
-from negseq.service.cli import add_serve_parser
+from negseq.service.cli import add_serve
+
+EXIT_BAD_INPUT = 2
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="negseq", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(subparsers)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except NegseqError as exc:
-        print(f"negseq {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return args.handler(args)
+    except (NegseqError, OSError, pa.ArrowException) as exc:
+        message = " ".join(str(exc).split())
+        print(f"negseq {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from negseq.service.server import SamplerServer, grpc_location, serve_until_sign
 log = logging.getLogger("negseq.service")
 
 
-def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "serve",
         help="run the sampler as an Arrow Flight service",
         description="Load the job file's sampler tables once and answer sampling requests over "
@@ -34,8 +34,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--max-negatives", type=int, help="most negatives a request may ask for")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for in-flight calls")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.set_defaults(run=run_serve)
-    return p
+    p.set_defaults(handler=cmd_serve)
 
 
 def _is_loopback(host: str) -> bool:
@@ -47,8 +46,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def cmd_serve(args: argparse.Namespace) -> int:
+    level = "WARNING" if getattr(args, "quiet", False) else args.log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job = ServiceJob.from_toml(args.config)
     limits = Limits(
         max_rows=args.max_rows if args.max_rows is not None else job.limits.max_rows,
@@ -80,4 +80,4 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve_until_signalled(server, drain_timeout=args.drain_timeout, on_ready=announce)
 
 
-__all__ = ["add_serve_parser", "run_serve"]
+__all__ = ["add_serve", "cmd_serve"]
