@@ -4,6 +4,7 @@ actions, and `negseq serve` draining on SIGTERM in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -402,6 +403,11 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
                     if not np.array_equal(got.ids, want.ids):
                         wrong.append(index)
 
+    idle = flight.connect(location)  # an open exchange that sends nothing more must not block the drain
+    idle_writer, idle_reader = idle.do_exchange(flight.FlightDescriptor.for_command(b""))
+    idle_writer.begin(batch.schema)
+    idle_writer.write_with_metadata(_batch(3), Request(epoch=0, batch_index=10**6).to_metadata())
+    assert idle_reader.read_chunk().data.num_rows >= 64
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(3)]
     for t in threads:
         t.start()
@@ -422,8 +428,32 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     # Every request the server accepted was answered, and every answer reached its client
     # (the probe's stats calls are actions, not requests).
     assert drained["errors"] == 0 and drained["in_flight"] == 0
-    assert drained["requests"] == len(answered)
+    assert drained["requests"] == len(answered) + 1  # + the idle exchange's one request
+    with contextlib.suppress(pa.ArrowException):  # the server cut it: closing reports that
+        idle_writer.close()
+    idle.close()
     assert "request peer=" in stderr and "status=ok" in stderr  # the debug line a request
+
+
+@pytest.mark.timeout(60)
+def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
+    proc, location = _start_serve(_write_job(tmp_path), "--drain-timeout", "0.1", "--max-rows", "1000000")
+    batch = _batch(200_000)  # 3.2M negatives with attributes: far over 0.1 s of work
+    done = threading.Event()
+
+    def slow_request() -> None:
+        with SamplerClient(location) as client, contextlib.suppress(flight.FlightError):
+            client.sample(batch, batch_index=0, per_positive=16)
+        done.set()
+
+    threading.Thread(target=slow_request, daemon=True).start()
+    with SamplerClient(location) as probe:
+        while probe.stats()["in_flight"] < 1:
+            assert not done.is_set(), "the slow request finished before it was seen in flight"
+            time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 1
+    assert "drain timeout" in proc.stderr.read()
 
 
 def _job_sampler(job: Path) -> dict:

@@ -7,10 +7,11 @@ from negseq.service.client import SamplerClient
 from negseq.service.job import CandidateDefaults, ServiceJob
 from negseq.service.limits import Limits
 from negseq.service.protocol import Request
-from negseq.service.server import SamplerServer, serve_until_signalled
+from negseq.service.server import DrainOutcome, SamplerServer, serve_until_signalled
 
 __all__ = [
     "CandidateDefaults",
+    "DrainOutcome",
     "Limits",
     "Request",
     "SamplerClient",

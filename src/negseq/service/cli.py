@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
+import sys
 
 import pyarrow as pa
 
@@ -77,7 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce() -> None:  # the line scripts and tests wait for; the port is the bound one
         print(f"negseq serve: listening on {server.location}", flush=True)
 
-    return serve_until_signalled(server, drain_timeout=args.drain_timeout, on_ready=announce)
+    outcome = serve_until_signalled(server, drain_timeout=args.drain_timeout, on_ready=announce)
+    if not outcome.complete:  # calls parked in server threads would block the interpreter's exit
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(outcome.code)
+    return outcome.code
 
 
 __all__ = ["add_serve", "cmd_serve"]

@@ -3,8 +3,8 @@
 The sampler (and its tables) is built once; every exchange shares it (sampling is a pure function
 of the batch and its key, so concurrent requests need no lock). Wire format: `protocol`.
 Lifecycle: `serve_until_signalled` blocks until SIGTERM/SIGINT, then drains: new calls are refused,
-each exchange answers the batch it is on and closes, and the process returns 0 once all in-flight
-calls are done.
+each exchange answers the request it has read and closes, and the drain ends (code 0) once no
+request is in flight.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -36,6 +36,7 @@ from negseq.service.stats import ServiceStats
 
 log = logging.getLogger("negseq.service")
 
+IDLE_GRACE_S = 1.0  # how long a drain waits on open exchanges that have no request in flight
 ACTIONS = {
     "health": "'ok', or 'draining' once shutdown has begun",
     "stats": "requests, rows, negatives, errors, in-flight requests, latency p50/p99 (ms), as JSON",
@@ -49,6 +50,8 @@ def grpc_location(host: str, port: int) -> str:
 
 def _max_positives(column: pa.Array | pa.ChunkedArray, seq_delim: str) -> int:
     """An upper bound on the positives a candidates-mode item column holds, without parsing it."""
+    if pa.types.is_fixed_size_list(column.type):
+        return len(column) * column.type.list_size
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         return sum(len(chunk.flatten()) for chunk in getattr(column, "chunks", [column]))
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -290,14 +293,24 @@ def _chunks(reader) -> Iterator[flight.FlightStreamChunk]:
             return
 
 
+class DrainOutcome(NamedTuple):
+    """How a drain ended: the exit code, and whether the Flight server finished shutting down
+    (if not, calls are still parked in server threads and the process should exit hard)."""
+
+    code: int
+    complete: bool
+
+
 def serve_until_signalled(
     server: SamplerServer,
     *,
     drain_timeout: float = 60.0,
+    idle_grace: float = IDLE_GRACE_S,
     on_ready: Callable[[], None] | None = None,
-) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; 0 once every in-flight call has finished,
-    1 if some were still running after `drain_timeout` seconds."""
+) -> DrainOutcome:
+    """Serve until SIGTERM or SIGINT, then drain: code 0 once no request is in flight (exchanges
+    that stay open without sending are cut after `idle_grace` seconds with none in flight), 1 if
+    requests were still running after `drain_timeout` seconds."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -316,9 +329,22 @@ def serve_until_signalled(
     server.begin_drain()
     closer = threading.Thread(target=server.shutdown, name="negseq-drain", daemon=True)
     closer.start()
-    closer.join(drain_timeout)
-    if closer.is_alive():
-        log.error("calls still running after the %.0f s drain timeout; exiting anyway", drain_timeout)
-        return 1
-    log.info("drained: %s", json.dumps(server.stats.snapshot()))
-    return 0
+    deadline = time.monotonic() + drain_timeout
+    idle_since: float | None = None
+    while True:
+        closer.join(0.05)
+        if not closer.is_alive():
+            log.info("drained: %s", json.dumps(server.stats.snapshot()))
+            return DrainOutcome(0, complete=True)
+        now = time.monotonic()
+        if server.stats.in_flight:
+            idle_since = None
+        else:
+            idle_since = idle_since if idle_since is not None else now
+            if now - idle_since >= min(idle_grace, drain_timeout):
+                log.info("cutting open exchanges that have no request in flight")
+                log.info("drained: %s", json.dumps(server.stats.snapshot()))
+                return DrainOutcome(0, complete=False)
+        if now >= deadline:
+            log.error("requests still running after the %.1f s drain timeout; exiting anyway", drain_timeout)
+            return DrainOutcome(1, complete=False)
