@@ -144,3 +144,13 @@ def test_sparse_ids_use_sorted_lookup():
     ids = np.array([5, 1 << 40, -3, 77], dtype=np.int64)
     items = ItemTable.from_arrow(pa.table({"id": ids}))
     assert items.rows(np.array([77, -3, 1 << 40, 6])).tolist() == [3, 2, 1, -1]
+
+
+def test_attr_field_naming_the_item_id_is_the_id_column(tmp_path):
+    pq.write_table(_items(), tmp_path / "items.parquet")
+    items = ItemTable.read(
+        tmp_path / "items.parquet", attr_fields=["item_id", "title"], item_id_field="item_id"
+    )
+    gathered = items.attributes(np.array([1, 0]), ["item_id", "title"], "item_id")
+    assert gathered.column("item_id").to_pylist() == [20, 10]
+    assert gathered.column("title").to_pylist() == ["b", "a"]

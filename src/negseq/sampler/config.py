@@ -108,7 +108,8 @@ def build_sampler(config: Mapping[str, Any], *, base_dir: str | Path | None = No
         return base / fields[key]
 
     def edges(key: str) -> EdgeTable:
-        return EdgeTable.read(path(key), field_delimiter=field_delimiter)
+        keep_weights = key == "hard_neg_edge_input_path"  # positive edges are a set: weights unused
+        return EdgeTable.read(path(key), field_delimiter=field_delimiter, keep_weights=keep_weights)
 
     if "user_input_path" in fields:  # validated like graph-learn loads it; sampling does not use it
         ItemTable.read(path("user_input_path"), field_delimiter=field_delimiter)

@@ -288,7 +288,7 @@ class NegativeSamplerV2(_Sampler):
             seed=seed,
         )
         self._positives: UserItemsCSR = positive_items_csr(pos_edges, items)
-        self._pool = np.unique(self._positives.items)
+        self._pool = np.flatnonzero(np.bincount(self._positives.items, minlength=len(items))).astype(np.int32)
         if len(self._pool) == 0:
             raise NegseqError(f"{pos_edges.source}: the positive edge table is empty")
         self.weighted = weighted

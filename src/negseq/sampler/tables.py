@@ -117,19 +117,31 @@ def read_table(path: str | Path, *, format: str | None = None, field_delimiter: 
     return _read_text(path, field_delimiter, typed_header=True)
 
 
-def _require_columns(table: pa.Table, names: Sequence[str], source: str) -> None:
-    missing = [n for n in names if n not in table.column_names]
+def _require_columns(table: pa.Table | pa.Schema, names: Sequence[str], source: str) -> None:
+    present = table.names if isinstance(table, pa.Schema) else table.column_names
+    missing = [n for n in names if n not in present]
     if missing:
         raise NegseqError(
             f"{source}: missing column(s) {', '.join(map(repr, missing))}; "
-            f"found {', '.join(map(repr, table.column_names))}"
+            f"found {', '.join(map(repr, present))}"
         )
 
 
-def _int64_column(table: pa.Table, name: str, source: str) -> np.ndarray:
+def _edge_arrays(table: pa.Table, source: str, row_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (userid, itemid, weight) arrays of an edge table or one of its row groups."""
+    _require_columns(table, ["userid", "itemid"], source)
+    return (
+        _int64_column(table, "userid", source, row_offset),
+        _int64_column(table, "itemid", source, row_offset),
+        _weight_column(table, "weight", source, allow_all_zero=True, row_offset=row_offset),
+    )
+
+
+def _int64_column(table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:
     column = table[name]
     if column.null_count:
-        raise NegseqError(f"{source}: column {name!r}, row {_first_row(pc.is_null(column))}: null id")
+        row = _first_row(pc.is_null(column)) + row_offset
+        raise NegseqError(f"{source}: column {name!r}, row {row}: null id")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         column = _cast_strings(column, pa.int64(), source, name)
     elif not pa.types.is_integer(column.type):
@@ -137,7 +149,9 @@ def _int64_column(table: pa.Table, name: str, source: str) -> np.ndarray:
     return column.to_numpy().astype(np.int64, copy=False)
 
 
-def _weight_column(table: pa.Table, name: str, source: str, *, allow_all_zero: bool) -> np.ndarray:
+def _weight_column(
+    table: pa.Table, name: str, source: str, *, allow_all_zero: bool, row_offset: int = 0
+) -> np.ndarray:
     if name not in table.column_names:
         return np.ones(table.num_rows, dtype=np.float64)
     column = table[name]
@@ -146,13 +160,15 @@ def _weight_column(table: pa.Table, name: str, source: str, *, allow_all_zero: b
     if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
         raise NegseqError(f"{source}: column {name!r} must be numeric, found {column.type}")
     if column.null_count:
-        raise NegseqError(f"{source}: column {name!r}, row {_first_row(pc.is_null(column))}: null weight")
+        row = _first_row(pc.is_null(column)) + row_offset
+        raise NegseqError(f"{source}: column {name!r}, row {row}: null weight")
     weights = column.to_numpy().astype(np.float64, copy=False)
     bad = ~(weights >= 0) | ~np.isfinite(weights)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NegseqError(
-            f"{source}: column {name!r}, row {row}: weight {float(weights[row])} must be finite and >= 0"
+            f"{source}: column {name!r}, row {row + row_offset}: "
+            f"weight {float(weights[row])} must be finite and >= 0"
         )
     if not allow_all_zero and len(weights) and not weights.any():
         raise NegseqError(f"{source}: column {name!r}: all weights are zero, nothing can be drawn")
@@ -195,15 +211,13 @@ class ItemTable:
         self.weights = _weight_column(table, "weight", source, allow_all_zero=False)
         if len(self.ids) == 0:
             raise NegseqError(f"{source}: the item table is empty")
-        sorted_ids = np.sort(self.ids)
-        dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
-        if len(dup):
-            dup_id = int(sorted_ids[dup[0]])
+        self.index = IdIndex(self.ids)
+        dup_id = self.index.first_duplicate()
+        if dup_id is not None:
             rows = np.flatnonzero(self.ids == dup_id)[:2].tolist()
             raise NegseqError(f"{source}: column 'id', rows {rows}: duplicate id {dup_id}")
         table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(self.ids))
         self.table = table.combine_chunks()
-        self.index = IdIndex(self.ids)
 
     @classmethod
     def from_arrow(
@@ -213,14 +227,20 @@ class ItemTable:
         *,
         schema: pa.Schema | Mapping[str, pa.DataType] | None = None,
         source: str = "<arrow>",
+        item_id_field: str | None = None,
     ) -> ItemTable:
-        """Validate an Arrow table; `attr_fields` keeps only those attributes, `schema` casts them."""
+        """Validate an Arrow table; `attr_fields` keeps only those attributes, `schema` casts them.
+
+        An attr field named `item_id_field` need not be a column: it is the `id` column.
+        """
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if attr_fields is not None:
             keep = [n for n in ("id", "weight") if n in table.column_names]
-            _require_columns(table, [f for f in attr_fields if f not in keep], source)
-            table = table.select(keep + [f for f in attr_fields if f not in keep])
+            wanted = [f for f in attr_fields if f not in keep]
+            wanted = [f for f in wanted if f != item_id_field or f in table.column_names]
+            _require_columns(table, wanted, source)
+            table = table.select(keep + wanted)
         if schema is not None:
             table = _cast_to_schema(table, schema, source)
         return cls(table, source=source)
@@ -246,7 +266,7 @@ class ItemTable:
             if item_id_field is not None and item_id_field in attr_fields:
                 column = _cast_strings(table[item_id_field], pa.int64(), source, item_id_field)
                 table = table.set_column(table.schema.get_field_index(item_id_field), item_id_field, column)
-        return cls.from_arrow(table, attr_fields, schema=schema, source=source)
+        return cls.from_arrow(table, attr_fields, schema=schema, source=source, item_id_field=item_id_field)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -298,32 +318,67 @@ def _cast_to_schema(table: pa.Table, schema: pa.Schema | Mapping[str, pa.DataTyp
 
 
 class EdgeTable:
-    """User -> item edges with `userid`, `itemid`, `weight` (positive or hard-negative edges)."""
+    """User -> item edges from `userid`, `itemid`, `weight` columns (positive or hard-negative edges).
 
-    def __init__(self, table: pa.Table, *, source: str = "<arrow>") -> None:
-        _require_columns(table, ["userid", "itemid"], source)
+    Held as numpy arrays only; Parquet is read a row group at a time into them, so loading
+    millions of edges never holds the Arrow table and its copy at once. `weights` is None
+    when the caller does not need them (they are still validated).
+    """
+
+    def __init__(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, weights: np.ndarray | None, *, source: str
+    ) -> None:
         self.source = source
-        self.user_ids = _int64_column(table, "userid", source)
-        self.item_ids = _int64_column(table, "itemid", source)
-        self.weights = _weight_column(table, "weight", source, allow_all_zero=True)
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.weights = weights
 
     @classmethod
-    def from_arrow(cls, table: pa.Table | pa.RecordBatch, *, source: str = "<arrow>") -> EdgeTable:
+    def from_arrow(
+        cls, table: pa.Table | pa.RecordBatch, *, source: str = "<arrow>", keep_weights: bool = True
+    ) -> EdgeTable:
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        return cls(table, source=source)
+        users, items, weights = _edge_arrays(table, source, 0)
+        return cls(users, items, weights if keep_weights else None, source=source)
 
     @classmethod
-    def read(cls, path: str | Path, *, format: str | None = None, field_delimiter: str = "\t") -> EdgeTable:
+    def read(
+        cls,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        field_delimiter: str = "\t",
+        keep_weights: bool = True,
+    ) -> EdgeTable:
         path = Path(path)
-        return cls(read_table(path, format=format, field_delimiter=field_delimiter), source=str(path))
+        fmt = format or (_detect_format(path, field_delimiter) if path.exists() else None)
+        if fmt != "parquet" or path.is_dir():
+            table = read_table(path, format=format, field_delimiter=field_delimiter)
+            return cls.from_arrow(table, source=str(path), keep_weights=keep_weights)
+        parquet = pq.ParquetFile(path)
+        _require_columns(parquet.schema_arrow, ["userid", "itemid"], str(path))
+        columns = [c for c in ("userid", "itemid", "weight") if c in parquet.schema_arrow.names]
+        num_rows = parquet.metadata.num_rows
+        users = np.empty(num_rows, np.int64)
+        items = np.empty(num_rows, np.int64)
+        weights = np.empty(num_rows, np.float64) if keep_weights else None
+        start = 0
+        for batch in parquet.iter_batches(batch_size=1 << 20, columns=columns):
+            end = start + batch.num_rows
+            b_users, b_items, b_weights = _edge_arrays(pa.Table.from_batches([batch]), str(path), start)
+            users[start:end], items[start:end] = b_users, b_items
+            if weights is not None:
+                weights[start:end] = b_weights
+            start = end
+        return cls(users, items, weights, source=str(path))
 
     def __len__(self) -> int:
         return len(self.user_ids)
 
     def check_items_known(self, items: ItemTable) -> np.ndarray:
-        """Item rows of every edge; an edge to an item missing from the catalogue is an error."""
-        rows = items.rows(self.item_ids)
+        """Item rows (int32) of every edge; an edge to an item missing from the catalogue is an error."""
+        rows = items.index.rows(self.item_ids, np.int32)
         unknown = np.flatnonzero(rows < 0)
         if len(unknown):
             row = int(unknown[0])
