@@ -355,7 +355,7 @@ def _write_job(folder: Path, extra: str = "") -> Path:
         'item_input_path = "items.parquet"\n'
         'hard_neg_edge_input_path = "hard.parquet"\n'
         "num_sample = 64\nnum_hard_sample = 3\nseed = 5\n"
-        'attr_fields = ["title", "cate"]\nitem_id_field = "item_id"\nuser_id_field = "user_id"\n'
+        'attr_fields = ["item_id", "title"]\nitem_id_field = "item_id"\nuser_id_field = "user_id"\n'
         "[candidates]\nlayout = \"suffix\"\n"
         "[service]\nmax_rows = 100000\n" + extra
     )
@@ -384,7 +384,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     proc, location = _start_serve(job, "--log-level", "DEBUG")
     reference = build_sampler({"hard_negative_sampler": _job_sampler(job)}, base_dir=tmp_path)
     batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
-    answered, refused, wrong = [], [], []
+    answered, refused, wrong, unexpected = [], [], [], []
     lock = threading.Lock()
 
     def worker(worker_id: int) -> None:
@@ -396,6 +396,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
                 except flight.FlightError as exc:  # refused or closed: never accepted
                     with lock:
                         refused.append(str(exc))
+                    return
+                except Exception as exc:
+                    with lock:
+                        unexpected.append(repr(exc))
                     return
                 want = reference.get(batch, epoch=0, batch_index=index, per_positive=4)
                 with lock:
@@ -422,13 +426,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     rc = proc.wait(60)
     stderr = proc.stderr.read()
     assert rc == 0, stderr[-2000:]
-    assert wrong == []
-    assert len(refused) == 3  # every client eventually found the server gone
+    assert wrong == [] and unexpected == []
+    assert len(refused) == 3, refused  # every client eventually found the server gone
     drained = json.loads(stderr.split("drained: ", 1)[1].splitlines()[0])
     # Every request the server accepted was answered, and every answer reached its client
     # (the probe's stats calls are actions, not requests).
     assert drained["errors"] == 0 and drained["in_flight"] == 0
-    assert drained["requests"] == len(answered) + 1  # + the idle exchange's one request
+    assert drained["requests"] == len(answered) + 1, (drained, len(answered))  # + the idle one
     with contextlib.suppress(pa.ArrowException):  # the server cut it: closing reports that
         idle_writer.close()
     idle.close()
