@@ -194,9 +194,10 @@ def test_candidates_equal_sample_candidates(clients, kind, layout):
     batch = pa.record_batch(
         {"item_id": pa.array(rows), "user_id": pa.array([1001, 1002, 1003, 1004]), "label": [1, 0, 1, 1]}
     )
-    got = clients[kind].candidates(batch, epoch=1, batch_index=9, layout=layout, neg_per_pos=2)
+    n = 2 if layout == "interleaved" else None  # suffix: the sampler's num_sample shared negatives
+    got = clients[kind].candidates(batch, epoch=1, batch_index=9, layout=layout, neg_per_pos=n)
     want = negseq.pipeline.sample_candidates(
-        batch, _make(kind), layout=layout, neg_per_pos=2, epoch=1, batch_index=9
+        batch, _make(kind), layout=layout, neg_per_pos=n, epoch=1, batch_index=9
     )
     assert got.equals(want)
 
@@ -432,7 +433,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     # Every request the server accepted was answered, and every answer reached its client
     # (the probe's stats calls are actions, not requests).
     assert drained["errors"] == 0 and drained["in_flight"] == 0
-    assert drained["requests"] == len(answered) + 1, (drained, len(answered))  # + the idle one
+    served = [line for line in stderr.splitlines() if "request peer=" in line]
+    assert drained["requests"] == len(answered) + 1, (sorted(answered), refused, served)  # + the idle one
     with contextlib.suppress(pa.ArrowException):  # the server cut it: closing reports that
         idle_writer.close()
     idle.close()

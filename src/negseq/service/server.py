@@ -215,7 +215,9 @@ class SamplerServer(flight.FlightServerBase):
             raise NegseqError(
                 "request metadata: candidates mode needs a 'layout' (the job file sets no default)"
             )
-        neg_per_pos = request.neg_per_pos if request.neg_per_pos is not None else self.candidates.neg_per_pos
+        neg_per_pos = request.neg_per_pos
+        if neg_per_pos is None and layout == "interleaved":  # the job's default is for interleaved only
+            neg_per_pos = self.candidates.neg_per_pos
         seq_delim = request.seq_delim or self.candidates.seq_delim
         sampler = self._sampler_for(request.seed)
         item_field = sampler.item_id_field
