@@ -33,7 +33,8 @@ from negseq.sampler import (
     build_sampler,
 )
 from negseq.service import Limits, Request, SamplerClient, SamplerServer
-from negseq.service.job import CandidateDefaults
+from negseq.service.auth import read_token_file
+from negseq.service.job import CandidateDefaults, ServiceJob
 from negseq.service.protocol import decode_negatives, encode_negatives, parse_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -483,3 +484,32 @@ def test_serve_bad_job_is_one_line_and_exit_2(tmp_path):
         f"negseq serve: error: {job}: [service] unknown key(s) bogus; "
         "known: host, max_bytes, max_negatives, max_rows, port"
     ]
+
+
+def test_service_job_reads_candidates_and_service_tables(tmp_path):
+    job = ServiceJob.from_toml(_write_job(tmp_path, extra='host = "::1"\nport = 9000\n'))
+    assert job.candidates == CandidateDefaults(layout="suffix", neg_per_pos=None, seq_delim=";")
+    assert (job.host, job.port, job.limits.max_rows) == ("::1", 9000, 100000)
+    assert job.limits.max_bytes == Limits().max_bytes and job.base_dir == tmp_path
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sampler.negative_sampler]\nnum_sample = 1\n[candidates]\nlayout = "zigzag"\n')
+    with pytest.raises(NegseqError, match="layout must be one of"):
+        ServiceJob.from_toml(bad)
+
+
+def test_token_file(tmp_path):
+    (tmp_path / "token").write_text("  abc\n")
+    assert read_token_file(tmp_path / "token") == "abc"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(NegseqError, match="token file is empty"):
+        read_token_file(tmp_path / "empty")
+    with pytest.raises(NegseqError, match="cannot read token file"):
+        read_token_file(tmp_path / "missing")
+
+
+@needs_pipeline
+def test_candidates_over_max_negatives_is_refused_before_work(clients):
+    batch = pa.record_batch({"item_id": pa.array([[1, 11, 21]] * 50), "user_id": [1000] * 50})
+    with pytest.raises(flight.FlightServerError, match="150 positives x neg_per_pos 1000.*max_negatives"):
+        clients["v1"].candidates(batch, batch_index=0, layout="interleaved", neg_per_pos=1000)
+    assert clients["v1"].health() == "ok"
