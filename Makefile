@@ -2,7 +2,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-small
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,6 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/sampler_bench.py
+
+bench-small: setup
+	$(PY) benchmarks/sampler_bench.py --small

@@ -140,10 +140,17 @@ def test_dense_rows_map_unknown_ids_to_zero():
     assert items.dense_rows(np.array([40, 10, 99, -5])).tolist() == [4, 1, 0, 0]
 
 
-def test_sparse_ids_use_sorted_lookup():
+def test_sparse_ids_use_a_hash_lookup():
     ids = np.array([5, 1 << 40, -3, 77], dtype=np.int64)
     items = ItemTable.from_arrow(pa.table({"id": ids}))
     assert items.rows(np.array([77, -3, 1 << 40, 6])).tolist() == [3, 2, 1, -1]
+    rng = np.random.default_rng(0)
+    many = rng.choice(1 << 50, 50_000, replace=False) - (1 << 49)
+    table = ItemTable.from_arrow(pa.table({"id": many}))
+    probe = rng.integers(0, len(many), 10_000)
+    assert np.array_equal(table.rows(many[probe]), probe)
+    with pytest.raises(NegseqError, match=r"rows \[1, 3\]: duplicate id 1099511627776"):
+        ItemTable.from_arrow(pa.table({"id": [7, 1 << 40, -2, 1 << 40]}))
 
 
 def test_attr_field_naming_the_item_id_is_the_id_column(tmp_path):
