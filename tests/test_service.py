@@ -364,26 +364,41 @@ def _write_job(folder: Path, extra: str = "") -> Path:
     return job
 
 
-def _start_serve(job: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "negseq.cli", "serve", "--config", str(job), "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise AssertionError(f"negseq serve did not start: {line!r} {proc.stderr.read()}")
-    return proc, line.rsplit(" ", 1)[1].strip()
+class _Serve:
+    """`negseq serve` in a subprocess; its stderr is collected by a thread (a full pipe would block it)."""
+
+    def __init__(self, job: Path, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "negseq.cli", "serve", "--config", str(job), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
+        self._reader.start()
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise AssertionError(f"negseq serve did not start: {line!r} {self.stderr()}")
+        self.location = line.rsplit(" ", 1)[1].strip()
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        self._reader.join(10)
+        return "".join(self._stderr)
 
 
 @pytest.mark.timeout(90)
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     job = _write_job(tmp_path)
-    proc, location = _start_serve(job, "--log-level", "DEBUG")
+    serve = _Serve(job, "--log-level", "DEBUG")
+    location = serve.location
     reference = build_sampler({"hard_negative_sampler": _job_sampler(job)}, base_dir=tmp_path)
     batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
     answered, refused, wrong, unexpected = [], [], [], []
@@ -422,11 +437,11 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
         while probe.stats()["in_flight"] < 1 or len(answered) < 3:
             assert time.monotonic() < deadline, "no request ever went in flight"
             time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    serve.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
-    rc = proc.wait(60)
-    stderr = proc.stderr.read()
+    rc = serve.proc.wait(60)
+    stderr = serve.stderr()
     assert rc == 0, stderr[-2000:]
     assert wrong == [] and unexpected == []
     assert len(refused) == 3, refused  # every client eventually found the server gone
@@ -444,7 +459,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
-    proc, location = _start_serve(_write_job(tmp_path), "--drain-timeout", "0.1", "--max-rows", "1000000")
+    serve = _Serve(_write_job(tmp_path), "--drain-timeout", "0.1", "--max-rows", "1000000")
+    location = serve.location
     batch = _batch(200_000)  # 3.2M negatives with attributes: far over 0.1 s of work
     done = threading.Event()
 
@@ -458,9 +474,8 @@ def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
         while probe.stats()["in_flight"] < 1:
             assert not done.is_set(), "the slow request finished before it was seen in flight"
             time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 1
-    assert "drain timeout" in proc.stderr.read()
+    assert serve.stop(30) == 1
+    assert "drain timeout" in serve.stderr()
 
 
 def _job_sampler(job: Path) -> dict:

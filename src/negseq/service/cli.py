@@ -49,8 +49,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    level = "WARNING" if getattr(args, "quiet", False) else args.log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Only negseq's own loggers at the chosen level: at DEBUG, numba alone logs megabytes a compile.
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("negseq").setLevel("WARNING" if getattr(args, "quiet", False) else args.log_level)
     job = ServiceJob.from_toml(args.config)
     limits = Limits(
         max_rows=args.max_rows if args.max_rows is not None else job.limits.max_rows,
