@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -479,8 +480,6 @@ def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
 
 
 def _job_sampler(job: Path) -> dict:
-    import tomllib
-
     return tomllib.loads(job.read_text())["sampler"]["hard_negative_sampler"]
 
 
