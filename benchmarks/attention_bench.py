@@ -57,8 +57,9 @@ def _eager_padded_hstu(q, k, v, mask, alpha: float, scaling_n: int) -> torch.Ten
     return torch.matmul(scores * mask, v)
 
 
-def bench_shape(batch: int, max_len: int, heads: int, dim: int, reps: int, warmup: int,
-                impls: list[str], seed: int = 0) -> list[dict]:
+def bench_shape(
+    batch: int, max_len: int, heads: int, dim: int, reps: int, warmup: int, impls: list[str], seed: int = 0
+) -> list[dict]:
     gen = torch.Generator().manual_seed(seed + batch * 100003 + max_len)
     lengths = _lengths(batch, max_len, gen).cuda()
     offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
@@ -73,14 +74,16 @@ def bench_shape(batch: int, max_len: int, heads: int, dim: int, reps: int, warmu
         jq, jk, jv = (t.clone().requires_grad_() for t in (q, k, v))
 
         def triton_fwd():
-            return hstu_attention(jq, jk, jv, offsets, max_len, alpha=alpha, scaling_n=max_len,
-                                  kernel="triton")
+            return hstu_attention(
+                jq, jk, jv, offsets, max_len, alpha=alpha, scaling_n=max_len, kernel="triton"
+            )
 
         cases["triton"] = (triton_fwd, grad, (jq, jk, jv))
     if "sdpa" in impls or "eager" in impls:
         pq, pk, pv = (_jagged_to_padded(t, lengths, max_len).requires_grad_() for t in (q, k, v))
         pgrad = _jagged_to_padded(grad, lengths, max_len)
     if "sdpa" in impls:
+
         def sdpa_fwd():
             return F.scaled_dot_product_attention(pq, pk, pv, is_causal=True)
 
@@ -95,19 +98,29 @@ def bench_shape(batch: int, max_len: int, heads: int, dim: int, reps: int, warmu
 
     rows = []
     for name, (fwd, g, inputs) in cases.items():
+
         def fwd_bwd(fwd=fwd, g=g, inputs=inputs):
             torch.autograd.grad(fwd(), inputs, g)
 
         with torch.no_grad():
             fwd_ms = _median_ms(fwd, reps, warmup)
         fwd_bwd_ms = _median_ms(fwd_bwd, reps, warmup)
-        rows.append({
-            "bench": "hstu_attention", "impl": name, "B": batch, "N": max_len, "H": heads,
-            "D": dim, "dtype": "bf16", "reps": reps,
-            "fwd_ms": round(fwd_ms, 4), "fwd_tflops": round(fwd_flops / fwd_ms / 1e9, 1),
-            "fwd_bwd_ms": round(fwd_bwd_ms, 4),
-            "fwd_bwd_tflops": round(3.5 * fwd_flops / fwd_bwd_ms / 1e9, 1),
-        })
+        rows.append(
+            {
+                "bench": "hstu_attention",
+                "impl": name,
+                "B": batch,
+                "N": max_len,
+                "H": heads,
+                "D": dim,
+                "dtype": "bf16",
+                "reps": reps,
+                "fwd_ms": round(fwd_ms, 4),
+                "fwd_tflops": round(fwd_flops / fwd_ms / 1e9, 1),
+                "fwd_bwd_ms": round(fwd_bwd_ms, 4),
+                "fwd_bwd_tflops": round(3.5 * fwd_flops / fwd_bwd_ms / 1e9, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         torch.cuda.empty_cache()
     return rows
@@ -127,15 +140,18 @@ def main() -> None:
     impls = args.impls.split(",")
     for shape in args.shapes.split(","):
         batch, max_len = (int(x) for x in shape.split("x"))
-        rows = {r["impl"]: r for r in bench_shape(batch, max_len, args.heads, args.dim,
-                                                  args.reps, args.warmup, impls)}
+        rows = {
+            r["impl"]: r
+            for r in bench_shape(batch, max_len, args.heads, args.dim, args.reps, args.warmup, impls)
+        }
         if "triton" in rows:
             summary = {"bench": "hstu_attention_ratio", "B": batch, "N": max_len}
             for base in ("sdpa", "eager"):
                 if base in rows:
                     for phase in ("fwd", "fwd_bwd"):
                         summary[f"triton_over_{base}_{phase}"] = round(
-                            rows[base][f"{phase}_ms"] / rows["triton"][f"{phase}_ms"], 2)
+                            rows[base][f"{phase}_ms"] / rows["triton"][f"{phase}_ms"], 2
+                        )
             print(json.dumps(summary), flush=True)
 
 

@@ -135,7 +135,10 @@ def draw_user_items(
 
 
 def edges_from_keys(
-    keys: np.ndarray, user_ids: np.ndarray, ids: np.ndarray, num_items: int,
+    keys: np.ndarray,
+    user_ids: np.ndarray,
+    ids: np.ndarray,
+    num_items: int,
     rng: np.random.Generator,
 ) -> pa.Table:
     return pa.table(
@@ -187,9 +190,7 @@ def generate(spec: BenchDataSpec, root: Path, *, log=print) -> BenchData:
     user_ids = users.column("id").to_numpy()
 
     pos_keys = draw_user_items(spec.num_users, spec.pos_per_user, probs, rng)
-    hard_keys = draw_user_items(
-        spec.num_users, spec.hard_per_user, probs, rng, exclude_keys=pos_keys
-    )
+    hard_keys = draw_user_items(spec.num_users, spec.hard_per_user, probs, rng, exclude_keys=pos_keys)
     pos_edges = edges_from_keys(pos_keys, user_ids, ids, spec.num_items, rng)
     hard_edges = edges_from_keys(hard_keys, user_ids, ids, spec.num_items, rng)
 
@@ -203,8 +204,12 @@ def generate(spec: BenchDataSpec, root: Path, *, log=print) -> BenchData:
     )
 
     data = BenchData(root, spec)
-    for name, table in (("items", items), ("users", users), ("pos_edges", pos_edges),
-                        ("hard_edges", hard_edges)):
+    for name, table in (
+        ("items", items),
+        ("users", users),
+        ("pos_edges", pos_edges),
+        ("hard_edges", hard_edges),
+    ):
         pq.write_table(table, data.parquet(name))
     write_gl_items(items, data.tsv("items"))
     write_gl_weighted(users, data.tsv("users"), {"id": "id:int64", "weight": "weight:float"})
@@ -215,8 +220,12 @@ def generate(spec: BenchDataSpec, root: Path, *, log=print) -> BenchData:
     manifest = {
         "format_version": FORMAT_VERSION,
         "spec": asdict(spec),
-        "rows": {"items": items.num_rows, "users": users.num_rows,
-                 "pos_edges": pos_edges.num_rows, "hard_edges": hard_edges.num_rows},
+        "rows": {
+            "items": items.num_rows,
+            "users": users.num_rows,
+            "pos_edges": pos_edges.num_rows,
+            "hard_edges": hard_edges.num_rows,
+        },
         "attr_fields": list(ITEM_ATTR_FIELDS),
         "attr_gl_types": list(ITEM_ATTR_GL_TYPES),
         "attr_delimiter": ATTR_DELIMITER,
@@ -234,9 +243,7 @@ def ensure(spec: BenchDataSpec, root: Path = DATA_ROOT, *, log=print) -> BenchDa
     manifest_path = data.root / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format_version") == FORMAT_VERSION and manifest.get("spec") == asdict(
-            spec
-        ):
+        if manifest.get("format_version") == FORMAT_VERSION and manifest.get("spec") == asdict(spec):
             return data
         manifest_path.unlink()
     return generate(spec, data.root, log=log)

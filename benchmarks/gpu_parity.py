@@ -43,17 +43,23 @@ def check(batch, max_len, heads, dim, max_attn_len, contextual, seed=0) -> dict:
         lengths[1], lengths[2] = 0, 1  # empty and single-item rows
     offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
     total = int(offsets[-1])
-    q, k, v, grad = (torch.randn(total, heads, dim, generator=gen).cuda().bfloat16()
-                     for _ in range(4))
-    kw = dict(alpha=dim**-0.5, scaling_n=max_len, max_attn_len=max_attn_len,
-              contextual_seq_len=contextual)
+    q, k, v, grad = (torch.randn(total, heads, dim, generator=gen).cuda().bfloat16() for _ in range(4))
+    kw = dict(alpha=dim**-0.5, scaling_n=max_len, max_attn_len=max_attn_len, contextual_seq_len=contextual)
     got = _run("triton", q, k, v, offsets, max_len, grad, **kw)
     ref = _run("pytorch", *(t.float() for t in (q, k, v)), offsets, max_len, grad.float(), **kw)
     torch.cuda.empty_cache()
     ref_bf16 = _run("pytorch", q, k, v, offsets, max_len, grad, **kw)
     torch.cuda.empty_cache()
-    row = {"bench": "hstu_attention_parity", "B": batch, "N": max_len, "H": heads, "D": dim,
-           "max_attn_len": max_attn_len, "contextual_seq_len": contextual, "ok": True}
+    row = {
+        "bench": "hstu_attention_parity",
+        "B": batch,
+        "N": max_len,
+        "H": heads,
+        "D": dim,
+        "max_attn_len": max_attn_len,
+        "contextual_seq_len": contextual,
+        "ok": True,
+    }
     for name, g, r, rb in zip(("out", "dq", "dk", "dv"), got, ref, ref_bf16, strict=True):
         scale = float(r.detach().abs().max())
         err = float((g.float() - r).detach().abs().max()) / scale

@@ -34,8 +34,16 @@ class STULikeLayer(torch.nn.Module):
     def forward(self, x, offsets, max_len, kernel):
         u, v, q, k = self.uvqk(self.norm(x)).chunk(4, dim=-1)
         shape = (x.shape[0], self.heads, self.head_dim)
-        a = hstu_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), offsets,
-                           max_len, alpha=self.head_dim**-0.5, scaling_n=max_len, kernel=kernel)
+        a = hstu_attention(
+            q.reshape(shape),
+            k.reshape(shape),
+            v.reshape(shape),
+            offsets,
+            max_len,
+            alpha=self.head_dim**-0.5,
+            scaling_n=max_len,
+            kernel=kernel,
+        )
         a = a.reshape(x.shape[0], -1)
         u = F.silu(u)
         return x + self.out(torch.cat([u, a, u * self.attn_norm(a)], dim=-1))
@@ -62,9 +70,14 @@ def train(kernel: str, args, x, target, offsets) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
-    return {"bench": "stu_like_train", "kernel": kernel, "first_loss": round(losses[0], 6),
-            "last_loss": round(losses[-1], 6), "steps": args.steps,
-            "median_step_ms": round(1e3 * statistics.median(times[2:]), 2)}
+    return {
+        "bench": "stu_like_train",
+        "kernel": kernel,
+        "first_loss": round(losses[0], 6),
+        "last_loss": round(losses[-1], 6),
+        "steps": args.steps,
+        "median_step_ms": round(1e3 * statistics.median(times[2:]), 2),
+    }
 
 
 def main() -> None:
@@ -88,9 +101,16 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row), flush=True)
     first = [r["first_loss"] for r in rows]
-    print(json.dumps({"bench": "stu_like_train_agreement", "kernels": [r["kernel"] for r in rows],
-                      "first_loss_rel_diff": round(abs(first[0] - first[1]) / abs(first[0]), 5),
-                      "both_decrease": all(r["last_loss"] < r["first_loss"] for r in rows)}))
+    print(
+        json.dumps(
+            {
+                "bench": "stu_like_train_agreement",
+                "kernels": [r["kernel"] for r in rows],
+                "first_loss_rel_diff": round(abs(first[0] - first[1]) / abs(first[0]), 5),
+                "both_decrease": all(r["last_loss"] < r["first_loss"] for r in rows),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

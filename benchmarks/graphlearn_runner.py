@@ -61,10 +61,10 @@ def build_graph(gl, data_dir: str, attr_types: list[str], attr_delimiter: str):
             node_type="item",
             decoder=gl.Decoder(attr_types=attr_types, weighted=True, attr_delimiter=attr_delimiter),
         )
-        .edge(path("pos_edges"), edge_type=("user", "item", "edge"),
-              decoder=gl.Decoder(weighted=True))
-        .edge(path("hard_edges"), edge_type=("user", "item", "hard_neg_edge"),
-              decoder=gl.Decoder(weighted=True))
+        .edge(path("pos_edges"), edge_type=("user", "item", "edge"), decoder=gl.Decoder(weighted=True))
+        .edge(
+            path("hard_edges"), edge_type=("user", "item", "hard_neg_edge"), decoder=gl.Decoder(weighted=True)
+        )
     )
 
 
@@ -122,10 +122,14 @@ def rates(seconds: list, cpu_seconds: list, rows: dict, calls_per_rep: int) -> d
     wall rate also counts time other processes held the core.
     """
     median, median_cpu = float(np.median(seconds)), float(np.median(cpu_seconds))
-    result = {"seconds": [round(s, 5) for s in seconds], "median_s": round(median, 5),
-              "cpu_seconds": [round(s, 5) for s in cpu_seconds],
-              "median_cpu_s": round(median_cpu, 5),
-              "calls_per_rep": calls_per_rep, "rows_per_rep": rows}
+    result = {
+        "seconds": [round(s, 5) for s in seconds],
+        "median_s": round(median, 5),
+        "cpu_seconds": [round(s, 5) for s in cpu_seconds],
+        "median_cpu_s": round(median_cpu, 5),
+        "calls_per_rep": calls_per_rep,
+        "rows_per_rep": rows,
+    }
     for kind, n in rows.items():
         result[f"{kind}_per_s"] = n / median
         result[f"{kind}_per_cpu_s"] = n / median_cpu
@@ -142,10 +146,13 @@ def run_bench(args: argparse.Namespace, gl) -> dict:
     started, cpu_started = time.perf_counter(), time.process_time()
     g = build_graph(gl, args.data, manifest["attr_gl_types"], manifest["attr_delimiter"])
     g.init()
-    load = {"seconds": round(time.perf_counter() - started, 3),
-            "cpu_seconds": round(time.process_time() - cpu_started, 3),
-            "peak_rss_mib": round(rss_mib(), 1), "rss_before_mib": round(baseline_rss, 1),
-            "rows": manifest["rows"]}
+    load = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "cpu_seconds": round(time.process_time() - cpu_started, 3),
+        "peak_rss_mib": round(rss_mib(), 1),
+        "rss_before_mib": round(baseline_rss, 1),
+        "rows": manifest["rows"],
+    }
     queries = np.load(os.path.join(args.data, "queries.npz"))
     users, items = queries["userid"], queries["itemid"]
     bounds = [(i * args.batch, (i + 1) * args.batch) for i in range(args.calls)]
@@ -157,8 +164,11 @@ def run_bench(args: argparse.Namespace, gl) -> dict:
             for sampler in SAMPLERS + ("hard_lookup",):
                 if sampler == "hard_lookup" and ef != args.ef[0]:
                     continue  # independent of ef
-                entry = {"sampler": sampler, "ef": None if sampler == "hard_lookup" else ef,
-                         "batch": args.batch}
+                entry = {
+                    "sampler": sampler,
+                    "ef": None if sampler == "hard_lookup" else ef,
+                    "batch": args.batch,
+                }
                 try:
                     entry.update(time_sampler(calls, sampler, batches, args.reps))
                 except Exception as error:  # report and go on with the other samplers
@@ -180,22 +190,26 @@ def run_alias(args: argparse.Namespace, gl) -> dict:
             f.write("id:int64\tweight:float\tfeature:string\n")
             for row, item in enumerate(ids):  # (zip(strict=) is not Python 3.9)
                 f.write(f"{item}\t{weights[row]}\t{item}\n")
-        g = gl.Graph().node(path, node_type="item",
-                            decoder=gl.Decoder(attr_types=["int"], weighted=True))
+        g = gl.Graph().node(path, node_type="item", decoder=gl.Decoder(attr_types=["int"], weighted=True))
         g.init()
         try:
             sampler = g.negative_sampler("item", 1000, strategy="node_weight")
             # The query id is not an item, so no draw is excluded as "the positive itself".
             query = np.full(100, 999_999, dtype=np.int64)
-            drawn = np.concatenate([sampler.get(query).ids.ravel()
-                                    for _ in range(max(1, args.alias_draws // 100_000))])
+            drawn = np.concatenate(
+                [sampler.get(query).ids.ravel() for _ in range(max(1, args.alias_draws // 100_000))]
+            )
         finally:
             g.close()
     counts = [int(np.count_nonzero(drawn == item)) for item in ids]
-    return {"ids": ids.tolist(), "weights": weights.tolist(), "counts": counts,
-            "draws": int(len(drawn)),
-            "frequencies": [round(c / len(drawn), 5) for c in counts],
-            "expected": [round(w / weights.sum(), 5) for w in weights]}
+    return {
+        "ids": ids.tolist(),
+        "weights": weights.tolist(),
+        "counts": counts,
+        "draws": int(len(drawn)),
+        "frequencies": [round(c / len(drawn), 5) for c in counts],
+        "expected": [round(w / weights.sum(), 5) for w in weights],
+    }
 
 
 def log(args: argparse.Namespace, entry: dict) -> None:
@@ -236,8 +250,9 @@ def main() -> None:
             report.update(run_bench(args, gl))
         report["status"] = "ok"
     except Exception as error:
-        report.update(status="error", reason=f"{type(error).__name__}: {error}",
-                      traceback=traceback.format_exc(limit=5))
+        report.update(
+            status="error", reason=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=5)
+        )
     emit(report)
 
 

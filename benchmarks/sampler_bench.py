@@ -48,8 +48,7 @@ SAMPLERS = ("NegativeSampler", "NegativeSamplerV2", "HardNegativeSampler", "Hard
 ITEM_ID_FIELD, USER_ID_FIELD = "item_id", "user_id"
 ATTR_FIELDS = list(bench_data.ITEM_ATTR_FIELDS)  # the id and two attribute columns
 PINNED_ENV = "NEGSEQ_BENCH_PINNED_CPU"
-ONE_THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                  "MKL_NUM_THREADS")
+ONE_THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Acceptance targets of issue 2, checked at this expand factor and in shared mode.
 TARGET_EF = 8
 TARGETS = {"NegativeSampler": (15e6, 10.0), "NegativeSamplerV2": (5e6, 10.0)}
@@ -112,8 +111,11 @@ def read_tables(data: bench_data.BenchData) -> tuple:
     from negseq import sampler as ns
 
     items = ns.ItemTable.read(data.parquet("items"), attr_fields=ATTR_FIELDS)
-    return (items, ns.EdgeTable.read(data.parquet("pos_edges")),
-            ns.EdgeTable.read(data.parquet("hard_edges")))
+    return (
+        items,
+        ns.EdgeTable.read(data.parquet("pos_edges")),
+        ns.EdgeTable.read(data.parquet("hard_edges")),
+    )
 
 
 def load_negseq(data: bench_data.BenchData, num_sample: int, num_hard: int) -> dict:
@@ -127,11 +129,9 @@ def load_negseq(data: bench_data.BenchData, num_sample: int, num_hard: int) -> d
         ns.NegativeSampler(items, **common),
         ns.NegativeSamplerV2(items, pos_edges, **with_user),
         ns.HardNegativeSampler(items, hard_edges, num_hard_sample=num_hard, **with_user),
-        ns.HardNegativeSamplerV2(items, pos_edges, hard_edges, num_hard_sample=num_hard,
-                                 **with_user),
+        ns.HardNegativeSamplerV2(items, pos_edges, hard_edges, num_hard_sample=num_hard, **with_user),
     )
-    return {"samplers": dict(zip(SAMPLERS, samplers, strict=True)), "items": items,
-            "hard_edges": hard_edges}
+    return {"samplers": dict(zip(SAMPLERS, samplers, strict=True)), "items": items, "hard_edges": hard_edges}
 
 
 def load_probe(data_dir: Path, num_hard: int) -> dict:
@@ -151,19 +151,24 @@ def load_probe(data_dir: Path, num_hard: int) -> dict:
     common = {"num_sample": 4096, "attr_fields": ATTR_FIELDS, "item_id_field": ITEM_ID_FIELD}
     samplers = [
         ns.NegativeSampler(items, **common),
-        ns.HardNegativeSamplerV2(items, pos_edges, hard_edges, num_hard_sample=num_hard,
-                                 user_id_field=USER_ID_FIELD, **common),
+        ns.HardNegativeSamplerV2(
+            items, pos_edges, hard_edges, num_hard_sample=num_hard, user_id_field=USER_ID_FIELD, **common
+        ),
     ]
     total_s = time.perf_counter() - started
-    return {"seconds": round(total_s, 3), "cpu_seconds": round(cpu_seconds() - cpu_started, 3),
-            "read_s": round(read_s, 3), "build_s": round(total_s - read_s, 3),
-            "peak_rss_mib": round(peak_rss_mib(), 1), "rss_before_mib": round(rss_before, 1),
-            "samplers_built": len(samplers)}
+    return {
+        "seconds": round(total_s, 3),
+        "cpu_seconds": round(cpu_seconds() - cpu_started, 3),
+        "read_s": round(read_s, 3),
+        "build_s": round(total_s - read_s, 3),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "rss_before_mib": round(rss_before, 1),
+        "samplers_built": len(samplers),
+    }
 
 
 def run_load_probe(data: bench_data.BenchData, num_hard: int) -> dict:
-    command = [sys.executable, __file__, "--load-probe", str(data.root),
-               "--num-hard", str(num_hard)]
+    command = [sys.executable, __file__, "--load-probe", str(data.root), "--num-hard", str(num_hard)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return {"status": "error", "reason": proc.stderr.strip()[-2000:]}
@@ -177,8 +182,9 @@ def query_batches(data: bench_data.BenchData, batch: int, count: int) -> list[pa
         raise SystemExit(f"{data.root}: {len(users)} query pairs, need {batch * count}")
     bounds = [(i * batch, (i + 1) * batch) for i in range(count)]
     return [
-        pa.RecordBatch.from_arrays([pa.array(items[lo:hi]), pa.array(users[lo:hi])],
-                                   names=[ITEM_ID_FIELD, USER_ID_FIELD])
+        pa.RecordBatch.from_arrays(
+            [pa.array(items[lo:hi]), pa.array(users[lo:hi])], names=[ITEM_ID_FIELD, USER_ID_FIELD]
+        )
         for lo, hi in bounds
     ]
 
@@ -197,8 +203,7 @@ def negseq_cases(loaded: dict, batches: list, args: argparse.Namespace) -> Itera
                     # shared mode: num_sample = Q * ef, so the call's dynamic ef is exactly ef
                     sampler.num_sample = args.batch * ef
                     per_positive = ef if mode == "per_positive" else None
-                    res = sampler.get(batches[k % num_batches], batch_index=k,
-                                      per_positive=per_positive)
+                    res = sampler.get(batches[k % num_batches], batch_index=k, per_positive=per_positive)
                     rows = {"negatives": len(res.ids)}
                     if sampler.is_hard:
                         rows["hard"] = len(res.hard_ids)
@@ -223,6 +228,7 @@ def negseq_cases(loaded: dict, batches: list, args: argparse.Namespace) -> Itera
 
     probs = items.weights / items.weights.sum()
     for ef in args.ef:
+
         def choice(k, ef=ef, gather=False):
             rng = np.random.default_rng(k)
             rows = rng.choice(len(probs), size=args.batch * ef, p=probs)
@@ -231,8 +237,10 @@ def negseq_cases(loaded: dict, batches: list, args: argparse.Namespace) -> Itera
             return {"negatives": len(rows)}
 
         yield {"sampler": "numpy_choice", "ef": ef, "mode": "ids"}, choice
-        yield ({"sampler": "numpy_choice", "ef": ef, "mode": "ids+attributes"},
-               lambda k, ef=ef, choice=choice: choice(k, ef, gather=True))
+        yield (
+            {"sampler": "numpy_choice", "ef": ef, "mode": "ids+attributes"},
+            lambda k, ef=ef, choice=choice: choice(k, ef, gather=True),
+        )
 
 
 def chi_square(counts: list[int], weights: list[float]) -> dict:
@@ -242,8 +250,7 @@ def chi_square(counts: list[int], weights: list[float]) -> dict:
     counts_arr = np.asarray(counts, dtype=np.float64)
     expected = np.asarray(weights) / np.sum(weights) * counts_arr.sum()
     stat, p_value = chisquare(counts_arr, expected)
-    return {"chi2": round(float(stat), 3), "p_value": float(p_value),
-            "passes": bool(p_value > 1e-3)}
+    return {"chi2": round(float(stat), 3), "p_value": float(p_value), "passes": bool(p_value > 1e-3)}
 
 
 def negseq_alias_check(draws: int) -> dict:
@@ -252,16 +259,20 @@ def negseq_alias_check(draws: int) -> dict:
 
     weights = [1.0, 2.0, 3.0, 4.0, 5.0]
     ids = [10, 20, 30, 40, 50]
-    items = ns.ItemTable.from_arrow(pa.table({"id": pa.array(ids, pa.int64()),
-                                              "weight": pa.array(weights)}))
+    items = ns.ItemTable.from_arrow(pa.table({"id": pa.array(ids, pa.int64()), "weight": pa.array(weights)}))
     sampler = ns.NegativeSampler(items, num_sample=draws, item_id_field=ITEM_ID_FIELD)
     # The positive is not an item, so no draw is excluded.
     res = sampler.get({ITEM_ID_FIELD: pa.array([999_999], pa.int64())})
     counts = [int(np.count_nonzero(res.ids == i)) for i in ids]
-    return {"ids": ids, "weights": weights, "counts": counts, "draws": draws,
-            "frequencies": [round(c / draws, 5) for c in counts],
-            "expected": [round(w / sum(weights), 5) for w in weights],
-            **chi_square(counts, weights)}
+    return {
+        "ids": ids,
+        "weights": weights,
+        "counts": counts,
+        "draws": draws,
+        "frequencies": [round(c / draws, 5) for c in counts],
+        "expected": [round(w / sum(weights), 5) for w in weights],
+        **chi_square(counts, weights),
+    }
 
 
 # --------------------------------------------------------------------------- graph-learn
@@ -297,8 +308,7 @@ def run_graphlearn(runner_args: list[str], timeout: int = 900) -> dict:
     try:
         # graph-learn writes its log files into the working directory: give it a scratch one.
         with tempfile.TemporaryDirectory(prefix="graphlearn-") as scratch:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  cwd=scratch)
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=scratch)
     except subprocess.TimeoutExpired:
         return {"status": "error", "reason": f"graph-learn runner ran past {timeout} s"}
     for line in reversed(proc.stdout.strip().splitlines()):
@@ -314,22 +324,30 @@ def run_graphlearn(runner_args: list[str], timeout: int = 900) -> dict:
 def machine_info() -> dict:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                      if line.startswith("Model name")), platform.processor())
+        model = next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
+            platform.processor(),
+        )
     except OSError:
         model = platform.processor()
     import numba
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=BENCH_DIR).stdout.strip()
-    return {"cpu_model": model, "cpus_online": os.cpu_count(),
-            "pinned_cpus": sorted(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "numpy": np.__version__, "pyarrow": pa.__version__, "numba": numba.__version__,
-            "git_commit": commit}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR
+    ).stdout.strip()
+    return {
+        "cpu_model": model,
+        "cpus_online": os.cpu_count(),
+        "pinned_cpus": sorted(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "numba": numba.__version__,
+        "git_commit": commit,
+    }
 
 
-def find_rate(entries: list[dict], key: str, impl: str, sampler: str, ef, mode: str | None
-              ) -> float | None:
+def find_rate(entries: list[dict], key: str, impl: str, sampler: str, ef, mode: str | None) -> float | None:
     for entry in entries:
         if (entry["impl"], entry["sampler"], entry["ef"]) == (impl, sampler, ef) and (
             mode is None or entry.get("mode") == mode
@@ -362,14 +380,30 @@ def summarize(entries: list[dict], load: dict, alias: dict, args: argparse.Names
                 mine = rate_of("negseq", sampler, ef, mode)
                 gl = rate_of("graphlearn", sampler, ef, None)
                 numpy_rate = rate_of("numpy", "numpy_choice", ef, "ids+attributes")
-                rows.append({"sampler": sampler, "ef": ef, "mode": mode, "negseq_rows_per_s": mine,
-                             "graphlearn_rows_per_s": gl, "vs_graphlearn": ratio(mine, gl),
-                             "vs_numpy_choice": ratio(mine, numpy_rate)})
+                rows.append(
+                    {
+                        "sampler": sampler,
+                        "ef": ef,
+                        "mode": mode,
+                        "negseq_rows_per_s": mine,
+                        "graphlearn_rows_per_s": gl,
+                        "vs_graphlearn": ratio(mine, gl),
+                        "vs_numpy_choice": ratio(mine, numpy_rate),
+                    }
+                )
     hard_mine = rate_of("negseq", "hard_lookup", None, None)
     hard_gl = rate_of("graphlearn", "hard_lookup", None, None)
-    rows.append({"sampler": "hard_lookup", "ef": None, "mode": "lookup+attributes",
-                 "negseq_rows_per_s": hard_mine, "graphlearn_rows_per_s": hard_gl,
-                 "vs_graphlearn": ratio(hard_mine, hard_gl), "vs_numpy_choice": None})
+    rows.append(
+        {
+            "sampler": "hard_lookup",
+            "ef": None,
+            "mode": "lookup+attributes",
+            "negseq_rows_per_s": hard_mine,
+            "graphlearn_rows_per_s": hard_gl,
+            "vs_graphlearn": ratio(hard_mine, hard_gl),
+            "vs_numpy_choice": None,
+        }
+    )
 
     negseq_load, gl_load = load.get("negseq", {}), load.get("graphlearn", {})
     load_speedup = ratio(gl_load.get(load_key), negseq_load.get(load_key))
@@ -382,14 +416,23 @@ def summarize(entries: list[dict], load: dict, alias: dict, args: argparse.Names
         checks.append(check(f"{sampler} ef={TARGET_EF} x graph-learn", ratio(mine, gl), min_ratio))
     checks.append(check("hard lookup rows/s", hard_mine, HARD_LOOKUP_TARGET))
     checks.append(check("load speed-up vs graph-learn", load_speedup, LOAD_SPEEDUP_TARGET))
-    checks.append(check("load peak RSS / graph-learn", rss_ratio, LOAD_RSS_TARGET,
-                        higher_is_better=False))
-    return {"summary": {"size": "small" if args.small else "full", "clock": args.clock,
-                        "rates": rows,
-                        "load": {"negseq": negseq_load, "graphlearn": gl_load,
-                                 "speedup": load_speedup, "rss_ratio": rss_ratio},
-                        "alias": alias, "acceptance": checks,
-                        "acceptance_note": "targets are for the full size (1M items)"}}
+    checks.append(check("load peak RSS / graph-learn", rss_ratio, LOAD_RSS_TARGET, higher_is_better=False))
+    return {
+        "summary": {
+            "size": "small" if args.small else "full",
+            "clock": args.clock,
+            "rates": rows,
+            "load": {
+                "negseq": negseq_load,
+                "graphlearn": gl_load,
+                "speedup": load_speedup,
+                "rss_ratio": rss_ratio,
+            },
+            "alias": alias,
+            "acceptance": checks,
+            "acceptance_note": "targets are for the full size (1M items)",
+        }
+    }
 
 
 def format_summary(summary: dict) -> str:
@@ -400,28 +443,34 @@ def format_summary(summary: dict) -> str:
         return f"{value:7.1f}x" if value else "       -"
 
     clock = "CPU" if summary["clock"] == "cpu" else "wall"
-    lines = [f"sampler benchmark ({summary['size']} size), rows per {clock} second, medians, "
-             "one core",
-             f"{'sampler':<22}{'ef':>4} {'mode':<13}{'negseq':>9} {'graph-learn':>11} "
-             f"{'x gl':>8} {'x numpy':>8}"]
+    lines = [
+        f"sampler benchmark ({summary['size']} size), rows per {clock} second, medians, one core",
+        f"{'sampler':<22}{'ef':>4} {'mode':<13}{'negseq':>9} {'graph-learn':>11} {'x gl':>8} {'x numpy':>8}",
+    ]
     for row in summary["rates"]:
-        lines.append(f"{row['sampler']:<22}{row['ef'] or '':>4} {row['mode']:<13}"
-                     f"{rate(row['negseq_rows_per_s'])} {rate(row['graphlearn_rows_per_s']):>11} "
-                     f"{times(row['vs_graphlearn'])} {times(row['vs_numpy_choice'])}")
+        lines.append(
+            f"{row['sampler']:<22}{row['ef'] or '':>4} {row['mode']:<13}"
+            f"{rate(row['negseq_rows_per_s'])} {rate(row['graphlearn_rows_per_s']):>11} "
+            f"{times(row['vs_graphlearn'])} {times(row['vs_numpy_choice'])}"
+        )
     load = summary["load"]
     for impl in ("negseq", "graphlearn"):
         info = load[impl]
         if info.get("status") == "ok":
-            lines.append(f"load {impl:<11}{info['seconds']:8.2f} s wall "
-                         f"{info.get('cpu_seconds', float('nan')):8.2f} s CPU  peak RSS "
-                         f"{info['peak_rss_mib']:8.1f} MiB")
+            lines.append(
+                f"load {impl:<11}{info['seconds']:8.2f} s wall "
+                f"{info.get('cpu_seconds', float('nan')):8.2f} s CPU  peak RSS "
+                f"{info['peak_rss_mib']:8.1f} MiB"
+            )
         else:
             lines.append(f"load {impl:<11}unavailable: {info.get('reason', '?')[:200]}")
     for impl, runs in summary["alias"].items():
         for info in runs if isinstance(runs, list) else [runs]:
             if "frequencies" in info:
-                lines.append(f"alias {impl:<10} weights 1..5 drawn {info['frequencies']} "
-                             f"(expected {info['expected']}) chi2 p={info['p_value']:.3g}")
+                lines.append(
+                    f"alias {impl:<10} weights 1..5 drawn {info['frequencies']} "
+                    f"(expected {info['expected']}) chi2 p={info['p_value']:.3g}"
+                )
             else:
                 lines.append(f"alias {impl:<10} unavailable: {info.get('reason', '?')[:200]}")
     for item in summary["acceptance"]:
@@ -449,9 +498,13 @@ def main() -> None:
     parser.add_argument("--num-hard", type=int, default=16, help="num_hard_sample")
     parser.add_argument("--cpu", type=int, default=0, help="the one core to run on")
     parser.add_argument("--no-graphlearn", action="store_true", help="skip graph-learn")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="rates the summary compares: per CPU second of the process (robust "
-                             "to other load on the core) or per wall second; both are in the JSON")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="rates the summary compares: per CPU second of the process (robust "
+        "to other load on the core) or per wall second; both are in the JSON",
+    )
     parser.add_argument("--load-probe", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_probe:
@@ -471,19 +524,29 @@ def main() -> None:
 
     spec = bench_data.BenchDataSpec.small() if args.small else bench_data.BenchDataSpec()
     data = bench_data.ensure(spec, log=log)
-    emit({"bench": "setup", "data": str(data.root), "rows": data.manifest["rows"],
-          "batch": args.batch, "reps": reps, "calls_per_rep": calls,
-          "graphlearn_calls_per_rep": gl_calls, "num_hard_sample": args.num_hard,
-          "one_core": f"sched_setaffinity({{{args.cpu}}}) + NUMBA/OMP threads 1 + Arrow pools 1",
-          "machine": machine_info()})
+    emit(
+        {
+            "bench": "setup",
+            "data": str(data.root),
+            "rows": data.manifest["rows"],
+            "batch": args.batch,
+            "reps": reps,
+            "calls_per_rep": calls,
+            "graphlearn_calls_per_rep": gl_calls,
+            "num_hard_sample": args.num_hard,
+            "one_core": f"sched_setaffinity({{{args.cpu}}}) + NUMBA/OMP threads 1 + Arrow pools 1",
+            "machine": machine_info(),
+        }
+    )
 
     log("loading tables in a subprocess (negseq, Parquet) ...")
     load = {"negseq": run_load_probe(data, args.num_hard)}
     emit({"bench": "load", "impl": "negseq", **load["negseq"]})
 
     loaded = load_negseq(data, args.batch, args.num_hard)
-    batches = query_batches(data, args.batch, min(1 + reps * calls,
-                                                  data.manifest["rows"]["pos_edges"] // args.batch))
+    batches = query_batches(
+        data, args.batch, min(1 + reps * calls, data.manifest["rows"]["pos_edges"] // args.batch)
+    )
     entries = []
     cases = list(negseq_cases(loaded, batches, args))
     from tqdm import tqdm
@@ -508,9 +571,22 @@ def main() -> None:
         log("graph-learn: loading and sampling the same tables (Python 3.9 subprocess) ...")
         # --small times graph-learn at the acceptance ef only: it is most of the run's time.
         gl_efs = [TARGET_EF] if args.small and TARGET_EF in args.ef else args.ef
-        report = run_graphlearn(["--data", str(data.root), "--ef", ",".join(map(str, gl_efs)),
-                                 "--batch", str(args.batch), "--calls", str(gl_calls),
-                                 "--reps", str(reps), "--num-hard", str(args.num_hard)])
+        report = run_graphlearn(
+            [
+                "--data",
+                str(data.root),
+                "--ef",
+                ",".join(map(str, gl_efs)),
+                "--batch",
+                str(args.batch),
+                "--calls",
+                str(gl_calls),
+                "--reps",
+                str(reps),
+                "--num-hard",
+                str(args.num_hard),
+            ]
+        )
         if report.get("status") == "ok":
             load["graphlearn"] = {"status": "ok", **report["load"]}
             for result in report["results"]:
@@ -520,7 +596,9 @@ def main() -> None:
             alias_runs = [run_graphlearn(["--alias"]) for _ in range(3)]
             alias["graphlearn"] = [
                 {**run["alias"], **chi_square(run["alias"]["counts"], run["alias"]["weights"])}
-                if run.get("status") == "ok" else run for run in alias_runs
+                if run.get("status") == "ok"
+                else run
+                for run in alias_runs
             ]
             for run in alias["graphlearn"]:
                 emit({"bench": "alias", "impl": "graphlearn", **run})

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
             "data_wait_s": round(report.data_wait_seconds, 1),
         }
         if args.eval_every and (epoch + 1) % args.eval_every == 0:
-            line["hr@10"] = evaluate(model, eval_table, items, ks=(10,), counts=counts)["model"]["hr@10"]
+            line["HR@10"] = evaluate(model, eval_table, items, ks=(10,), counts=counts)["model"]["HR@10"]
         history.append(line)
         if not args.quiet:
             print(json.dumps(line), file=sys.stderr, flush=True)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         "last_epoch_loss": history[-1]["loss"] if history else None,
         "model": {k: round(v, 4) for k, v in result["model"].items()},
         "most_popular": {k: round(v, 4) for k, v in result["most_popular"].items()},
-        "hr@10_ratio": round(result["model"]["hr@10"] / max(result["most_popular"]["hr@10"], 1e-12), 2),
+        "HR@10_ratio": round(result["model"]["HR@10"] / max(result["most_popular"]["HR@10"], 1e-12), 2),
         "config": {k: v for k, v in vars(args).items() if k not in ("data", "quiet")},
         "torch_threads": torch.get_num_threads(),
     }

@@ -52,31 +52,30 @@ def test_tsv_is_graphlearn_typed_format_with_feature_string(tiny):
     assert tsv.column("id:int64").to_pylist() == items.column("id").to_pylist()
     # The feature string holds item_id, title, category joined by ':', the item id included.
     first = tsv.column("feature:string")[0].as_py().split(":")
-    assert first == [str(items.column("item_id")[0].as_py()), items.column("title")[0].as_py(),
-                     str(items.column("category")[0].as_py())]
-    np.testing.assert_allclose(tsv.column("weight:float").to_numpy(),
-                               items.column("weight").to_numpy(), rtol=1e-12)
+    assert first == [
+        str(items.column("item_id")[0].as_py()),
+        items.column("title")[0].as_py(),
+        str(items.column("category")[0].as_py()),
+    ]
+    np.testing.assert_allclose(
+        tsv.column("weight:float").to_numpy(), items.column("weight").to_numpy(), rtol=1e-12
+    )
 
 
 def test_edges_are_distinct_known_items_and_hard_edges_avoid_positives(tiny):
     item_ids = set(pq.read_table(tiny.parquet("items")).column("id").to_pylist())
     pos = pq.read_table(tiny.parquet("pos_edges"))
     hard = pq.read_table(tiny.parquet("hard_edges"))
-    pos_pairs = list(zip(pos.column("userid").to_pylist(), pos.column("itemid").to_pylist(),
-                         strict=True))
-    hard_pairs = set(zip(hard.column("userid").to_pylist(), hard.column("itemid").to_pylist(),
-                         strict=True))
+    pos_pairs = list(zip(pos.column("userid").to_pylist(), pos.column("itemid").to_pylist(), strict=True))
+    hard_pairs = set(zip(hard.column("userid").to_pylist(), hard.column("itemid").to_pylist(), strict=True))
     assert len(set(pos_pairs)) == len(pos_pairs)
     assert not hard_pairs & set(pos_pairs)
     assert {item for _, item in pos_pairs} <= item_ids
     degrees = np.bincount(pos.column("userid").to_numpy())[1:]
     assert degrees.min() >= 16 and degrees.max() <= 24  # 20 +- 20 %
-    assert tiny.manifest["rows"] == {name: pq.read_metadata(tiny.parquet(name)).num_rows
-                                     for name in FILES}
+    assert tiny.manifest["rows"] == {name: pq.read_metadata(tiny.parquet(name)).num_rows for name in FILES}
     queries = np.load(tiny.queries)
-    assert set(zip(queries["userid"].tolist(), queries["itemid"].tolist(), strict=True)) == set(
-        pos_pairs
-    )
+    assert set(zip(queries["userid"].tolist(), queries["itemid"].tolist(), strict=True)) == set(pos_pairs)
 
 
 def test_ensure_reuses_a_matching_data_set_and_regenerates_a_changed_one(tiny):
@@ -91,8 +90,12 @@ def test_ensure_reuses_a_matching_data_set_and_regenerates_a_changed_one(tiny):
 @pytest.mark.timeout(60)
 def test_graphlearn_runner_reports_why_when_graphlearn_is_missing():
     # The project's Python 3.11 has no graph-learn: the runner must say so in JSON, not crash.
-    proc = subprocess.run([sys.executable, str(BENCH_DIR / "graphlearn_runner.py"), "--alias"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "graphlearn_runner.py"), "--alias"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["status"] == "unavailable"

@@ -67,10 +67,10 @@ def test_ties_break_by_item_row_and_unknown_targets_miss():
 
 def test_rank_metrics_by_hand():
     m = rank_metrics(torch.tensor([0, 3, 12]), ks=(1, 10))
-    assert m["hr@1"] == pytest.approx(1 / 3)
-    assert m["hr@10"] == pytest.approx(2 / 3)
-    assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(5)) / 3)
-    assert m["mrr"] == pytest.approx((1 + 1 / 4 + 1 / 13) / 3)
+    assert m["HR@1"] == pytest.approx(1 / 3)
+    assert m["HR@10"] == pytest.approx(2 / 3)
+    assert m["NDCG@10"] == pytest.approx((1.0 + 1 / math.log2(5)) / 3)
+    assert m["MRR"] == pytest.approx((1 + 1 / 4 + 1 / 13) / 3)
 
 
 def test_list_column_handles_nulls_slices_and_rejects_bad_types():
@@ -90,11 +90,11 @@ def test_evaluate_most_popular_baseline_by_hand(items):
     out = evaluate(model, table, items, ks=(1, 3), counts=counts)
     # user 0: 100, 200 excluded -> 300 first (rank 0); user 1: 100 excluded -> 200 first;
     # user 2: 300 and 100 excluded -> 200, 400, 500 ahead of 600 (rank 3)
-    assert out["most_popular"]["hr@1"] == pytest.approx(2 / 3)
-    assert out["most_popular"]["hr@3"] == pytest.approx(2 / 3)
-    assert out["most_popular"]["mrr"] == pytest.approx((1 + 1 + 1 / 4) / 3)
+    assert out["most_popular"]["HR@1"] == pytest.approx(2 / 3)
+    assert out["most_popular"]["HR@3"] == pytest.approx(2 / 3)
+    assert out["most_popular"]["MRR"] == pytest.approx((1 + 1 + 1 / 4) / 3)
     assert out["num_users"] == 3
-    assert set(out["model"]) == {"hr@1", "ndcg@1", "hr@3", "ndcg@3", "mrr"}
+    assert set(out["model"]) == {"HR@1", "NDCG@1", "HR@3", "NDCG@3", "MRR"}
     # default counts: the eval table's own histories
     assert item_counts(table, items).tolist() == [0, 3, 1, 1, 0, 0, 0]
     with pytest.raises(NegseqError, match="eval table is empty"):
@@ -109,8 +109,8 @@ def test_evaluate_ranks_with_the_models_own_scores(items):
     uih = history_feature(table, items, with_timestamps=False)
     scores = model.user_embeddings(uih) @ model.item_embeddings(torch.arange(7)).T
     ranks = target_ranks(scores, torch.tensor([3, 6]), uih.values, uih.offsets)
-    assert out["model"]["mrr"] == pytest.approx(float((1.0 / (ranks + 1.0)).mean()))
-    assert out["model"]["hr@6"] == 1.0  # 6 items, some excluded: every target is in the top 6
+    assert out["model"]["MRR"] == pytest.approx(float((1.0 / (ranks + 1.0)).mean()))
+    assert out["model"]["HR@6"] == 1.0  # 6 items, some excluded: every target is in the top 6
 
 
 def trained_like_model(num_time_buckets=0):

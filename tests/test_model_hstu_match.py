@@ -31,9 +31,7 @@ def jf(rows, timestamps=False):
 
 def model(**kwargs):
     torch.manual_seed(0)
-    defaults = dict(
-        num_layers=2, max_seq_len=8, stu=STUConfig(num_heads=2, output_dropout_ratio=0.0)
-    )
+    defaults = dict(num_layers=2, max_seq_len=8, stu=STUConfig(num_heads=2, output_dropout_ratio=0.0))
     defaults.update(kwargs)
     return HSTUMatch(NUM_ITEMS, 16, input_dropout_ratio=0.0, **defaults)
 
@@ -81,9 +79,7 @@ def test_autoregressive_interleaved_scores_every_history_position():
 
 def test_autoregressive_needs_one_positive_per_history_item():
     m = model(objective="autoregressive")
-    batch = JaggedBatch(
-        jf([[1, 2], [3]]), jf([[4, 5], [6, 7]]), t([1, 1]), "interleaved", neg_per_pos=1
-    )
+    batch = JaggedBatch(jf([[1, 2], [3]]), jf([[4, 5], [6, 7]]), t([1, 1]), "interleaved", neg_per_pos=1)
     with pytest.raises(NegseqError, match="row 0 has 1 positives but 2 history items"):
         m(batch)
 
@@ -200,9 +196,7 @@ def test_no_queries_gives_a_zero_loss_with_gradients():
 
 def test_contextual_prefix_and_actions():
     m = model(contextual_vocab_size=5, contextual_seq_len=2, num_action_types=3, num_time_buckets=4)
-    uih = JaggedFeature(
-        t([1, 2, 3]), t([0, 2, 2, 3]), timestamps=t([5, 60, 7]), actions=t([1, 6, 3])
-    )
+    uih = JaggedFeature(t([1, 2, 3]), t([0, 2, 2, 3]), timestamps=t([5, 60, 7]), actions=t([1, 6, 3]))
     ctx = jf([[0, 1], [2, 3], [4, 4]])
     batch = JaggedBatch(
         uih, jf([[4, 5], [], [6, 7]]), t([1, 0, 1]), "interleaved", neg_per_pos=1, contextual=ctx
@@ -223,9 +217,7 @@ def test_contextual_prefix_and_actions():
     )
     torch.testing.assert_close(padded, m.user_embeddings(uih, ctx))
     bad_ctx = jf([[0], [2, 3], [4, 4]])
-    with pytest.raises(
-        NegseqError, match="contextual feature row 0 holds 1 ids, contextual_seq_len is 2"
-    ):
+    with pytest.raises(NegseqError, match="contextual feature row 0 holds 1 ids, contextual_seq_len is 2"):
         m.user_embeddings(uih, bad_ctx)
 
 
@@ -234,9 +226,7 @@ def test_padded_user_tower_matches_jagged():
     uih = jf([[1, 2, 3], [], [4, 5]], timestamps=True)
     rows = t([[1, 2, 3], [0, 0, 0], [4, 5, 0]])
     ts = t([[0, 100, 200], [0, 0, 0], [300, 400, 0]])
-    torch.testing.assert_close(
-        m.user_embeddings_padded(rows, t([3, 0, 2]), ts), m.user_embeddings(uih)
-    )
+    torch.testing.assert_close(m.user_embeddings_padded(rows, t([3, 0, 2]), ts), m.user_embeddings(uih))
 
 
 @pytest.mark.parametrize(

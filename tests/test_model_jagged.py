@@ -106,9 +106,7 @@ def test_prepend_rows(lengths, width):
     prefix = torch.randn(len(lengths), width, 2)
     out, new_offsets = jagged.prepend_rows(values, offsets, prefix)
     expected = [prefix[i].tolist() + rows[i] for i in range(len(lengths))]
-    assert new_offsets.tolist() == [
-        sum(len(r) for r in expected[:i]) for i in range(len(lengths) + 1)
-    ]
+    assert new_offsets.tolist() == [sum(len(r) for r in expected[:i]) for i in range(len(lengths) + 1)]
     assert out.tolist() == [v for row in expected for v in row]
     slots = jagged.row_slots(offsets, width)
     assert torch.equal(out[slots], values)

@@ -38,5 +38,5 @@ def test_short_ml100k_run_learns():
     assert summary["users"] == 300 and summary["epochs"] == 4
     assert summary["last_epoch_loss"] < summary["first_epoch_loss"] - 0.2
     # far better than ranking at random (HR@50 of a random ranking is about 50 / items)
-    assert summary["model"]["hr@50"] > 2 * 50 / summary["items"]
-    assert 0 < summary["most_popular"]["hr@10"] < 1
+    assert summary["model"]["HR@50"] > 2 * 50 / summary["items"]
+    assert 0 < summary["most_popular"]["HR@10"] < 1

@@ -70,9 +70,7 @@ def reference_stu_row(layer: STULayer, x: torch.Tensor, scaling_n: int) -> torch
             rows.append(acc)
         heads.append(torch.stack(rows) if rows else torch.zeros(0, dh))
     a = torch.cat(heads, dim=1)
-    y = torch.cat(
-        [u, a, u * layer_norm(a, layer.output_norm.weight, layer.output_norm.bias)], dim=1
-    )
+    y = torch.cat([u, a, u * layer_norm(a, layer.output_norm.weight, layer.output_norm.bias)], dim=1)
     return x + y @ layer.output.weight.T
 
 
@@ -89,10 +87,7 @@ def reference_stack(layers, x: torch.Tensor, lengths: list[int], scaling: int) -
 
 def make_layers(num_layers=2, **kwargs) -> list[STULayer]:
     torch.manual_seed(7)
-    layers = [
-        STULayer(D, HEADS, HIDDEN, ATTN, output_dropout_ratio=0.0, **kwargs)
-        for _ in range(num_layers)
-    ]
+    layers = [STULayer(D, HEADS, HIDDEN, ATTN, output_dropout_ratio=0.0, **kwargs) for _ in range(num_layers)]
     for layer in layers:  # non-trivial norms and biases, so every parameter is exercised
         for p in layer.parameters():
             with torch.no_grad():

@@ -68,15 +68,15 @@ def test_forward_and_grads_match_reference(case, monkeypatch):
     q, k, v = _inputs(lengths, d_qk=d_qk, d_v=d_v)
     offsets = _offsets(lengths)
     max_len = max(lengths) + extra
-    kw = dict(alpha=d_qk**-0.5, scaling_n=max_len + 3, max_attn_len=max_attn_len,
-              contextual_seq_len=contextual)
+    kw = dict(
+        alpha=d_qk**-0.5, scaling_n=max_len + 3, max_attn_len=max_attn_len, contextual_seq_len=contextual
+    )
     grad = torch.randn(q.shape[0], 2, d_v, generator=torch.Generator().manual_seed(1))
     out, grads = _run("triton", q, k, v, offsets, max_len, grad, **kw)
     ref, ref_grads = _run("pytorch", q, k, v, offsets, max_len, grad, **kw)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     for name, got, want in zip("qkv", grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4,
-                                   msg=lambda m, n=name: f"d{n}: {m}")
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"d{n}: {m}")
 
 
 def test_float16_matches_float32_reference():
@@ -84,8 +84,7 @@ def test_float16_matches_float32_reference():
     q, k, v = _inputs(lengths, dtype=torch.float16)
     offsets = _offsets(lengths)
     out = hstu_attention(q, k, v, offsets, 33, alpha=0.25, scaling_n=33, kernel="triton")
-    ref = pytorch_hstu_attention(q.float(), k.float(), v.float(), offsets, 33, alpha=0.25,
-                                 scaling_n=33)
+    ref = pytorch_hstu_attention(q.float(), k.float(), v.float(), offsets, 33, alpha=0.25, scaling_n=33)
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), ref, atol=2e-3, rtol=1e-2)
 
@@ -103,7 +102,7 @@ def test_strided_views_of_a_fused_projection():
     # as in the STU layer: q, k, v are column slices of one [L, H * (2 Dqk + Dv)] matrix
     lengths, heads, d = [19, 3], 2, 16
     fused = torch.randn(sum(lengths), 3 * heads * d, requires_grad=True)
-    q, k, v = (fused[:, i * heads * d:(i + 1) * heads * d].view(-1, heads, d) for i in range(3))
+    q, k, v = (fused[:, i * heads * d : (i + 1) * heads * d].view(-1, heads, d) for i in range(3))
     assert q.stride(0) == 3 * heads * d
     offsets = _offsets(lengths)
     out = hstu_attention(q, k, v, offsets, 19, alpha=0.25, scaling_n=19, kernel="triton")
@@ -127,11 +126,18 @@ def test_strided_views_of_a_fused_projection():
 )
 def test_bad_input_is_named(change, message):
     q, k, v = (t.detach() for t in _inputs([12, 10]))
-    args = change({"q": q, "k": k, "v": v, "offsets": _offsets([12, 10]), "max_len": 12,
-                   "scaling_n": 12})
+    args = change({"q": q, "k": k, "v": v, "offsets": _offsets([12, 10]), "max_len": 12, "scaling_n": 12})
     with pytest.raises(NegseqError, match=message):
-        hstu_attention(args["q"], args["k"], args["v"], args["offsets"], args["max_len"],
-                       alpha=0.25, scaling_n=args["scaling_n"], kernel="triton")
+        hstu_attention(
+            args["q"],
+            args["k"],
+            args["v"],
+            args["offsets"],
+            args["max_len"],
+            alpha=0.25,
+            scaling_n=args["scaling_n"],
+            kernel="triton",
+        )
 
 
 def test_custom_ops_pass_opcheck():
@@ -170,5 +176,4 @@ def test_export_keeps_the_kernel_as_one_op():
     exported = torch.export.export(Attend(), (q, k, v, offsets))
     targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     assert "negseq.hstu_attention_fwd.default" in targets
-    torch.testing.assert_close(exported.module()(q, k, v, offsets),
-                               Attend()(q, k, v, offsets))
+    torch.testing.assert_close(exported.module()(q, k, v, offsets), Attend()(q, k, v, offsets))

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from negseq.errors import NegseqError
+from negseq.service.cli import add_serve
 
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1
@@ -243,6 +244,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_sample,
     add_inspect,
     add_run,
+    add_serve,
 ]
 
 

@@ -144,9 +144,7 @@ def predict(
     ]
     user_emb = torch.cat(user_chunks) if user_chunks else torch.zeros(0, model.embedding_dim)
     item_ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)
-    item_emb = model.item_embeddings(
-        torch.from_numpy(np.asarray(items.dense_rows(item_ids), dtype=np.int64))
-    )
+    item_emb = model.item_embeddings(torch.from_numpy(np.asarray(items.dense_rows(item_ids), dtype=np.int64)))
     model.train(was_training)
     paths = {"users": out / "user_embeddings.arrow", "items": out / "item_embeddings.arrow"}
     user_ids = sequences.column("user_id").to_numpy()

@@ -37,8 +37,7 @@ try:
     import triton.language as tl
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "kernel='triton' needs the triton package (install negseq[gpu]); "
-        "use kernel='pytorch' without it"
+        "kernel='triton' needs the triton package (install negseq[gpu]); use kernel='pytorch' without it"
     ) from exc
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -72,8 +71,16 @@ def _sigmoid_silu(qk, alpha, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def _valid(q_pos, k_pos, seq_len, max_attn_len, contextual_seq_len,
-           MASK: tl.constexpr, HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr):
+def _valid(
+    q_pos,
+    k_pos,
+    seq_len,
+    max_attn_len,
+    contextual_seq_len,
+    MASK: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+):
     """Whether query position q_pos may see key position k_pos (broadcast shapes).
 
     MASK 1: plain causal (tile lies inside the sequence); MASK 2: the reference's full
@@ -109,8 +116,7 @@ def _load_rows(base, rows, cols, stride_row, n_rows, D: tl.constexpr, BLOCK_D: t
 
 
 @triton.jit
-def _store_rows(base, value, rows, cols, stride_row, n_rows, D: tl.constexpr,
-                BLOCK_D: tl.constexpr):
+def _store_rows(base, value, rows, cols, stride_row, n_rows, D: tl.constexpr, BLOCK_D: tl.constexpr):
     mask = rows[:, None] < n_rows
     if BLOCK_D != D:
         mask = mask & (cols[None, :] < D)
@@ -118,9 +124,16 @@ def _store_rows(base, value, rows, cols, stride_row, n_rows, D: tl.constexpr,
 
 
 @triton.jit
-def _key_range(start_m, seq_len, max_attn_len, contextual_seq_len,
-               HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _key_range(
+    start_m,
+    seq_len,
+    max_attn_len,
+    contextual_seq_len,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """[lo, hi) of key positions that rows [start_m, start_m + BLOCK_M) may see."""
     hi = tl.minimum(start_m + BLOCK_M, seq_len)
     lo = start_m * 0
@@ -148,71 +161,221 @@ def _seq_and_head(offsets, order, H):
 
 
 @triton.jit
-def _fwd_step(acc, q, k_base, v_base, offs_m, start_n, seq_len, stride_kl, stride_vl, alpha,
-              max_attn_len, contextual_seq_len,
-              MASK: tl.constexpr, HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr,
-              FAST_MATH: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
-              BLOCK_D_QK: tl.constexpr, BLOCK_D_V: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_step(
+    acc,
+    q,
+    k_base,
+    v_base,
+    offs_m,
+    start_n,
+    seq_len,
+    stride_kl,
+    stride_vl,
+    alpha,
+    max_attn_len,
+    contextual_seq_len,
+    MASK: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D_QK), stride_kl, seq_len, D_QK, BLOCK_D_QK)
     v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_D_V), stride_vl, seq_len, D_V, BLOCK_D_V)
     _, a = _sigmoid_silu(tl.dot(q, tl.trans(k)), alpha, FAST_MATH)
     if MASK > 0:
-        valid = _valid(offs_m[:, None], offs_n[None, :], seq_len, max_attn_len,
-                       contextual_seq_len, MASK, HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL)
+        valid = _valid(
+            offs_m[:, None],
+            offs_n[None, :],
+            seq_len,
+            max_attn_len,
+            contextual_seq_len,
+            MASK,
+            HAS_MAX_ATTN_LEN,
+            HAS_CONTEXTUAL,
+        )
         a = tl.where(valid, a, 0.0)
     return tl.dot(a.to(v.dtype), v, acc)
 
 
 @triton.jit
 def _hstu_fwd_kernel(
-    Q, K, V, Out, offsets, order,
-    stride_ql, stride_qh, stride_kl, stride_kh, stride_vl, stride_vh, stride_ol, stride_oh,
-    alpha, inv_n, max_attn_len, contextual_seq_len, H,
+    Q,
+    K,
+    V,
+    Out,
+    offsets,
+    order,
+    stride_ql,
+    stride_qh,
+    stride_kl,
+    stride_kh,
+    stride_vl,
+    stride_vh,
+    stride_ol,
+    stride_oh,
+    alpha,
+    inv_n,
+    max_attn_len,
+    contextual_seq_len,
+    H,
     AUTOTUNE_MAX_LEN,  # autotuning key only
-    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_D_QK: tl.constexpr, BLOCK_D_V: tl.constexpr,
-    HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr, FAST_MATH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     start, seq_len, head = _seq_and_head(offsets, order, H)
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # heaviest block first
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = _load_rows(Q + start * stride_ql + head * stride_qh, offs_m, tl.arange(0, BLOCK_D_QK),
-                   stride_ql, seq_len, D_QK, BLOCK_D_QK)
+    q = _load_rows(
+        Q + start * stride_ql + head * stride_qh,
+        offs_m,
+        tl.arange(0, BLOCK_D_QK),
+        stride_ql,
+        seq_len,
+        D_QK,
+        BLOCK_D_QK,
+    )
     k_base = K + start * stride_kl + head * stride_kh
     v_base = V + start * stride_vl + head * stride_vh
     acc = tl.zeros([BLOCK_M, BLOCK_D_V], dtype=tl.float32)
     if HAS_MAX_ATTN_LEN or HAS_CONTEXTUAL:
-        lo, hi = _key_range(start_m, seq_len, max_attn_len, contextual_seq_len,
-                            HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL, BLOCK_M, BLOCK_N)
+        lo, hi = _key_range(
+            start_m,
+            seq_len,
+            max_attn_len,
+            contextual_seq_len,
+            HAS_MAX_ATTN_LEN,
+            HAS_CONTEXTUAL,
+            BLOCK_M,
+            BLOCK_N,
+        )
         for start_n in range(lo, hi, BLOCK_N):
-            acc = _fwd_step(acc, q, k_base, v_base, offs_m, start_n, seq_len, stride_kl,
-                            stride_vl, alpha, max_attn_len, contextual_seq_len, 2,
-                            HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL, FAST_MATH, D_QK, D_V,
-                            BLOCK_D_QK, BLOCK_D_V, BLOCK_N)
+            acc = _fwd_step(
+                acc,
+                q,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                2,
+                HAS_MAX_ATTN_LEN,
+                HAS_CONTEXTUAL,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
     else:
         # keys strictly before the block: no mask; then the diagonal block, causal mask
         for start_n in range(0, start_m, BLOCK_N):
-            acc = _fwd_step(acc, q, k_base, v_base, offs_m, start_n, seq_len, stride_kl,
-                            stride_vl, alpha, max_attn_len, contextual_seq_len, 0,
-                            False, False, FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V, BLOCK_N)
+            acc = _fwd_step(
+                acc,
+                q,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                0,
+                False,
+                False,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
         for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, seq_len), BLOCK_N):
-            acc = _fwd_step(acc, q, k_base, v_base, offs_m, start_n, seq_len, stride_kl,
-                            stride_vl, alpha, max_attn_len, contextual_seq_len, 1,
-                            False, False, FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V, BLOCK_N)
+            acc = _fwd_step(
+                acc,
+                q,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                1,
+                False,
+                False,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
     acc = acc * inv_n
-    _store_rows(Out + start * stride_ol + head * stride_oh, acc.to(Out.dtype.element_ty), offs_m,
-                tl.arange(0, BLOCK_D_V), stride_ol, seq_len, D_V, BLOCK_D_V)
+    _store_rows(
+        Out + start * stride_ol + head * stride_oh,
+        acc.to(Out.dtype.element_ty),
+        offs_m,
+        tl.arange(0, BLOCK_D_V),
+        stride_ol,
+        seq_len,
+        D_V,
+        BLOCK_D_V,
+    )
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len, stride_ql, stride_dol,
-               alpha, max_attn_len, contextual_seq_len,
-               MASK: tl.constexpr, HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr,
-               FAST_MATH: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
-               BLOCK_D_QK: tl.constexpr, BLOCK_D_V: tl.constexpr, BLOCK_M: tl.constexpr):
+def _dkdv_step(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    offs_n,
+    start_m,
+    seq_len,
+    stride_ql,
+    stride_dol,
+    alpha,
+    max_attn_len,
+    contextual_seq_len,
+    MASK: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """Add one query block's share to dK, dV of a key block (tiles are key-major, [N, M])."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(q_base, offs_m, tl.arange(0, BLOCK_D_QK), stride_ql, seq_len, D_QK, BLOCK_D_QK)
@@ -221,8 +384,16 @@ def _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len, stride_q
     dp_t = tl.dot(v, tl.trans(do))
     ds_t = dp_t * (sig + a_t * (1.0 - sig))  # d silu(s) / ds
     if MASK > 0:
-        valid = _valid(offs_m[None, :], offs_n[:, None], seq_len, max_attn_len,
-                       contextual_seq_len, MASK, HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL)
+        valid = _valid(
+            offs_m[None, :],
+            offs_n[:, None],
+            seq_len,
+            max_attn_len,
+            contextual_seq_len,
+            MASK,
+            HAS_MAX_ATTN_LEN,
+            HAS_CONTEXTUAL,
+        )
         a_t = tl.where(valid, a_t, 0.0)
         ds_t = tl.where(valid, ds_t, 0.0)
     dv = tl.dot(a_t.to(do.dtype), do, dv)
@@ -232,14 +403,41 @@ def _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len, stride_q
 
 @triton.jit
 def _hstu_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, offsets, order,
-    stride_ql, stride_qh, stride_kl, stride_kh, stride_vl, stride_vh, stride_dol, stride_doh,
-    stride_dkl, stride_dkh, stride_dvl, stride_dvh,
-    alpha, inv_n, max_attn_len, contextual_seq_len, H,
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    offsets,
+    order,
+    stride_ql,
+    stride_qh,
+    stride_kl,
+    stride_kh,
+    stride_vl,
+    stride_vh,
+    stride_dol,
+    stride_doh,
+    stride_dkl,
+    stride_dkh,
+    stride_dvl,
+    stride_dvh,
+    alpha,
+    inv_n,
+    max_attn_len,
+    contextual_seq_len,
+    H,
     AUTOTUNE_MAX_LEN,
-    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_D_QK: tl.constexpr, BLOCK_D_V: tl.constexpr,
-    HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr, FAST_MATH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One program per (sequence, head, key block of BLOCK_N); loops over query blocks."""
     start, seq_len, head = _seq_and_head(offsets, order, H)
@@ -247,10 +445,24 @@ def _hstu_bwd_dkdv_kernel(
     if start_n >= seq_len:
         return
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(K + start * stride_kl + head * stride_kh, offs_n, tl.arange(0, BLOCK_D_QK),
-                   stride_kl, seq_len, D_QK, BLOCK_D_QK)
-    v = _load_rows(V + start * stride_vl + head * stride_vh, offs_n, tl.arange(0, BLOCK_D_V),
-                   stride_vl, seq_len, D_V, BLOCK_D_V)
+    k = _load_rows(
+        K + start * stride_kl + head * stride_kh,
+        offs_n,
+        tl.arange(0, BLOCK_D_QK),
+        stride_kl,
+        seq_len,
+        D_QK,
+        BLOCK_D_QK,
+    )
+    v = _load_rows(
+        V + start * stride_vl + head * stride_vh,
+        offs_n,
+        tl.arange(0, BLOCK_D_V),
+        stride_vl,
+        seq_len,
+        D_V,
+        BLOCK_D_V,
+    )
     q_base = Q + start * stride_ql + head * stride_qh
     do_base = DO + start * stride_dol + head * stride_doh
     dk = tl.zeros([BLOCK_N, BLOCK_D_QK], dtype=tl.float32)
@@ -260,45 +472,163 @@ def _hstu_bwd_dkdv_kernel(
         hi_m = seq_len
         if HAS_MAX_ATTN_LEN:
             # the last row that sees a key in this block (contextual keys have id 0)
-            hi_m = tl.minimum(seq_len, tl.maximum(start_n + BLOCK_N, contextual_seq_len)
-                              + max_attn_len)
+            hi_m = tl.minimum(seq_len, tl.maximum(start_n + BLOCK_N, contextual_seq_len) + max_attn_len)
         if HAS_CONTEXTUAL:
             # contextual rows see every key; visit those that lie before lo_m
             for start_m in range(0, tl.minimum(lo_m, contextual_seq_len), BLOCK_M):
-                dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len,
-                                    stride_ql, stride_dol, alpha, max_attn_len,
-                                    contextual_seq_len, 2, HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL,
-                                    FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V, BLOCK_M)
+                dk, dv = _dkdv_step(
+                    dk,
+                    dv,
+                    k,
+                    v,
+                    q_base,
+                    do_base,
+                    offs_n,
+                    start_m,
+                    seq_len,
+                    stride_ql,
+                    stride_dol,
+                    alpha,
+                    max_attn_len,
+                    contextual_seq_len,
+                    2,
+                    HAS_MAX_ATTN_LEN,
+                    HAS_CONTEXTUAL,
+                    FAST_MATH,
+                    D_QK,
+                    D_V,
+                    BLOCK_D_QK,
+                    BLOCK_D_V,
+                    BLOCK_M,
+                )
         for start_m in range(lo_m, hi_m, BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len,
-                                stride_ql, stride_dol, alpha, max_attn_len, contextual_seq_len,
-                                2, HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL, FAST_MATH, D_QK, D_V,
-                                BLOCK_D_QK, BLOCK_D_V, BLOCK_M)
+            dk, dv = _dkdv_step(
+                dk,
+                dv,
+                k,
+                v,
+                q_base,
+                do_base,
+                offs_n,
+                start_m,
+                seq_len,
+                stride_ql,
+                stride_dol,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                2,
+                HAS_MAX_ATTN_LEN,
+                HAS_CONTEXTUAL,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_M,
+            )
     else:
         for start_m in range(start_n, tl.minimum(start_n + BLOCK_N, seq_len), BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len,
-                                stride_ql, stride_dol, alpha, max_attn_len, contextual_seq_len,
-                                1, False, False, FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V,
-                                BLOCK_M)
+            dk, dv = _dkdv_step(
+                dk,
+                dv,
+                k,
+                v,
+                q_base,
+                do_base,
+                offs_n,
+                start_m,
+                seq_len,
+                stride_ql,
+                stride_dol,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                1,
+                False,
+                False,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_M,
+            )
         for start_m in range(start_n + BLOCK_N, seq_len, BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, offs_n, start_m, seq_len,
-                                stride_ql, stride_dol, alpha, max_attn_len, contextual_seq_len,
-                                0, False, False, FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V,
-                                BLOCK_M)
+            dk, dv = _dkdv_step(
+                dk,
+                dv,
+                k,
+                v,
+                q_base,
+                do_base,
+                offs_n,
+                start_m,
+                seq_len,
+                stride_ql,
+                stride_dol,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                0,
+                False,
+                False,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_M,
+            )
     dk = dk * (alpha * inv_n)
     dv = dv * inv_n
-    _store_rows(DK + start * stride_dkl + head * stride_dkh, dk.to(DK.dtype.element_ty), offs_n,
-                tl.arange(0, BLOCK_D_QK), stride_dkl, seq_len, D_QK, BLOCK_D_QK)
-    _store_rows(DV + start * stride_dvl + head * stride_dvh, dv.to(DV.dtype.element_ty), offs_n,
-                tl.arange(0, BLOCK_D_V), stride_dvl, seq_len, D_V, BLOCK_D_V)
+    _store_rows(
+        DK + start * stride_dkl + head * stride_dkh,
+        dk.to(DK.dtype.element_ty),
+        offs_n,
+        tl.arange(0, BLOCK_D_QK),
+        stride_dkl,
+        seq_len,
+        D_QK,
+        BLOCK_D_QK,
+    )
+    _store_rows(
+        DV + start * stride_dvl + head * stride_dvh,
+        dv.to(DV.dtype.element_ty),
+        offs_n,
+        tl.arange(0, BLOCK_D_V),
+        stride_dvl,
+        seq_len,
+        D_V,
+        BLOCK_D_V,
+    )
 
 
 @triton.jit
-def _dq_step(dq, q, do, k_base, v_base, offs_m, start_n, seq_len, stride_kl, stride_vl, alpha,
-             max_attn_len, contextual_seq_len,
-             MASK: tl.constexpr, HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr,
-             FAST_MATH: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
-             BLOCK_D_QK: tl.constexpr, BLOCK_D_V: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dq_step(
+    dq,
+    q,
+    do,
+    k_base,
+    v_base,
+    offs_m,
+    start_n,
+    seq_len,
+    stride_kl,
+    stride_vl,
+    alpha,
+    max_attn_len,
+    contextual_seq_len,
+    MASK: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D_QK), stride_kl, seq_len, D_QK, BLOCK_D_QK)
     v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_D_V), stride_vl, seq_len, D_V, BLOCK_D_V)
@@ -306,22 +636,54 @@ def _dq_step(dq, q, do, k_base, v_base, offs_m, start_n, seq_len, stride_kl, str
     dp = tl.dot(do, tl.trans(v))
     ds = dp * (sig + a * (1.0 - sig))
     if MASK > 0:
-        valid = _valid(offs_m[:, None], offs_n[None, :], seq_len, max_attn_len,
-                       contextual_seq_len, MASK, HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL)
+        valid = _valid(
+            offs_m[:, None],
+            offs_n[None, :],
+            seq_len,
+            max_attn_len,
+            contextual_seq_len,
+            MASK,
+            HAS_MAX_ATTN_LEN,
+            HAS_CONTEXTUAL,
+        )
         ds = tl.where(valid, ds, 0.0)
     return tl.dot(ds.to(k.dtype), k, dq)
 
 
 @triton.jit
 def _hstu_bwd_dq_kernel(
-    Q, K, V, DO, DQ, offsets, order,
-    stride_ql, stride_qh, stride_kl, stride_kh, stride_vl, stride_vh, stride_dol, stride_doh,
-    stride_dql, stride_dqh,
-    alpha, inv_n, max_attn_len, contextual_seq_len, H,
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    offsets,
+    order,
+    stride_ql,
+    stride_qh,
+    stride_kl,
+    stride_kh,
+    stride_vl,
+    stride_vh,
+    stride_dol,
+    stride_doh,
+    stride_dql,
+    stride_dqh,
+    alpha,
+    inv_n,
+    max_attn_len,
+    contextual_seq_len,
+    H,
     AUTOTUNE_MAX_LEN,
-    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_D_QK: tl.constexpr, BLOCK_D_V: tl.constexpr,
-    HAS_MAX_ATTN_LEN: tl.constexpr, HAS_CONTEXTUAL: tl.constexpr, FAST_MATH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One program per (sequence, head, query block); same key loop as the forward."""
     start, seq_len, head = _seq_and_head(offsets, order, H)
@@ -329,40 +691,129 @@ def _hstu_bwd_dq_kernel(
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = _load_rows(Q + start * stride_ql + head * stride_qh, offs_m, tl.arange(0, BLOCK_D_QK),
-                   stride_ql, seq_len, D_QK, BLOCK_D_QK)
-    do = _load_rows(DO + start * stride_dol + head * stride_doh, offs_m, tl.arange(0, BLOCK_D_V),
-                    stride_dol, seq_len, D_V, BLOCK_D_V)
+    q = _load_rows(
+        Q + start * stride_ql + head * stride_qh,
+        offs_m,
+        tl.arange(0, BLOCK_D_QK),
+        stride_ql,
+        seq_len,
+        D_QK,
+        BLOCK_D_QK,
+    )
+    do = _load_rows(
+        DO + start * stride_dol + head * stride_doh,
+        offs_m,
+        tl.arange(0, BLOCK_D_V),
+        stride_dol,
+        seq_len,
+        D_V,
+        BLOCK_D_V,
+    )
     k_base = K + start * stride_kl + head * stride_kh
     v_base = V + start * stride_vl + head * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D_QK], dtype=tl.float32)
     if HAS_MAX_ATTN_LEN or HAS_CONTEXTUAL:
-        lo, hi = _key_range(start_m, seq_len, max_attn_len, contextual_seq_len,
-                            HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL, BLOCK_M, BLOCK_N)
+        lo, hi = _key_range(
+            start_m,
+            seq_len,
+            max_attn_len,
+            contextual_seq_len,
+            HAS_MAX_ATTN_LEN,
+            HAS_CONTEXTUAL,
+            BLOCK_M,
+            BLOCK_N,
+        )
         for start_n in range(lo, hi, BLOCK_N):
-            dq = _dq_step(dq, q, do, k_base, v_base, offs_m, start_n, seq_len, stride_kl,
-                          stride_vl, alpha, max_attn_len, contextual_seq_len, 2,
-                          HAS_MAX_ATTN_LEN, HAS_CONTEXTUAL, FAST_MATH, D_QK, D_V,
-                          BLOCK_D_QK, BLOCK_D_V, BLOCK_N)
+            dq = _dq_step(
+                dq,
+                q,
+                do,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                2,
+                HAS_MAX_ATTN_LEN,
+                HAS_CONTEXTUAL,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
     else:
         for start_n in range(0, start_m, BLOCK_N):
-            dq = _dq_step(dq, q, do, k_base, v_base, offs_m, start_n, seq_len, stride_kl,
-                          stride_vl, alpha, max_attn_len, contextual_seq_len, 0, False, False,
-                          FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V, BLOCK_N)
+            dq = _dq_step(
+                dq,
+                q,
+                do,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                0,
+                False,
+                False,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
         for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, seq_len), BLOCK_N):
-            dq = _dq_step(dq, q, do, k_base, v_base, offs_m, start_n, seq_len, stride_kl,
-                          stride_vl, alpha, max_attn_len, contextual_seq_len, 1, False, False,
-                          FAST_MATH, D_QK, D_V, BLOCK_D_QK, BLOCK_D_V, BLOCK_N)
+            dq = _dq_step(
+                dq,
+                q,
+                do,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                1,
+                False,
+                False,
+                FAST_MATH,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
     dq = dq * (alpha * inv_n)
-    _store_rows(DQ + start * stride_dql + head * stride_dqh, dq.to(DQ.dtype.element_ty), offs_m,
-                tl.arange(0, BLOCK_D_QK), stride_dql, seq_len, D_QK, BLOCK_D_QK)
+    _store_rows(
+        DQ + start * stride_dql + head * stride_dqh,
+        dq.to(DQ.dtype.element_ty),
+        offs_m,
+        tl.arange(0, BLOCK_D_QK),
+        stride_dql,
+        seq_len,
+        D_QK,
+        BLOCK_D_QK,
+    )
 
 
 def _configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in pairs
-    ]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
 
 
 _AUTOTUNE_KEY = ["AUTOTUNE_MAX_LEN", "D_QK", "D_V", "HAS_MAX_ATTN_LEN", "HAS_CONTEXTUAL"]
@@ -387,13 +838,13 @@ def _select(tuned, raw, configs: list[triton.Config]):
         return raw, {"BLOCK_M": _INTERPRETER_BLOCK, "BLOCK_N": _INTERPRETER_BLOCK}
     if not AUTOTUNE:
         default = configs[0]
-        return raw, {**default.kwargs, "num_warps": default.num_warps,
-                     "num_stages": default.num_stages}
+        return raw, {**default.kwargs, "num_warps": default.num_warps, "num_stages": default.num_stages}
     return tuned, {}
 
 
-def _common_args(q: torch.Tensor, v: torch.Tensor, max_len: int, max_attn_len: int,
-                 contextual_seq_len: int) -> dict:
+def _common_args(
+    q: torch.Tensor, v: torch.Tensor, max_len: int, max_attn_len: int, contextual_seq_len: int
+) -> dict:
     d_qk, d_v = q.shape[2], v.shape[2]
     return {
         "AUTOTUNE_MAX_LEN": triton.next_power_of_2(max_len),
@@ -421,17 +872,32 @@ def _fwd(q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_s
     kernel, fixed = _select(_fwd_tuned, _hstu_fwd_kernel, _FWD_CONFIGS)
     grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), batch * H)  # noqa: E731
     kernel[grid](
-        q, k, v, out, offsets, _longest_first(offsets),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1),
-        alpha, 1.0 / scaling_n, max_attn_len, contextual_seq_len, H,
-        **_common_args(q, v, max_len, max_attn_len, contextual_seq_len), **fixed,
+        q,
+        k,
+        v,
+        out,
+        offsets,
+        _longest_first(offsets),
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        alpha,
+        1.0 / scaling_n,
+        max_attn_len,
+        contextual_seq_len,
+        H,
+        **_common_args(q, v, max_len, max_attn_len, contextual_seq_len),
+        **fixed,
     )
     return out
 
 
-def _bwd(grad_out, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len,
-         contextual_seq_len):
+def _bwd(grad_out, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_seq_len):
     L, H, _ = q.shape
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     batch = offsets.numel() - 1
@@ -440,28 +906,68 @@ def _bwd(grad_out, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len,
     order = _longest_first(offsets)
     common = _common_args(q, v, max_len, max_attn_len, contextual_seq_len)
     scalars = (alpha, 1.0 / scaling_n, max_attn_len, contextual_seq_len, H)
-    in_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                  grad_out.stride(0), grad_out.stride(1))
+    in_strides = (
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        grad_out.stride(0),
+        grad_out.stride(1),
+    )
 
     kernel, fixed = _select(_dkdv_tuned, _hstu_bwd_dkdv_kernel, _DKDV_CONFIGS)
     grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_N"]), batch * H)  # noqa: E731
     kernel[grid](
-        q, k, v, grad_out, dk, dv, offsets, order, *in_strides,
-        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, **common, **fixed,
+        q,
+        k,
+        v,
+        grad_out,
+        dk,
+        dv,
+        offsets,
+        order,
+        *in_strides,
+        dk.stride(0),
+        dk.stride(1),
+        dv.stride(0),
+        dv.stride(1),
+        *scalars,
+        **common,
+        **fixed,
     )
     kernel, fixed = _select(_dq_tuned, _hstu_bwd_dq_kernel, _DQ_CONFIGS)
     grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), batch * H)  # noqa: E731
     kernel[grid](
-        q, k, v, grad_out, dq, offsets, order, *in_strides, dq.stride(0), dq.stride(1),
-        *scalars, **common, **fixed,
+        q,
+        k,
+        v,
+        grad_out,
+        dq,
+        offsets,
+        order,
+        *in_strides,
+        dq.stride(0),
+        dq.stride(1),
+        *scalars,
+        **common,
+        **fixed,
     )
     return dq, dk, dv
 
 
 @torch.library.custom_op("negseq::hstu_attention_fwd", mutates_args=())
 def hstu_attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, max_len: int,
-    alpha: float, scaling_n: int, max_attn_len: int, contextual_seq_len: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    offsets: torch.Tensor,
+    max_len: int,
+    alpha: float,
+    scaling_n: int,
+    max_attn_len: int,
+    contextual_seq_len: int,
 ) -> torch.Tensor:
     """Triton forward: [L, H, Dv] output of jagged HSTU attention."""
     return _fwd(q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_seq_len)
@@ -474,13 +980,19 @@ def _(q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_seq_
 
 @torch.library.custom_op("negseq::hstu_attention_bwd", mutates_args=())
 def hstu_attention_bwd(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    offsets: torch.Tensor, max_len: int, alpha: float, scaling_n: int, max_attn_len: int,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    offsets: torch.Tensor,
+    max_len: int,
+    alpha: float,
+    scaling_n: int,
+    max_attn_len: int,
     contextual_seq_len: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward: (dq, dk, dv), recomputing the scores (nothing was saved but inputs)."""
-    return _bwd(grad_out, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len,
-                contextual_seq_len)
+    return _bwd(grad_out, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_seq_len)
 
 
 @hstu_attention_bwd.register_fake
@@ -492,8 +1004,7 @@ class TritonHSTUAttention(torch.autograd.Function):
     """Differentiable jagged HSTU attention over the two custom ops."""
 
     @staticmethod
-    def forward(ctx, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len,
-                contextual_seq_len):
+    def forward(ctx, q, k, v, offsets, max_len, alpha, scaling_n, max_attn_len, contextual_seq_len):
         ctx.save_for_backward(q, k, v, offsets)
         ctx.params = (max_len, alpha, scaling_n, max_attn_len, contextual_seq_len)
         return torch.ops.negseq.hstu_attention_fwd(q, k, v, offsets, *ctx.params)
@@ -511,36 +1022,45 @@ def _check_inputs(q, k, v, offsets, max_len, scaling_n, max_attn_len, contextual
     """Shape/dtype/device checks that need no device sync (max_len itself is trusted)."""
     where = "triton hstu_attention"
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-        raise NegseqError(f"{where}: q, k, v must be [L, H, D]; got {tuple(q.shape)}, "
-                          f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise NegseqError(
+            f"{where}: q, k, v must be [L, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape != k.shape or v.shape[:2] != q.shape[:2]:
-        raise NegseqError(f"{where}: q {tuple(q.shape)} and k {tuple(k.shape)} must match and "
-                          f"share [L, H] with v {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (
-        torch.float16, torch.bfloat16, torch.float32
-    ):
-        raise NegseqError(f"{where}: q, k, v must share one of float16/bfloat16/float32; got "
-                          f"{q.dtype}, {k.dtype}, {v.dtype}")
+        raise NegseqError(
+            f"{where}: q {tuple(q.shape)} and k {tuple(k.shape)} must match and "
+            f"share [L, H] with v {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise NegseqError(
+            f"{where}: q, k, v must share one of float16/bfloat16/float32; got "
+            f"{q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if offsets.dim() != 1 or offsets.dtype != torch.int64 or offsets.numel() < 1:
-        raise NegseqError(f"{where}: offsets must be a 1-D int64 tensor [B+1]; got "
-                          f"{offsets.dtype} {tuple(offsets.shape)}")
+        raise NegseqError(
+            f"{where}: offsets must be a 1-D int64 tensor [B+1]; got {offsets.dtype} {tuple(offsets.shape)}"
+        )
     devices = {t.device for t in (q, k, v, offsets)}
     if len(devices) != 1:
         raise NegseqError(f"{where}: q, k, v, offsets are on different devices {devices}")
     if q.device.type != "cuda" and not INTERPRETING:
-        raise NegseqError(f"{where}: tensors on {q.device} need CUDA, or TRITON_INTERPRET=1 set "
-                          "before negseq.model.triton_attention is imported")
+        raise NegseqError(
+            f"{where}: tensors on {q.device} need CUDA, or TRITON_INTERPRET=1 set "
+            "before negseq.model.triton_attention is imported"
+        )
     if max_len < 0 or scaling_n <= 0 or max_attn_len < 0 or contextual_seq_len < 0:
-        raise NegseqError(f"{where}: need max_len >= 0, scaling_n > 0, max_attn_len >= 0, "
-                          f"contextual_seq_len >= 0; got {max_len}, {scaling_n}, "
-                          f"{max_attn_len}, {contextual_seq_len}")
+        raise NegseqError(
+            f"{where}: need max_len >= 0, scaling_n > 0, max_attn_len >= 0, "
+            f"contextual_seq_len >= 0; got {max_len}, {scaling_n}, "
+            f"{max_attn_len}, {contextual_seq_len}"
+        )
     if offsets.device.type == "cpu" and offsets.numel() > 1 and not torch.compiler.is_compiling():
         lengths = offsets[1:] - offsets[:-1]
         if int(offsets[0]) != 0 or int(offsets[-1]) != q.shape[0] or bool((lengths < 0).any()):
             raise NegseqError(f"{where}: offsets must rise from 0 to L={q.shape[0]}")
         if int(lengths.max()) > max_len:
-            raise NegseqError(f"{where}: max_len={max_len} is below the longest sequence "
-                              f"({int(lengths.max())})")
+            raise NegseqError(
+                f"{where}: max_len={max_len} is below the longest sequence ({int(lengths.max())})"
+            )
 
 
 def triton_hstu_attention(
@@ -563,7 +1083,14 @@ def triton_hstu_attention(
     _check_inputs(q, k, v, offsets, max_len, scaling_n, max_attn_len, contextual_seq_len)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return TritonHSTUAttention.apply(
-        q, k, v, offsets, int(max_len), float(alpha), int(scaling_n), int(max_attn_len),
+        q,
+        k,
+        v,
+        offsets,
+        int(max_len),
+        float(alpha),
+        int(scaling_n),
+        int(max_attn_len),
         int(contextual_seq_len),
     )
 

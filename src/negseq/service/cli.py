@@ -1,0 +1,91 @@
+"""`negseq serve`: its arguments and what it runs (the top-level `negseq` command wires it in)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+import pyarrow as pa
+
+from negseq.errors import NegseqError
+from negseq.sampler import build_sampler
+from negseq.service.auth import read_token_file
+from negseq.service.job import ServiceJob
+from negseq.service.limits import Limits
+from negseq.service.server import SamplerServer, grpc_location, serve_until_signalled
+
+log = logging.getLogger("negseq.service")
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the sampler as an Arrow Flight service",
+        description="Load the job file's sampler tables once and answer sampling requests over "
+        "Arrow Flight until SIGTERM (which drains in-flight requests, then exits 0).",
+    )
+    p.add_argument("--config", required=True, help="TOML job file: [sampler.<type>], [candidates], [service]")
+    p.add_argument("--host", help="address to bind (default: [service] host, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: [service] port, else 8815; 0 picks a free one)")
+    p.add_argument("--token-file", help="file holding the bearer token every call must carry")
+    p.add_argument("--max-rows", type=int, help="most rows a request batch may hold")
+    p.add_argument("--max-bytes", type=int, help="most bytes a request batch may hold")
+    p.add_argument("--max-negatives", type=int, help="most negatives a request may ask for")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for in-flight calls")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(handler=cmd_serve)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Only negseq's own loggers at the chosen level: at DEBUG, numba alone logs megabytes a compile.
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("negseq").setLevel("WARNING" if getattr(args, "quiet", False) else args.log_level)
+    job = ServiceJob.from_toml(args.config)
+    limits = Limits(
+        max_rows=args.max_rows if args.max_rows is not None else job.limits.max_rows,
+        max_bytes=args.max_bytes if args.max_bytes is not None else job.limits.max_bytes,
+        max_negatives=args.max_negatives if args.max_negatives is not None else job.limits.max_negatives,
+    )
+    host = args.host or job.host
+    port = args.port if args.port is not None else job.port
+    token = read_token_file(args.token_file) if args.token_file else None
+    sampler = build_sampler(job.sampler_config, base_dir=job.base_dir)
+    try:
+        server = SamplerServer(
+            sampler,
+            host=host,
+            port=port,
+            token=token,
+            limits=limits,
+            candidates=job.candidates,
+            config=job.sampler_config,
+        )
+    except pa.ArrowException as exc:
+        raise NegseqError(f"cannot listen on {grpc_location(host, port)}: {exc}") from exc
+    if token is None and not _is_loopback(host):
+        log.warning("listening on %s without a token: anyone who can reach it can call it", host)
+
+    def announce() -> None:  # the line scripts and tests wait for; the port is the bound one
+        print(f"negseq serve: listening on {server.location}", flush=True)
+
+    outcome = serve_until_signalled(server, drain_timeout=args.drain_timeout, on_ready=announce)
+    if not outcome.complete:  # calls parked in server threads would block the interpreter's exit
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(outcome.code)
+    return outcome.code
+
+
+__all__ = ["add_serve", "cmd_serve"]

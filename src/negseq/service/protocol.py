@@ -1,0 +1,210 @@
+"""The sampler service's wire format: what a request batch carries and what its answer looks like.
+
+Transport: one Arrow Flight `do_exchange` call streams request batches; the server answers each,
+in order, with exactly one response batch. The descriptor is ignored (send an empty command).
+
+Request = a record batch + its `app_metadata`, a UTF-8 JSON object:
+
+    {"mode": "negatives",           # or "candidates"; default "negatives"
+     "epoch": 0, "batch_index": 17, # required: with the seed, the key of the random draws
+     "seed": 42,                    # optional: default the job file's sampler seed
+     "training": true,              # optional: false uses num_eval_sample when the sampler has one
+     "per_positive": null,          # negatives mode: null = shared (num_sample), n = n a positive
+     "layout": "suffix",            # candidates mode: default the job's [candidates] layout
+     "neg_per_pos": 4,              # candidates mode: default [candidates] neg_per_pos
+     "seq_delim": ";"}              # candidates mode: default [candidates] seq_delim
+
+The same (seed, epoch, batch_index) gives the same answer as the in-process sampler called with
+that key. Unknown keys are refused, so a typo cannot silently fall back to a default.
+
+- negatives mode: the batch holds the sampler's `item_id_field` (integer, one positive a row) and,
+  for the V2 and hard samplers, its `user_id_field` (integer, aligned). Other columns are ignored.
+- candidates mode: the batch is what `negseq.pipeline.sample_candidates` takes (the item column
+  may be int64, delimited id strings or a list of ids).
+
+Response, negatives mode: one record batch, with rows [0, num_negatives) the simple negatives and
+rows [num_negatives, num_negatives + num_hard) the hard negatives:
+
+    _id               int64   the negative's item id (SampleResult.ids, then .hard_ids)
+    <attr_fields...>          the sampler's attribute columns, typed as the item table declares
+    _hard_query_row   int32   hard samplers only: hard_neg_indices[:, 0]; null on simple rows
+    _hard_offset      int32   hard samplers only: hard_neg_indices[:, 1]; null on simple rows
+
+and `app_metadata` JSON: the request key plus `num_negatives`, `num_hard`, `expand_factor` and the
+sampler's `stats`. Response, candidates mode: the batch `sample_candidates` returns (the item
+column replaced by candidate sequences, plus `cand_pos_lengths` and, for hard samplers,
+`hard_neg_indices`), with `app_metadata` JSON: the request key plus `stats`.
+
+A Flight stream has one schema, so one exchange answers one mode (and, in candidates mode, one
+input schema); a request that would change the response schema is refused: open a new exchange.
+A bad request ends its exchange with a `FlightServerError` whose message names the problem; the
+server keeps serving other exchanges.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from negseq.errors import NegseqError
+from negseq.sampler import SampleResult
+
+MODES = ("negatives", "candidates")
+LAYOUTS = ("interleaved", "suffix")
+ID_COLUMN = "_id"
+HARD_QUERY_ROW_COLUMN = "_hard_query_row"
+HARD_OFFSET_COLUMN = "_hard_offset"
+RESERVED_COLUMNS = (ID_COLUMN, HARD_QUERY_ROW_COLUMN, HARD_OFFSET_COLUMN)
+_KEY_LIMIT = 1 << 32
+_SEED_LIMIT = 1 << 64
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request batch's options, parsed from its app_metadata."""
+
+    epoch: int
+    batch_index: int
+    mode: str = "negatives"
+    seed: int | None = None
+    training: bool = True
+    per_positive: int | None = None
+    layout: str | None = None
+    neg_per_pos: int | None = None
+    seq_delim: str | None = None
+
+    def to_metadata(self) -> bytes:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}).encode()
+
+
+def _int_field(raw: dict[str, Any], name: str, low: int, high: int, required: bool) -> int | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise NegseqError(f"request metadata: missing {name!r} (the batch's random key needs it)")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise NegseqError(f"request metadata: {name!r} must be an integer in [{low}, {high}), got {value!r}")
+    return value
+
+
+def parse_request(metadata: bytes | None) -> Request:
+    """The options of one request; every malformed or unknown field is an error naming it."""
+    if not metadata:
+        raise NegseqError(
+            "request metadata: missing; each batch needs JSON app_metadata with at least "
+            '{"epoch": ..., "batch_index": ...}'
+        )
+    try:
+        raw = json.loads(bytes(metadata).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NegseqError(f"request metadata: not a UTF-8 JSON object ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise NegseqError(f"request metadata: must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(Request.__dataclass_fields__))
+    if unknown:
+        raise NegseqError(
+            f"request metadata: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(Request.__dataclass_fields__)}"
+        )
+    mode = raw.get("mode", "negatives")
+    if mode not in MODES:
+        raise NegseqError(f"request metadata: 'mode' must be one of {MODES}, got {mode!r}")
+    layout = raw.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise NegseqError(f"request metadata: 'layout' must be one of {LAYOUTS}, got {layout!r}")
+    training = raw.get("training", True)
+    if not isinstance(training, bool):
+        raise NegseqError(f"request metadata: 'training' must be true or false, got {training!r}")
+    seq_delim = raw.get("seq_delim")
+    if seq_delim is not None and (not isinstance(seq_delim, str) or not seq_delim):
+        raise NegseqError(f"request metadata: 'seq_delim' must be a non-empty string, got {seq_delim!r}")
+    return Request(
+        epoch=_int_field(raw, "epoch", 0, _KEY_LIMIT, required=True),
+        batch_index=_int_field(raw, "batch_index", 0, _KEY_LIMIT, required=True),
+        mode=mode,
+        seed=_int_field(raw, "seed", 0, _SEED_LIMIT, required=False),
+        training=training,
+        per_positive=_int_field(raw, "per_positive", 0, _KEY_LIMIT, required=False),
+        layout=layout,
+        neg_per_pos=_int_field(raw, "neg_per_pos", 0, _KEY_LIMIT, required=False),
+        seq_delim=seq_delim,
+    )
+
+
+def negatives_schema(attr_schema: pa.Schema, hard: bool) -> pa.Schema:
+    """The response schema of negatives mode for a sampler with these attribute columns."""
+    fields = [pa.field(ID_COLUMN, pa.int64()), *attr_schema]
+    if hard:
+        fields += [pa.field(HARD_QUERY_ROW_COLUMN, pa.int32()), pa.field(HARD_OFFSET_COLUMN, pa.int32())]
+    return pa.schema(fields)
+
+
+def encode_negatives(result: SampleResult, hard: bool) -> tuple[pa.RecordBatch, dict[str, Any]]:
+    """One response batch (simple rows, then hard rows) and its metadata fields."""
+    num_neg, num_hard = len(result.ids), len(result.hard_ids)
+    ids = pa.array(np.concatenate([result.ids, result.hard_ids]), pa.int64())
+    attrs = result.negatives
+    if num_hard:
+        attrs = pa.concat_batches([attrs, result.hard_negatives])
+    columns = [ids, *attrs.columns]
+    if hard:
+        indices = result.hard_neg_indices if num_hard else np.empty((0, 2), np.int32)
+        nulls = np.concatenate([np.ones(num_neg, bool), np.zeros(num_hard, bool)])
+        for j in (0, 1):
+            values = np.concatenate([np.zeros(num_neg, np.int32), indices[:, j].astype(np.int32)])
+            columns.append(pa.array(values, pa.int32(), mask=nulls))
+    schema = negatives_schema(result.negatives.schema, hard)
+    batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+    meta = {
+        "num_negatives": num_neg,
+        "num_hard": num_hard,
+        "expand_factor": result.expand_factor,
+        "stats": {k: int(v) for k, v in result.stats.items()},
+    }
+    return batch, meta
+
+
+def decode_negatives(batch: pa.RecordBatch, meta: dict[str, Any]) -> SampleResult:
+    """The `SampleResult` a negatives-mode response batch encodes (inverse of `encode_negatives`)."""
+    num_neg, num_hard = int(meta["num_negatives"]), int(meta["num_hard"])
+    if batch.num_rows != num_neg + num_hard:
+        raise NegseqError(
+            f"response: {batch.num_rows} rows, metadata promises {num_neg} + {num_hard} hard negatives"
+        )
+    ids = batch.column(ID_COLUMN).to_numpy().astype(np.int64, copy=False)
+    attr_names = [n for n in batch.schema.names if n not in RESERVED_COLUMNS]
+    attrs = batch.select(attr_names)
+    hard_negatives = hard_indices = None
+    if num_hard:
+        hard_negatives = attrs.slice(num_neg)
+        hard_indices = np.stack(
+            [
+                batch.column(HARD_QUERY_ROW_COLUMN).slice(num_neg).to_numpy(),
+                batch.column(HARD_OFFSET_COLUMN).slice(num_neg).to_numpy(),
+            ],
+            axis=1,
+        ).astype(np.int32)
+    return SampleResult(
+        ids=ids[:num_neg].copy(),
+        negatives=attrs.slice(0, num_neg),
+        hard_ids=ids[num_neg:].copy(),
+        hard_negatives=hard_negatives,
+        hard_neg_indices=hard_indices,
+        expand_factor=int(meta["expand_factor"]),
+        stats=dict(meta.get("stats", {})),
+    )
+
+
+def encode_metadata(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def decode_metadata(metadata: pa.Buffer | bytes | None) -> dict[str, Any]:
+    if metadata is None:
+        raise NegseqError("response: batch without app_metadata")
+    return json.loads(bytes(metadata).decode("utf-8"))

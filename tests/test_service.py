@@ -1,0 +1,529 @@
+"""The sampler service against real Flight servers on 127.0.0.1: round trips equal the in-process
+samplers, every bad input is a named Flight error after which the server keeps serving, auth,
+actions, and `negseq serve` draining on SIGTERM in a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+
+import negseq.pipeline
+from negseq.errors import NegseqError
+from negseq.sampler import (
+    EdgeTable,
+    HardNegativeSampler,
+    HardNegativeSamplerV2,
+    ItemTable,
+    NegativeSampler,
+    NegativeSamplerV2,
+    SampleResult,
+    build_sampler,
+)
+from negseq.service import Limits, Request, SamplerClient, SamplerServer
+from negseq.service.auth import read_token_file
+from negseq.service.job import CandidateDefaults, ServiceJob
+from negseq.service.protocol import decode_negatives, encode_negatives, parse_request
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+NUM_ITEMS, NUM_USERS = 300, 20
+SRC = Path(__file__).resolve().parents[1] / "src"
+HAS_CANDIDATES = hasattr(negseq.pipeline, "sample_candidates")
+needs_pipeline = pytest.mark.skipif(
+    not HAS_CANDIDATES, reason="negseq.pipeline.sample_candidates has not landed on this branch"
+)
+
+
+def _item_table() -> pa.Table:
+    rng = np.random.default_rng(3)
+    ids = np.arange(NUM_ITEMS, dtype=np.int64) * 10 + 1
+    return pa.table(
+        {
+            "id": ids,
+            "weight": rng.random(NUM_ITEMS) + 0.1,
+            "title": pa.array([f"t{i}" for i in ids]),
+            "cate": pa.array(ids % 7, pa.int32()),
+        }
+    )
+
+
+def _edge_table(per_user: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ids = _item_table()["id"].to_numpy()
+    users = np.repeat(np.arange(NUM_USERS, dtype=np.int64) + 1000, per_user)
+    picks = np.concatenate([rng.choice(NUM_ITEMS, per_user, replace=False) for _ in range(NUM_USERS)])
+    return pa.table({"userid": users, "itemid": ids[picks], "weight": rng.random(len(users)).round(1)})
+
+
+ITEMS = ItemTable.from_arrow(_item_table())
+POS, HARD = EdgeTable.from_arrow(_edge_table(15, 1)), EdgeTable.from_arrow(_edge_table(4, 2))
+COMMON = dict(attr_fields=["item_id", "title", "cate"], item_id_field="item_id", seed=11)
+
+
+def _make(kind: str, num_sample: int = 40):
+    users = dict(user_id_field="user_id")
+    return {
+        "v1": lambda: NegativeSampler(ITEMS, num_sample=num_sample, **COMMON),
+        "v2": lambda: NegativeSamplerV2(ITEMS, POS, num_sample=num_sample, **users, **COMMON),
+        "hard": lambda: HardNegativeSampler(
+            ITEMS, HARD, num_sample=num_sample, num_hard_sample=3, **users, **COMMON
+        ),
+        "hard_v2": lambda: HardNegativeSamplerV2(
+            ITEMS, POS, HARD, num_sample=num_sample, num_hard_sample=3, **users, **COMMON
+        ),
+    }[kind]()
+
+
+def _batch(q: int, seed: int = 0) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    return pa.record_batch(
+        {
+            "item_id": ITEMS.ids[rng.integers(0, NUM_ITEMS, q)],
+            "user_id": rng.integers(1000, 1000 + NUM_USERS + 3, q),  # a few unknown users
+        }
+    )
+
+
+def _assert_same(got: SampleResult, want: SampleResult) -> None:
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert got.negatives.equals(want.negatives)
+    np.testing.assert_array_equal(got.hard_ids, want.hard_ids)
+    if want.hard_neg_indices is None:
+        assert got.hard_neg_indices is None and got.hard_negatives is None
+    else:
+        np.testing.assert_array_equal(got.hard_neg_indices, want.hard_neg_indices)
+        assert got.hard_negatives.equals(want.hard_negatives)
+    assert got.expand_factor == want.expand_factor
+    assert got.stats == want.stats
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """One server per sampler kind (each with its own sampler object, built like the reference)."""
+    started = {
+        kind: SamplerServer(
+            _make(kind),
+            limits=Limits(max_rows=5000, max_bytes=200_000, max_negatives=100_000),
+            candidates=CandidateDefaults(layout="suffix", neg_per_pos=None, seq_delim=";"),
+        )
+        for kind in ("v1", "v2", "hard", "hard_v2")
+    }
+    yield started
+    for server in started.values():
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clients(servers):
+    opened = {kind: SamplerClient(server.location) for kind, server in servers.items()}
+    yield opened
+    for client in opened.values():
+        client.close()
+
+
+def test_server_binds_loopback_by_default(servers):
+    assert servers["v1"].location.startswith("grpc://127.0.0.1:")
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "hard", "hard_v2"])
+@pytest.mark.parametrize("per_positive", [None, 3])
+def test_round_trip_equals_in_process(clients, kind, per_positive):
+    reference = _make(kind)
+    for q, batch_index in ((1, 0), (7, 5), (64, 2**32 - 1)):
+        batch = _batch(q, seed=batch_index % 97)
+        got = clients[kind].sample(batch, epoch=2, batch_index=batch_index, per_positive=per_positive)
+        want = reference.get(batch, epoch=2, batch_index=batch_index, per_positive=per_positive)
+        _assert_same(got, want)
+    if kind.startswith("hard"):
+        assert len(want.hard_ids) > 0  # the hard path was really exercised
+
+
+def test_request_seed_overrides_the_job_seed(clients):
+    batch = _batch(16)
+    got = clients["v2"].sample(batch, epoch=1, batch_index=3, seed=99)
+    common = {**COMMON, "seed": 99}
+    reference = NegativeSamplerV2(ITEMS, POS, num_sample=40, user_id_field="user_id", **common)
+    _assert_same(got, reference.get(batch, epoch=1, batch_index=3))
+    default = clients["v2"].sample(batch, epoch=1, batch_index=3)
+    assert not np.array_equal(default.ids, got.ids)
+
+
+def test_stream_answers_each_batch_in_order(clients):
+    reference = _make("hard")
+    batches = [_batch(10 + i, seed=i) for i in range(5)]
+    requests = [(b, Request(epoch=0, batch_index=i)) for i, b in enumerate(batches)]
+    answers = list(clients["hard"].stream(requests))
+    assert [meta["batch_index"] for meta, _ in answers] == list(range(5))
+    for i, (_, got) in enumerate(answers):
+        _assert_same(got, reference.get(batches[i], epoch=0, batch_index=i))
+
+
+def test_hard_sampler_without_hard_negatives_round_trips(clients):
+    batch = pa.record_batch({"item_id": ITEMS.ids[:3], "user_id": np.array([5, 6, 7])})  # unknown users
+    got = clients["hard"].sample(batch, epoch=0, batch_index=1)
+    assert len(got.hard_ids) == 0 and got.hard_neg_indices is None
+    _assert_same(got, _make("hard").get(batch, epoch=0, batch_index=1))
+
+
+def test_protocol_encode_decode_is_lossless():
+    sampler = _make("hard_v2")
+    result = sampler.get(_batch(9), epoch=4, batch_index=8, per_positive=2)
+    batch, meta = encode_negatives(result, hard=True)
+    assert batch.schema.names == ["_id", "item_id", "title", "cate", "_hard_query_row", "_hard_offset"]
+    assert batch.column("_hard_query_row").null_count == len(result.ids)
+    _assert_same(decode_negatives(batch, json.loads(json.dumps(meta))), result)
+
+
+@needs_pipeline
+@pytest.mark.parametrize(("kind", "layout"), [("v1", "interleaved"), ("v2", "suffix"), ("hard_v2", "suffix")])
+def test_candidates_equal_sample_candidates(clients, kind, layout):
+    rng = np.random.default_rng(5)
+    rows = [";".join(str(i) for i in ITEMS.ids[rng.integers(0, NUM_ITEMS, k)]) for k in (1, 3, 0, 2)]
+    batch = pa.record_batch(
+        {"item_id": pa.array(rows), "user_id": pa.array([1001, 1002, 1003, 1004]), "label": [1, 0, 1, 1]}
+    )
+    n = 2 if layout == "interleaved" else None  # suffix: the sampler's num_sample shared negatives
+    got = clients[kind].candidates(batch, epoch=1, batch_index=9, layout=layout, neg_per_pos=n)
+    want = negseq.pipeline.sample_candidates(
+        batch, _make(kind), layout=layout, neg_per_pos=n, epoch=1, batch_index=9
+    )
+    assert got.equals(want)
+
+
+@needs_pipeline
+def test_candidates_use_the_job_defaults(clients):
+    batch = pa.record_batch({"item_id": pa.array([[1, 11], [21]]), "user_id": pa.array([1000, 1001])})
+    got = clients["v1"].candidates(batch, epoch=0, batch_index=4)  # layout from CandidateDefaults
+    want = negseq.pipeline.sample_candidates(batch, _make("v1"), layout="suffix", epoch=0, batch_index=4)
+    assert got.equals(want)
+
+
+def _raw_exchange(location: str, batch: pa.RecordBatch, metadata: bytes, headers=()) -> None:
+    client = flight.connect(location)
+    try:
+        options = flight.FlightCallOptions(headers=list(headers))
+        writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(b""), options)
+        writer.begin(batch.schema)
+        writer.write_with_metadata(batch, metadata)
+        writer.done_writing()
+        reader.read_chunk()
+        writer.close()
+    finally:
+        client.close()
+
+
+BAD_REQUESTS = {
+    "missing item column": (
+        lambda: pa.record_batch({"user_id": [1000]}),
+        {},
+        "missing item id column 'item_id'",
+    ),
+    "wrong item type": (
+        lambda: pa.record_batch({"item_id": pa.array(["1;11"]), "user_id": [1000]}),
+        {},
+        "column 'item_id' must hold int64 ids",
+    ),
+    "wrong user type": (
+        lambda: pa.record_batch({"item_id": [1, 11], "user_id": pa.array([1.5, 2.5])}),
+        {},
+        "column 'user_id' must hold int64 ids",
+    ),
+    "null id": (
+        lambda: pa.record_batch({"item_id": pa.array([1, None]), "user_id": [1000, 1001]}),
+        {},
+        "column 'item_id', row 1: null id",
+    ),
+    "over max_rows": (lambda: _batch(5001), {}, "5001 rows, over the server's max_rows 5000"),
+    "over max_bytes": (
+        lambda: pa.record_batch({"item_id": [1], "user_id": [1000], "pad": [b"x" * 300_000]}),
+        {},
+        "over the server's max_bytes 200000",
+    ),
+    "over max_negatives": (lambda: _batch(100), {"per_positive": 1001}, "over the server's max_negatives"),
+    "missing epoch": (lambda: _batch(3), {"epoch": None}, "missing 'epoch'"),
+    "unknown key": (lambda: _batch(3), {"bacth_index": 1}, "unknown key\\(s\\) bacth_index"),
+    "bad mode": (lambda: _batch(3), {"mode": "both"}, "'mode' must be one of"),
+    "layout in negatives mode": (lambda: _batch(3), {"layout": "suffix"}, "'layout' belongs to mode"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_request_is_a_named_flight_error_and_the_server_keeps_serving(servers, clients, case):
+    make_batch, overrides, message = BAD_REQUESTS[case]
+    meta = {k: v for k, v in {"epoch": 0, "batch_index": 1, **overrides}.items() if v is not None}
+    before = clients["v2"].stats()["errors"]
+    with pytest.raises(flight.FlightServerError, match=message):
+        _raw_exchange(servers["v2"].location, make_batch(), json.dumps(meta).encode())
+    assert clients["v2"].stats()["errors"] == before + 1
+    assert clients["v2"].health() == "ok"
+    batch = _batch(8)
+    _assert_same(clients["v2"].sample(batch, batch_index=1), _make("v2").get(batch, batch_index=1))
+
+
+@needs_pipeline
+def test_non_id_token_is_named(servers, clients):
+    batch = pa.record_batch({"item_id": pa.array(["1;11", "21;x7;31"]), "user_id": [1000, 1001]})
+    with pytest.raises(flight.FlightServerError, match="row 1.*x7"):
+        clients["v1"].candidates(batch, epoch=0, batch_index=0, layout="interleaved")
+    assert clients["v1"].health() == "ok"
+
+
+def test_mode_change_within_one_exchange_is_refused(clients):
+    batch = _batch(4)
+    requests = [
+        (batch, Request(epoch=0, batch_index=0)),
+        (batch, Request(epoch=0, batch_index=1, mode="candidates")),
+    ]
+    with pytest.raises(flight.FlightServerError, match="mode or input schema changed within one exchange"):
+        list(clients["v1"].stream(requests))
+
+
+def test_user_column_of_the_wrong_length_is_refused_before_sending(clients):
+    # An Arrow record batch cannot hold columns of different lengths (the server's IPC reader refuses
+    # such a message), so a dict of columns is checked where it becomes a batch.
+    with pytest.raises(NegseqError, match="columns have different lengths"):
+        clients["v2"].sample({"item_id": ITEMS.ids[:5], "user_id": np.arange(4)}, batch_index=0)
+
+
+def test_actions(servers, clients):
+    client = clients["hard"]
+    client.sample(_batch(32), batch_index=0)
+    stats = client.stats()
+    assert stats["requests"] >= 1 and stats["rows"] >= 32 and stats["errors"] >= 0
+    assert stats["latency_p50_ms"] > 0 and stats["latency_p99_ms"] >= stats["latency_p50_ms"]
+    config = client.config()
+    assert config["sampler"] == "HardNegativeSampler" and config["num_hard_sample"] == 3
+    assert config["limits"]["max_rows"] == 5000 and config["num_items"] == NUM_ITEMS
+    with pytest.raises(flight.FlightServerError, match="unknown action 'reboot'"):
+        list(client._client.do_action(flight.Action("reboot", b"")))
+
+
+def test_bearer_token(tmp_path):
+    server = SamplerServer(_make("v1"), token="s3cret")
+    try:
+        batch = _batch(5)
+        with SamplerClient(server.location) as anonymous:
+            with pytest.raises(flight.FlightUnauthenticatedError, match="missing bearer token"):
+                anonymous.sample(batch, batch_index=0)
+            with pytest.raises(flight.FlightUnauthenticatedError):
+                anonymous.health()
+        with SamplerClient(server.location, token="wrong") as wrong:
+            with pytest.raises(flight.FlightUnauthenticatedError, match="wrong bearer token"):
+                wrong.sample(batch, batch_index=0)
+        with SamplerClient(server.location, token="s3cret") as client:
+            assert client.health() == "ok"
+            _assert_same(client.sample(batch, batch_index=0), _make("v1").get(batch, batch_index=0))
+            assert "s3cret" not in json.dumps(client.config())
+    finally:
+        server.shutdown()
+
+
+def test_parse_request_defaults_and_errors():
+    assert parse_request(b'{"epoch": 1, "batch_index": 2}') == Request(epoch=1, batch_index=2)
+    for metadata, message in [
+        (None, "missing"),
+        (b"[1]", "must be a JSON object"),
+        (b"{bad", "not a UTF-8 JSON object"),
+        (b'{"epoch": -1, "batch_index": 0}', "'epoch' must be an integer"),
+        (b'{"epoch": 0, "batch_index": true}', "'batch_index' must be an integer"),
+        (b'{"epoch": 0, "batch_index": 0, "training": "yes"}', "'training' must be true or false"),
+    ]:
+        with pytest.raises(NegseqError, match=message):
+            parse_request(metadata)
+
+
+# -- `negseq serve` in a subprocess ------------------------------------------------------------
+
+
+def _write_job(folder: Path, extra: str = "") -> Path:
+    pq.write_table(_item_table(), folder / "items.parquet")
+    pq.write_table(_edge_table(4, 2), folder / "hard.parquet")
+    job = folder / "job.toml"
+    job.write_text(
+        "[sampler.hard_negative_sampler]\n"
+        'item_input_path = "items.parquet"\n'
+        'hard_neg_edge_input_path = "hard.parquet"\n'
+        "num_sample = 64\nnum_hard_sample = 3\nseed = 5\n"
+        'attr_fields = ["item_id", "title"]\nitem_id_field = "item_id"\nuser_id_field = "user_id"\n'
+        '[candidates]\nlayout = "suffix"\n'
+        "[service]\nmax_rows = 100000\n" + extra
+    )
+    return job
+
+
+class _Serve:
+    """`negseq serve` in a subprocess; its stderr is collected by a thread (a full pipe would block it)."""
+
+    def __init__(self, job: Path, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "negseq.cli", "serve", "--config", str(job), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
+        self._reader.start()
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise AssertionError(f"negseq serve did not start: {line!r} {self.stderr()}")
+        self.location = line.rsplit(" ", 1)[1].strip()
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        self._reader.join(10)
+        return "".join(self._stderr)
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
+    job = _write_job(tmp_path)
+    serve = _Serve(job, "--log-level", "DEBUG")
+    location = serve.location
+    reference = build_sampler({"hard_negative_sampler": _job_sampler(job)}, base_dir=tmp_path)
+    batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
+    answered, refused, wrong, unexpected = [], [], [], []
+    lock = threading.Lock()
+
+    def worker(worker_id: int) -> None:
+        with SamplerClient(location, timeout=60) as client:
+            for i in range(1000):
+                index = worker_id * 1000 + i
+                try:
+                    got = client.sample(batch, epoch=0, batch_index=index, per_positive=4)
+                except flight.FlightError as exc:  # refused or closed: never accepted
+                    with lock:
+                        refused.append(str(exc))
+                    return
+                except Exception as exc:
+                    with lock:
+                        unexpected.append(repr(exc))
+                    return
+                want = reference.get(batch, epoch=0, batch_index=index, per_positive=4)
+                with lock:
+                    answered.append(index)
+                    if not np.array_equal(got.ids, want.ids):
+                        wrong.append(index)
+
+    idle = flight.connect(location)  # an open exchange that sends nothing more must not block the drain
+    idle_writer, idle_reader = idle.do_exchange(flight.FlightDescriptor.for_command(b""))
+    idle_writer.begin(batch.schema)
+    idle_writer.write_with_metadata(_batch(3), Request(epoch=0, batch_index=10**6).to_metadata())
+    assert idle_reader.read_chunk().data.num_rows >= 64
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    with SamplerClient(location) as probe:
+        deadline = time.monotonic() + 30
+        while probe.stats()["in_flight"] < 1 or len(answered) < 3:
+            assert time.monotonic() < deadline, "no request ever went in flight"
+            time.sleep(0.01)
+    serve.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    rc = serve.proc.wait(60)
+    stderr = serve.stderr()
+    assert rc == 0, stderr[-2000:]
+    assert wrong == [] and unexpected == []
+    assert len(refused) == 3, refused  # every client eventually found the server gone
+    drained = json.loads(stderr.split("drained: ", 1)[1].splitlines()[0])
+    # Every request the server accepted was answered, and every answer reached its client
+    # (the probe's stats calls are actions, not requests).
+    assert drained["errors"] == 0 and drained["in_flight"] == 0
+    served = [line for line in stderr.splitlines() if "request peer=" in line]
+    assert drained["requests"] == len(answered) + 1, (sorted(answered), refused, served)  # + the idle one
+    with contextlib.suppress(pa.ArrowException):  # the server cut it: closing reports that
+        idle_writer.close()
+    idle.close()
+    assert "request peer=" in stderr and "status=ok" in stderr  # the debug line a request
+
+
+@pytest.mark.timeout(60)
+def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
+    serve = _Serve(_write_job(tmp_path), "--drain-timeout", "0.1", "--max-rows", "1000000")
+    location = serve.location
+    batch = _batch(200_000)  # 3.2M negatives with attributes: far over 0.1 s of work
+    done = threading.Event()
+
+    def slow_request() -> None:
+        with SamplerClient(location) as client, contextlib.suppress(flight.FlightError):
+            client.sample(batch, batch_index=0, per_positive=16)
+        done.set()
+
+    threading.Thread(target=slow_request, daemon=True).start()
+    with SamplerClient(location) as probe:
+        while probe.stats()["in_flight"] < 1:
+            assert not done.is_set(), "the slow request finished before it was seen in flight"
+            time.sleep(0.005)
+    assert serve.stop(30) == 1
+    assert "drain timeout" in serve.stderr()
+
+
+def _job_sampler(job: Path) -> dict:
+    return tomllib.loads(job.read_text())["sampler"]["hard_negative_sampler"]
+
+
+def test_serve_bad_job_is_one_line_and_exit_2(tmp_path):
+    job = _write_job(tmp_path, extra="bogus = 1\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run(
+        [sys.executable, "-m", "negseq.cli", "serve", "--config", str(job)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"negseq serve: error: {job}: [service] unknown key(s) bogus; "
+        "known: host, max_bytes, max_negatives, max_rows, port"
+    ]
+
+
+def test_service_job_reads_candidates_and_service_tables(tmp_path):
+    job = ServiceJob.from_toml(_write_job(tmp_path, extra='host = "::1"\nport = 9000\n'))
+    assert job.candidates == CandidateDefaults(layout="suffix", neg_per_pos=None, seq_delim=";")
+    assert (job.host, job.port, job.limits.max_rows) == ("::1", 9000, 100000)
+    assert job.limits.max_bytes == Limits().max_bytes and job.base_dir == tmp_path
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sampler.negative_sampler]\nnum_sample = 1\n[candidates]\nlayout = "zigzag"\n')
+    with pytest.raises(NegseqError, match="layout must be one of"):
+        ServiceJob.from_toml(bad)
+
+
+def test_token_file(tmp_path):
+    (tmp_path / "token").write_text("  abc\n")
+    assert read_token_file(tmp_path / "token") == "abc"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(NegseqError, match="token file is empty"):
+        read_token_file(tmp_path / "empty")
+    with pytest.raises(NegseqError, match="cannot read token file"):
+        read_token_file(tmp_path / "missing")
+
+
+@needs_pipeline
+def test_candidates_over_max_negatives_is_refused_before_work(clients):
+    batch = pa.record_batch({"item_id": pa.array([[1, 11, 21]] * 50), "user_id": [1000] * 50})
+    with pytest.raises(flight.FlightServerError, match="150 positives x neg_per_pos 1000.*max_negatives"):
+        clients["v1"].candidates(batch, batch_index=0, layout="interleaved", neg_per_pos=1000)
+    assert clients["v1"].health() == "ok"
