@@ -66,7 +66,7 @@ def _prepare_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(_PREPARE_DEFAULTS)
     base = None
     if args.job:
-        from negseq.pipeline.sample_job import load_toml
+        from negseq.jobfile import load_toml
 
         job_path = Path(args.job)
         table = load_toml(job_path).get("prepare", {})

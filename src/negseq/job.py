@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
-from negseq.pipeline.sample_job import load_toml
+from negseq.jobfile import checked_table, load_toml
 
 _SECTIONS: dict[str, set[str]] = {
     "data": {
@@ -125,17 +125,7 @@ def load_run_job(path: str | Path) -> RunJob:
     unknown = sorted(set(raw) - _TOP_LEVEL)
     if unknown:
         raise NegseqError(f"{source}: unknown table(s) or key(s) {', '.join(unknown)}")
-    sections = {}
-    for name, keys in _SECTIONS.items():
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
-            raise NegseqError(f"{source}: [{name}] must be a table")
-        bad = sorted(set(table) - keys)
-        if bad:
-            raise NegseqError(
-                f"{source}: [{name}] unknown key(s) {', '.join(bad)}; known: {', '.join(sorted(keys))}"
-            )
-        sections[name] = table
+    sections = {name: checked_table(raw, name, keys, source) for name, keys in _SECTIONS.items()}
     sampler = raw.get("sampler")
     if not isinstance(sampler, dict) or len(sampler) != 1:
         raise NegseqError(

@@ -33,12 +33,12 @@ to other commands; unknown keys inside the tables it reads are errors.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from negseq.errors import NegseqError
+from negseq.jobfile import checked_table, load_toml
 from negseq.pipeline.io import CsvOptions
 
 _KEYS = {
@@ -49,26 +49,8 @@ _KEYS = {
 }
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise NegseqError(f"{path}: job file not found")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise NegseqError(f"{path}: not valid TOML: {exc}") from exc
-
-
 def _table(job: dict[str, Any], name: str, source: Path) -> dict[str, Any]:
-    value = job.get(name, {})
-    if not isinstance(value, dict):
-        raise NegseqError(f"{source}: [{name}] must be a table")
-    unknown = sorted(set(value) - _KEYS[name])
-    if unknown:
-        raise NegseqError(
-            f"{source}: [{name}] unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS[name]))}"
-        )
-    return value
+    return checked_table(job, name, _KEYS[name], source)
 
 
 @dataclass

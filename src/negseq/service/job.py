@@ -24,12 +24,12 @@ Other tables (`[input]`, `[output]`, `[run]`, ...) belong to other commands and 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from negseq.errors import NegseqError
+from negseq.jobfile import checked_table, load_toml
 from negseq.service.limits import Limits
 from negseq.service.protocol import LAYOUTS
 
@@ -67,12 +67,7 @@ class ServiceJob:
     def from_toml(cls, path: str | Path) -> ServiceJob:
         """Read and check a job file; unknown keys in the tables this command reads are errors."""
         source = Path(path)
-        if not source.is_file():
-            raise NegseqError(f"{source}: job file not found")
-        try:
-            job = tomllib.loads(source.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise NegseqError(f"{source}: not valid TOML: {exc}") from exc
+        job = load_toml(source)
         sampler = job.get("sampler")
         if not isinstance(sampler, dict) or not sampler:
             raise NegseqError(f"{source}: missing [sampler.<type>] table (e.g. [sampler.negative_sampler])")
@@ -106,12 +101,4 @@ class ServiceJob:
 
 
 def _table(job: dict[str, Any], name: str, source: Path) -> dict[str, Any]:
-    value = job.get(name, {})
-    if not isinstance(value, dict):
-        raise NegseqError(f"{source}: [{name}] must be a table")
-    unknown = sorted(set(value) - _KEYS[name])
-    if unknown:
-        raise NegseqError(
-            f"{source}: [{name}] unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS[name]))}"
-        )
-    return value
+    return checked_table(job, name, _KEYS[name], source)
