@@ -22,3 +22,14 @@ def test_cuda_picks_triton_when_installed():
     ctx = training_autocast("cuda")
     assert isinstance(ctx, torch.autocast)
     assert ctx.fast_dtype == torch.bfloat16
+
+
+def test_auto_kernel_is_the_pytorch_reference_on_cpu():
+    from negseq.model.attention import hstu_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(7, 2, 8, generator=gen) for _ in range(3))
+    offsets = torch.tensor([0, 3, 7])
+    kwargs = dict(alpha=0.5, scaling_n=4)
+    auto = hstu_attention(q, k, v, offsets, 4, kernel="auto", **kwargs)
+    assert torch.equal(auto, hstu_attention(q, k, v, offsets, 4, kernel="pytorch", **kwargs))

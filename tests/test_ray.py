@@ -6,9 +6,6 @@ from __future__ import annotations
 import filecmp
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -194,65 +191,3 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
     )
     assert second["resumed_from_step"] == 6
     assert second["step"] == 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.timeout(600)
-def test_ray_job_submit_runs_negseq_run_on_a_started_cluster(tmp_path):
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    gcs, dashboard = _free_port(), _free_port()
-    job = tmp_path / "job.toml"
-    job.write_text(
-        (REPO / "tests" / "data" / "tiny_job.toml").read_text().replace("OUTPUT_DIR", str(tmp_path / "out"))
-    )
-    head = subprocess.Popen(
-        [
-            str(bin_dir / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1",
-            "--include-dashboard=true",
-            "--num-cpus=2",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        submit = [
-            str(bin_dir / "ray"),
-            "job",
-            "submit",
-            f"--address=http://127.0.0.1:{dashboard}",
-            "--",
-            str(bin_dir / "negseq"),
-            "run",
-            "--quiet",
-            str(job),
-        ]
-        deadline = time.monotonic() + 120
-        while True:  # the job API and its agent come up a little after the head
-            result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
-            not_ready = "Connection" in result.stderr or "try again later" in result.stderr
-            if result.returncode == 0 or not not_ready or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "succeeded" in result.stdout
-        metrics = (tmp_path / "out" / "metrics.json").read_text()
-        assert '"most_popular"' in metrics and '"HR@10"' in metrics
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)

@@ -226,7 +226,7 @@ def _train_settings(job: RunJob, num_items: int):
             "attention_dim": model.get("attention_dim"),
             "output_dropout_ratio": float(model.get("dropout", 0.2)),
             "max_attn_len": int(model.get("max_attn_len", 0)),
-            "kernel": model.get("kernel", "pytorch"),
+            "kernel": model.get("kernel", "auto"),
         },
         uih_field="uih",
         candidate_field=job.candidate_field,

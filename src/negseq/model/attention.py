@@ -103,7 +103,12 @@ def hstu_attention(
     contextual_seq_len: int = 0,
     kernel: str = "pytorch",
 ) -> torch.Tensor:
-    """Dispatch jagged HSTU attention to the named kernel ("pytorch", or "triton" on GPU)."""
+    """Dispatch jagged HSTU attention to the named kernel: "pytorch", "triton" (GPU), or "auto"
+    (Triton for CUDA tensors when triton is installed, the PyTorch reference elsewhere)."""
+    if kernel == "auto":
+        from negseq.model.device import select_kernel
+
+        kernel = select_kernel(q.device)
     if kernel == "triton" and "triton" not in _KERNELS:
         import negseq.model.triton_attention  # noqa: F401  (registers itself)
     try:

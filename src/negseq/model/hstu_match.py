@@ -51,7 +51,7 @@ class STUConfig:
     attn_alpha: float | None = None
     max_attn_len: int = 0
     scaling_seqlen: int = -1
-    kernel: str = "pytorch"
+    kernel: str = "auto"  # Triton on CUDA, the PyTorch reference on CPU
 
 
 def _rows_of(lengths: torch.Tensor) -> torch.Tensor:
