@@ -42,10 +42,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 NUM_ITEMS, NUM_USERS = 300, 20
 SRC = Path(__file__).resolve().parents[1] / "src"
-HAS_CANDIDATES = hasattr(negseq.pipeline, "sample_candidates")
-needs_pipeline = pytest.mark.skipif(
-    not HAS_CANDIDATES, reason="negseq.pipeline.sample_candidates has not landed on this branch"
-)
 
 
 def _item_table() -> pa.Table:
@@ -188,7 +184,6 @@ def test_protocol_encode_decode_is_lossless():
     _assert_same(decode_negatives(batch, json.loads(json.dumps(meta))), result)
 
 
-@needs_pipeline
 @pytest.mark.parametrize(("kind", "layout"), [("v1", "interleaved"), ("v2", "suffix"), ("hard_v2", "suffix")])
 def test_candidates_equal_sample_candidates(clients, kind, layout):
     rng = np.random.default_rng(5)
@@ -204,12 +199,13 @@ def test_candidates_equal_sample_candidates(clients, kind, layout):
     assert got.equals(want)
 
 
-@needs_pipeline
 def test_candidates_use_the_job_defaults(clients):
     batch = pa.record_batch({"item_id": pa.array([[1, 11], [21]]), "user_id": pa.array([1000, 1001])})
     got = clients["v1"].candidates(batch, epoch=0, batch_index=4)  # layout from CandidateDefaults
     want = negseq.pipeline.sample_candidates(batch, _make("v1"), layout="suffix", epoch=0, batch_index=4)
     assert got.equals(want)
+    # `sample(..., layout=...)` answers with the candidate sequences too
+    assert clients["v1"].sample(batch, epoch=0, batch_index=4, layout="suffix").equals(want)
 
 
 def _raw_exchange(location: str, batch: pa.RecordBatch, metadata: bytes, headers=()) -> None:
@@ -274,7 +270,6 @@ def test_bad_request_is_a_named_flight_error_and_the_server_keeps_serving(server
     _assert_same(clients["v2"].sample(batch, batch_index=1), _make("v2").get(batch, batch_index=1))
 
 
-@needs_pipeline
 def test_non_id_token_is_named(servers, clients):
     batch = pa.record_batch({"item_id": pa.array(["1;11", "21;x7;31"]), "user_id": [1000, 1001]})
     with pytest.raises(flight.FlightServerError, match="row 1.*x7"):
@@ -521,7 +516,6 @@ def test_token_file(tmp_path):
         read_token_file(tmp_path / "missing")
 
 
-@needs_pipeline
 def test_candidates_over_max_negatives_is_refused_before_work(clients):
     batch = pa.record_batch({"item_id": pa.array([[1, 11, 21]] * 50), "user_id": [1000] * 50})
     with pytest.raises(flight.FlightServerError, match="150 positives x neg_per_pos 1000.*max_negatives"):

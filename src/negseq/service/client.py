@@ -85,10 +85,16 @@ class SamplerClient:
         epoch: int = 0,
         batch_index: int = 0,
         per_positive: int | None = None,
+        layout: str | None = None,
         seed: int | None = None,
         training: bool = True,
-    ) -> SampleResult:
-        """The negatives for the batch's positives, as the in-process sampler's `get` returns them."""
+    ) -> SampleResult | pa.RecordBatch:
+        """The negatives for the batch's positives, as the in-process sampler's `get` returns them;
+        with a `layout`, the combined candidate sequences instead (`candidates`, a RecordBatch)."""
+        if layout is not None:
+            return self.candidates(
+                batch, epoch=epoch, batch_index=batch_index, layout=layout, seed=seed, training=training
+            )
         request = Request(
             epoch=epoch, batch_index=batch_index, seed=seed, training=training, per_positive=per_positive
         )
