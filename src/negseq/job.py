@@ -107,7 +107,7 @@ class RunJob:
 
     @property
     def output_dir(self) -> Path:
-        return self.path(self.get("output", "dir", f"runs/{self.name}"))
+        return self.path(self.get("output", "dir", f"runs/{self.name}")).resolve()
 
     @property
     def objective(self) -> str:
