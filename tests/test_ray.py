@@ -187,7 +187,17 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
     )
     assert first["step"] == 6 and first["resumed_from_step"] == 0
     _, second = fit(
-        _settings(2, 10), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
+        _settings(2, 10),
+        _dataset(320, 16, 4),
+        items,
+        storage_path=storage,
+        name="r",
+        use_gpu=False,
+        resume=True,
     )
     assert second["resumed_from_step"] == 6
     assert second["step"] == 10
+    _, fresh = fit(
+        _settings(2, 4), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
+    )
+    assert fresh["resumed_from_step"] == 0 and fresh["step"] == 4  # a new run starts over

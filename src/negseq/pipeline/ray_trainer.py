@@ -9,6 +9,7 @@ time blocked on its data iterator as a reported metric.
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,8 +146,16 @@ def fit(
     num_workers: int = 1,
     use_gpu: bool | None = None,
     max_failures: int = 1,
+    resume: bool = False,
 ) -> tuple[HSTUMatch, dict[str, Any]]:
-    """Train on Ray Train; returns the trained model (on CPU) and the last reported metrics."""
+    """Train on Ray Train; returns the trained model (on CPU) and the last reported metrics.
+
+    Within a run, a failed worker group restarts (up to `max_failures`) from the last checkpoint.
+    Ray Train also restores a run from an earlier one of the same name and storage; that happens
+    only with `resume=True`, otherwise the earlier run's folder is cleared first."""
+    run_dir = Path(storage_path).resolve() / name
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
     if use_gpu is None:
         use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     trainer = ray.train.torch.TorchTrainer(
