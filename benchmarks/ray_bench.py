@@ -22,7 +22,7 @@ import pyarrow as pa
 import ray
 
 from negseq.pipeline.local_executor import LocalExecutor
-from negseq.pipeline.ray_executor import ActorPool, SamplingPlan, sampled_dataset
+from negseq.pipeline.ray_executor import ActorPool, SamplingPlan, sampled_dataset, split_sampled_batches
 from negseq.pipeline.ray_trainer import TrainSettings, fit
 from negseq.pipeline.sequences import prepare_sequences
 from negseq.sampler import ItemTable, NegativeSampler
@@ -56,10 +56,11 @@ def _ray_rate(train: pa.Table, sampler_ref, source_ref, actors: int) -> tuple[fl
     start = time.perf_counter()
     dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, plan, pool, epochs=[0])
     rows, first, first_at = 0, 0, 0.0
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        size = sum(b.num_rows for b in split_sampled_batches(block))
         if not rows:
-            first, first_at = batch.num_rows, time.perf_counter()
-        rows += batch.num_rows
+            first, first_at = size, time.perf_counter()
+        rows += size
     end = time.perf_counter()
     return rows / (end - start), (rows - first) / (end - first_at)
 

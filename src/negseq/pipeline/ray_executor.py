@@ -10,10 +10,12 @@ are rewritten, never duplicated.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import ray
 
@@ -23,6 +25,10 @@ from negseq.pipeline.io import output_name, remove_manifest, write_batch_output,
 
 BATCH_INDEX = "batch_index"
 EPOCH = "epoch"
+# Streamed rows carry their sampled batch's key, so a consumer can cut blocks back into batches
+# however Ray Data bundles them (the suffix layout's shared negatives sit on a batch's last row).
+BATCH_KEY = "_negseq_batch"
+DESCRIPTORS_PER_TASK = 4  # amortizes Ray Data's per-task overhead over several batches
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,13 @@ class SampleAndCombine:
     def __call__(self, descriptors: pa.Table) -> pa.Table:
         epochs = descriptors.column(EPOCH).to_pylist()
         indices = descriptors.column(BATCH_INDEX).to_pylist()
-        if self.out_dir is None:  # streaming to a trainer: the sampled rows themselves
-            return pa.concat_tables([self.sample(e, i)[0] for e, i in zip(epochs, indices, strict=True)])
+        if self.out_dir is None:  # streaming to a trainer: the sampled rows, keyed by batch
+            tables = []
+            for epoch, index in zip(epochs, indices, strict=True):
+                out = self.sample(epoch, index)[0]
+                key = pa.array(np.full(out.num_rows, (epoch << 32) | index, np.int64))
+                tables.append(out.append_column(BATCH_KEY, key))
+            return pa.concat_tables(tables)
         rows = []
         for epoch, index in zip(epochs, indices, strict=True):
             out, stats, rows_in = self.sample(epoch, index)
@@ -125,15 +136,26 @@ def sampled_dataset(
     *,
     epochs: list[int],
 ) -> ray.data.Dataset:
-    """A dataset whose blocks are sampled batches, one per (epoch, batch_index), for a trainer."""
+    """Sampled rows of every (epoch, batch_index), for a trainer; cut them back into batches
+    with `split_sampled_batches`."""
     return _descriptors(epochs, plan.num_batches(num_rows)).map_batches(
         SampleAndCombine,
         fn_constructor_kwargs={"sampler_ref": sampler_ref, "source_ref": source_ref, "plan": plan},
         compute=pool.strategy(),
-        batch_size=1,
+        batch_size=DESCRIPTORS_PER_TASK,
         batch_format="pyarrow",
         num_cpus=pool.num_cpus,
     )
+
+
+def split_sampled_batches(block: pa.Table) -> Iterator[pa.Table]:
+    """The sampled batches in a block of `sampled_dataset`, whole and in order, key column dropped."""
+    keys = block.column(BATCH_KEY).to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    ends = np.append(starts[1:], len(keys))
+    body = block.drop_columns([BATCH_KEY])
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield body.slice(start, end - start)
 
 
 def write_sampled_outputs(

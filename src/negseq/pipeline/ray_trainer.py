@@ -25,6 +25,7 @@ from negseq.model.hstu_match import HSTUMatch, STUConfig
 from negseq.model.train import make_optimizer, train
 from negseq.pipeline.jagged import to_jagged_batch
 from negseq.pipeline.jagged_batch import JaggedBatch
+from negseq.pipeline.ray_executor import split_sampled_batches
 
 STATE_FILE = "state.pt"
 
@@ -68,9 +69,8 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def _jagged_batches(settings: TrainSettings, items: Any) -> Iterator[JaggedBatch]:
     shard = ray.train.get_dataset_shard("train")
-    # batch_size=None keeps each sampled batch whole: the suffix layout's shared negatives
-    # sit on its last row, so batches must not be re-cut.
-    for table in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+    blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+    for table in (batch for block in blocks for batch in split_sampled_batches(block)):
         yield to_jagged_batch(
             table,
             items=items,
