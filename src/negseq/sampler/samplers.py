@@ -179,13 +179,14 @@ class _Sampler:
             if len(hard_rows) == 0:
                 hard_indices = None
         attrs = self.items.attributes
+        ids, hard_ids = self.items.ids[rows], self.items.ids[hard_rows]
         return SampleResult(
-            ids=self.items.ids[rows],
-            negatives=attrs(rows, self.attr_fields, self.item_id_field),
-            hard_ids=self.items.ids[hard_rows],
+            ids=ids,
+            negatives=attrs(rows, self.attr_fields, self.item_id_field, ids),
+            hard_ids=hard_ids,
             hard_negatives=None
             if hard_indices is None
-            else attrs(hard_rows, self.attr_fields, self.item_id_field),
+            else attrs(hard_rows, self.attr_fields, self.item_id_field, hard_ids),
             hard_neg_indices=hard_indices,
             expand_factor=group,
             stats=stats,

@@ -287,11 +287,14 @@ class ItemTable:
         """Embedding row of each id: 1-based row, 0 for an unknown id (tables hold len+1 rows)."""
         return self.index.rows(ids) + 1
 
-    def attributes(self, rows: np.ndarray, fields: Sequence[str], item_id_field: str) -> pa.RecordBatch:
+    def attributes(
+        self, rows: np.ndarray, fields: Sequence[str], item_id_field: str, ids: np.ndarray | None = None
+    ) -> pa.RecordBatch:
         """The `fields` of the given rows, gathered with Arrow `take`.
 
         A field named `item_id_field` that is not a column is the `id` column, as TorchEasyRec's
-        `attr_fields` lists the item id among the attributes.
+        `attr_fields` lists the item id among the attributes. `ids`, when the caller already
+        gathered `self.ids[rows]`, becomes that column without a second gather.
         """
         indices = pa.array(rows, pa.int64())
         columns = []
@@ -299,7 +302,10 @@ class ItemTable:
             source_name = name if name in self.table.column_names else "id"
             if source_name == "id" and name != item_id_field and name != "id":
                 raise NegseqError(f"{self.source}: attr field {name!r} is not a column of the item table")
-            columns.append(self.table[source_name].take(indices).combine_chunks())
+            if source_name == "id" and ids is not None:
+                columns.append(pa.array(ids, pa.int64()))
+            else:
+                columns.append(self.table[source_name].take(indices).combine_chunks())
         return pa.RecordBatch.from_arrays(columns, names=list(fields))
 
 
