@@ -8,7 +8,7 @@ hard-negative index. The expand factor is computed in every call, from that call
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +21,8 @@ from negseq.sampler.tables import EdgeTable, ItemTable
 
 Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
 _KEY_LIMIT = 1 << 32  # epoch and batch_index share the generator's second key word
+_NO_POOL = np.empty(0, np.int32)  # alias-table columns are item rows themselves
+_UNIFORM = np.empty(0, np.uint32)  # no alias table: uniform over the pool
 
 
 def expand_factor(num_sample: int, num_positives: int) -> int:
@@ -166,11 +168,10 @@ class _Sampler:
             if per_positive < 0:
                 raise NegseqError(f"per_positive must be >= 0, got {per_positive}")
             total, group = num_pos * per_positive, per_positive
-        rng = np.random.Generator(
-            np.random.Philox(key=np.array([self.seed, (epoch << 32) | batch_index], np.uint64))
-        )
+        key = (np.uint64(self.seed), np.uint64((epoch << 32) | batch_index))
         rows = np.empty(total, dtype=np.int64)
-        stats = self._draw(rows, group, positives, users, rng)
+        redraws, kept = self._draw(rows, group, positives, users, key)
+        stats = {"draws": total, "redraws": int(redraws), "collisions_kept": int(kept)}
         assert len(rows) == total, f"{type(self).__name__} drew {len(rows)} negatives, promised {total}"
         hard_rows = np.empty(0, np.int64)
         hard_indices = None
@@ -192,35 +193,18 @@ class _Sampler:
             stats=stats,
         )
 
-    def _redraw_loop(
-        self,
-        rows: np.ndarray,
-        rng: np.random.Generator,
-        draw: Callable[[np.ndarray, np.ndarray], None],
-        hits: Callable[[np.ndarray], np.ndarray],
-    ) -> dict[str, int]:
-        """Round 0 fills every slot; each later round redraws the slots that hit an exclusion."""
-        slots = np.arange(len(rows), dtype=np.int64)
-        draw(slots, rng.random(len(slots)))
-        slots = hits(slots)
-        redraws = 0
-        for _ in range(self.max_retries):
-            if len(slots) == 0:
-                break
-            redraws += len(slots)
-            draw(slots, rng.random(len(slots)))
-            slots = hits(slots)
-        return {"draws": len(rows), "redraws": redraws, "collisions_kept": len(slots)}
-
     def _draw(
         self,
         rows: np.ndarray,
         group: int,
         positives: np.ndarray,
         users: np.ndarray | None,
-        rng: np.random.Generator,
-    ) -> dict[str, int]:
-        """Fill `rows` with drawn item rows; slot s belongs to positive s // group."""
+        key: tuple[np.uint64, np.uint64],
+    ) -> tuple[int, int]:
+        """Fill `rows` with drawn item rows; slot s belongs to positive s // group.
+
+        `key` is the call's Philox key; returns (redraws, collisions kept).
+        """
         raise NotImplementedError
 
 
@@ -251,14 +235,9 @@ class NegativeSampler(_Sampler):
         )
         self._alias = kernels.build_alias_table(items.weights)
 
-    def _draw(self, rows, group, positives, users, rng):
+    def _draw(self, rows, group, positives, users, key):
         excluded = kernels.row_bitmap(self.items.rows(positives), len(self.items))
-        return self._redraw_loop(
-            rows,
-            rng,
-            lambda slots, uniforms: kernels.alias_draw(slots, uniforms, self._alias, rows),
-            lambda slots: kernels.hits_in_bitmap(slots, rows, excluded),
-        )
+        return kernels.draw_excluding_rows(rows, self._alias, _NO_POOL, excluded, *key, self.max_retries)
 
 
 class NegativeSamplerV2(_Sampler):
@@ -289,6 +268,7 @@ class NegativeSamplerV2(_Sampler):
             seed=seed,
         )
         self._positives: UserItemsCSR = positive_items_csr(pos_edges, items)
+        self._signatures = kernels.user_signatures(self._positives.indptr, self._positives.items)
         self._pool = np.flatnonzero(np.bincount(self._positives.items, minlength=len(items))).astype(np.int32)
         if len(self._pool) == 0:
             raise NegseqError(f"{pos_edges.source}: the positive edge table is empty")
@@ -296,26 +276,23 @@ class NegativeSamplerV2(_Sampler):
         pool_weights = items.weights[self._pool] if weighted else np.ones(len(self._pool))
         if not pool_weights.any():
             raise NegseqError(f"{pos_edges.source}: every edge item has weight 0, nothing can be drawn")
-        self._alias = kernels.build_alias_table(pool_weights) if weighted else None
+        # An empty alias table draws uniformly from the pool.
+        self._alias = kernels.build_alias_table(pool_weights) if weighted else _UNIFORM
 
-    def _draw(self, rows, group, positives, users, rng):
-        positive_rows = self.items.rows(positives)
-        user_rows = self._positives.user_rows(users)
+    def _draw(self, rows, group, positives, users, key):
         csr = self._positives
-
-        def draw(slots: np.ndarray, uniforms: np.ndarray) -> None:
-            if self._alias is None:
-                kernels.uniform_pool_draw(slots, uniforms, self._pool, rows)
-            else:
-                kernels.pool_draw(slots, uniforms, self._alias, self._pool, rows)
-
-        return self._redraw_loop(
+        return kernels.draw_excluding_user_items(
             rows,
-            rng,
-            draw,
-            lambda slots: kernels.hits_in_user_items(
-                slots, rows, group, positive_rows, user_rows, csr.indptr, csr.items
-            ),
+            self._alias,
+            self._pool,
+            group,
+            self.items.rows(positives),
+            csr.user_rows(users),
+            csr.indptr,
+            csr.items,
+            self._signatures,
+            *key,
+            self.max_retries,
         )
 
 
