@@ -305,7 +305,7 @@ class ItemTable:
             if source_name == "id" and ids is not None:
                 columns.append(pa.array(ids, pa.int64()))
             else:
-                columns.append(self.table[source_name].take(indices).combine_chunks())
+                columns.append(self.table[source_name].chunk(0).take(indices))  # one chunk: see __init__
         return pa.RecordBatch.from_arrays(columns, names=list(fields))
 
 
