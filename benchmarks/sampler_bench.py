@@ -113,7 +113,8 @@ def read_tables(data: bench_data.BenchData) -> tuple:
     items = ns.ItemTable.read(data.parquet("items"), attr_fields=ATTR_FIELDS)
     return (
         items,
-        ns.EdgeTable.read(data.parquet("pos_edges")),
+        # as build_sampler reads them: positive edges are a set, their weights unused
+        ns.EdgeTable.read(data.parquet("pos_edges"), keep_weights=False),
         ns.EdgeTable.read(data.parquet("hard_edges")),
     )
 

@@ -1,7 +1,7 @@
 """numba kernels of the samplers' hot loops: alias tables, draws with redraw rounds.
 
 A call's draws run in one kernel: round 0 draws every slot, each later round redraws
-the slots whose draw hit an excluded item, with the next uniforms of the call's Philox
+the slots whose draw hit an excluded item, with the next words of the call's Philox
 stream, so the negatives are a pure function of the call's key. Draws and checks are
 separate passes with no data-dependent branch in the draw loop, so the CPU overlaps the
 random loads of many draws (the loop is memory-bound).
