@@ -26,50 +26,23 @@ _COMMON = {
     "seed",
     "max_retries",
 }
+_V2 = {"user_input_path", "item_input_path", "pos_edge_input_path", "user_id_field", "weighted"}
+_HARD = {"user_input_path", "item_input_path", "hard_neg_edge_input_path", "num_hard_sample", "user_id_field"}
 # Keys each sampler message accepts (TorchEasyRec's names, plus negseq's seed/max_retries/weighted).
 _KEYS = {
     "negative_sampler": _COMMON | {"input_path", "user_id_field"},
-    "negative_sampler_v2": _COMMON
-    | {"user_input_path", "item_input_path", "pos_edge_input_path", "user_id_field", "weighted"},
-    "hard_negative_sampler": _COMMON
-    | {"user_input_path", "item_input_path", "hard_neg_edge_input_path", "num_hard_sample", "user_id_field"},
-    "hard_negative_sampler_v2": _COMMON
-    | {
-        "user_input_path",
-        "item_input_path",
-        "pos_edge_input_path",
-        "hard_neg_edge_input_path",
-        "num_hard_sample",
-        "user_id_field",
-        "weighted",
-    },
+    "negative_sampler_v2": _COMMON | _V2,
+    "hard_negative_sampler": _COMMON | _HARD,
+    "hard_negative_sampler_v2": _COMMON | _V2 | _HARD,
 }
+_REQUIRED_COMMON = {"num_sample", "item_id_field"}
+_REQUIRED_V2 = {"item_input_path", "pos_edge_input_path", "user_id_field"}
+_REQUIRED_HARD = {"item_input_path", "hard_neg_edge_input_path", "num_hard_sample", "user_id_field"}
 _REQUIRED = {
-    "negative_sampler": {"input_path", "num_sample", "item_id_field"},
-    "negative_sampler_v2": {
-        "item_input_path",
-        "pos_edge_input_path",
-        "num_sample",
-        "item_id_field",
-        "user_id_field",
-    },
-    "hard_negative_sampler": {
-        "item_input_path",
-        "hard_neg_edge_input_path",
-        "num_sample",
-        "num_hard_sample",
-        "item_id_field",
-        "user_id_field",
-    },
-    "hard_negative_sampler_v2": {
-        "item_input_path",
-        "pos_edge_input_path",
-        "hard_neg_edge_input_path",
-        "num_sample",
-        "num_hard_sample",
-        "item_id_field",
-        "user_id_field",
-    },
+    "negative_sampler": _REQUIRED_COMMON | {"input_path"},
+    "negative_sampler_v2": _REQUIRED_COMMON | _REQUIRED_V2,
+    "hard_negative_sampler": _REQUIRED_COMMON | _REQUIRED_HARD,
+    "hard_negative_sampler_v2": _REQUIRED_COMMON | _REQUIRED_V2 | _REQUIRED_HARD,
 }
 SAMPLER_TYPES = tuple(_KEYS)
 

@@ -172,7 +172,6 @@ class _Sampler:
         rows = np.empty(total, dtype=np.int64)
         redraws, kept = self._draw(rows, group, positives, users, key)
         stats = {"draws": total, "redraws": int(redraws), "collisions_kept": int(kept)}
-        assert len(rows) == total, f"{type(self).__name__} drew {len(rows)} negatives, promised {total}"
         hard_rows = np.empty(0, np.int64)
         hard_indices = None
         if self.hard is not None and users is not None:
@@ -181,9 +180,13 @@ class _Sampler:
                 hard_indices = None
         attrs = self.items.attributes
         ids, hard_ids = self.items.ids[rows], self.items.ids[hard_rows]
+        negatives = attrs(rows, self.attr_fields, self.item_id_field, ids)
+        assert negatives.num_rows == total, (
+            f"{type(self).__name__}: {negatives.num_rows} negatives, promised {total}"
+        )
         return SampleResult(
             ids=ids,
-            negatives=attrs(rows, self.attr_fields, self.item_id_field, ids),
+            negatives=negatives,
             hard_ids=hard_ids,
             hard_negatives=None
             if hard_indices is None
@@ -297,37 +300,23 @@ class NegativeSamplerV2(_Sampler):
 
 
 class HardNegativeSampler(NegativeSampler):
-    """NegativeSampler plus each query user's top `num_hard_sample` hard-negative items."""
+    """NegativeSampler plus each query user's top `num_hard_sample` hard-negative items.
+
+    Keywords other than `num_hard_sample` are NegativeSampler's; `user_id_field` is required.
+    """
 
     def __init__(
-        self,
-        items: ItemTable,
-        hard_edges: EdgeTable,
-        *,
-        num_sample: int,
-        num_hard_sample: int,
-        attr_fields: Sequence[str] | None = None,
-        item_id_field: str,
-        user_id_field: str,
-        num_eval_sample: int | None = None,
-        max_retries: int = 5,
-        seed: int = 0,
+        self, items: ItemTable, hard_edges: EdgeTable, *, num_hard_sample: int, user_id_field: str, **options
     ) -> None:
-        super().__init__(
-            items,
-            num_sample=num_sample,
-            attr_fields=attr_fields,
-            item_id_field=item_id_field,
-            user_id_field=user_id_field,
-            num_eval_sample=num_eval_sample,
-            max_retries=max_retries,
-            seed=seed,
-        )
+        super().__init__(items, user_id_field=user_id_field, **options)
         self.hard = HardNegativeIndex(items, hard_edges, num_hard_sample)
 
 
 class HardNegativeSamplerV2(NegativeSamplerV2):
-    """NegativeSamplerV2 plus each query user's top `num_hard_sample` hard-negative items."""
+    """NegativeSamplerV2 plus each query user's top `num_hard_sample` hard-negative items.
+
+    Keywords other than `num_hard_sample` are NegativeSamplerV2's.
+    """
 
     def __init__(
         self,
@@ -335,26 +324,8 @@ class HardNegativeSamplerV2(NegativeSamplerV2):
         pos_edges: EdgeTable,
         hard_edges: EdgeTable,
         *,
-        num_sample: int,
         num_hard_sample: int,
-        attr_fields: Sequence[str] | None = None,
-        item_id_field: str,
-        user_id_field: str,
-        weighted: bool = False,
-        num_eval_sample: int | None = None,
-        max_retries: int = 5,
-        seed: int = 0,
+        **options,
     ) -> None:
-        super().__init__(
-            items,
-            pos_edges,
-            num_sample=num_sample,
-            attr_fields=attr_fields,
-            item_id_field=item_id_field,
-            user_id_field=user_id_field,
-            weighted=weighted,
-            num_eval_sample=num_eval_sample,
-            max_retries=max_retries,
-            seed=seed,
-        )
+        super().__init__(items, pos_edges, **options)
         self.hard = HardNegativeIndex(items, hard_edges, num_hard_sample)

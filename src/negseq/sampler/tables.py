@@ -275,10 +275,6 @@ class ItemTable:
     def schema(self) -> pa.Schema:
         return self.table.schema
 
-    @property
-    def attribute_names(self) -> list[str]:
-        return [n for n in self.table.column_names if n not in ("id", "weight")]
-
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """0-based row of each id, -1 for an unknown id."""
         return self.index.rows(ids)
