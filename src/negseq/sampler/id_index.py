@@ -61,9 +61,14 @@ def _hash_rows(keys: np.ndarray, rows: np.ndarray, bits: int, ids: np.ndarray, o
     return out
 
 
+def _compact(ids: np.ndarray) -> bool:
+    """Whether an array indexed by id costs at most `_DIRECT_SLOTS_PER_ID` slots an id."""
+    return len(ids) > 0 and ids.min() >= 0 and ids.max() < _DIRECT_SLOTS_PER_ID * len(ids) + 1024
+
+
 def distinct_ids(ids: np.ndarray) -> np.ndarray:
     """Sorted distinct ids; a counting pass when ids are compact, else a sort."""
-    if len(ids) and ids.min() >= 0 and ids.max() < _DIRECT_SLOTS_PER_ID * len(ids) + 1024:
+    if _compact(ids):
         return np.flatnonzero(np.bincount(ids)).astype(np.int64)
     return np.unique(ids)
 
@@ -74,12 +79,10 @@ class IdIndex:
     def __init__(self, ids: np.ndarray) -> None:
         self.ids = np.ascontiguousarray(ids, dtype=np.int64)
         n = len(self.ids)
-        lo = int(self.ids.min()) if n else 0
-        hi = int(self.ids.max()) if n else -1
         self._direct: np.ndarray | None = None
         self._duplicate_row = -1
-        if n and lo >= 0 and hi < _DIRECT_SLOTS_PER_ID * n + 1024:
-            direct = np.full(hi + 1, -1, dtype=np.int32 if n < 2**31 else np.int64)
+        if _compact(self.ids):
+            direct = np.full(int(self.ids.max()) + 1, -1, dtype=np.int32 if n < 2**31 else np.int64)
             direct[self.ids] = np.arange(n)
             self._direct = direct
             counts = np.bincount(self.ids)

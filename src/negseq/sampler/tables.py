@@ -53,8 +53,6 @@ def _first_row(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
 def _cast_strings(column: pa.ChunkedArray, target: pa.DataType, source: str, name: str) -> pa.ChunkedArray:
     """Cast a string column, empty string -> null; an unparsable value names its row."""
     column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
-    if pa.types.is_string(target) or pa.types.is_large_string(target):
-        return column.cast(target)
     try:
         return column.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
