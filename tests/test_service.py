@@ -206,6 +206,9 @@ def test_candidates_use_the_job_defaults(clients):
     assert got.equals(want)
     # `sample(..., layout=...)` answers with the candidate sequences too
     assert clients["v1"].sample(batch, epoch=0, batch_index=4, layout="suffix").equals(want)
+    # ... and does not drop an option that mode does not take
+    with pytest.raises(flight.FlightServerError, match="'per_positive' belongs to mode 'negatives'"):
+        clients["v1"].sample(batch, epoch=0, batch_index=4, layout="suffix", per_positive=2)
 
 
 def _raw_exchange(location: str, batch: pa.RecordBatch, metadata: bytes, headers=()) -> None:
