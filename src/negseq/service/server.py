@@ -10,6 +10,7 @@ request is in flight.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import signal
@@ -48,18 +49,16 @@ def grpc_location(host: str, port: int) -> str:
     return f"grpc://[{host}]:{port}" if ":" in host else f"grpc://{host}:{port}"
 
 
-def _max_positives(column: pa.Array | pa.ChunkedArray, seq_delim: str) -> int:
+def _max_positives(column: pa.Array, seq_delim: str) -> int:
     """An upper bound on the positives a candidates-mode item column holds, without parsing it."""
     if pa.types.is_fixed_size_list(column.type):
         return len(column) * column.type.list_size
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        return sum(len(chunk.flatten()) for chunk in getattr(column, "chunks", [column]))
+        return len(column.flatten())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         # K tokens of >= 1 character need >= K + (K - 1) * d bytes in a row.
-        size = sum(
-            chunk.buffers()[2].size if chunk.buffers()[2] is not None else 0
-            for chunk in getattr(column, "chunks", [column])
-        )
+        data = column.buffers()[2]
+        size = data.size if data is not None else 0
         return (size + len(column) * len(seq_delim)) // (1 + len(seq_delim))
     return len(column)
 
@@ -201,10 +200,8 @@ class SamplerServer(flight.FlightServerBase):
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
-        try:
-            from negseq.pipeline import sample_candidates_and_stats
-        except ImportError as exc:
-            raise NegseqError("mode 'candidates' needs negseq.pipeline.sample_candidates") from exc
+        from negseq.pipeline import sample_candidates_and_stats  # here: clients never load the pipeline
+
         if request.per_positive is not None:
             raise NegseqError(
                 "request metadata: 'per_positive' belongs to mode 'negatives'; "
@@ -274,16 +271,8 @@ class SamplerServer(flight.FlightServerBase):
             "is_hard": bool(s.is_hard),
             "seed": s.seed,
             "num_items": len(s.items),
-            "candidates": {
-                "layout": self.candidates.layout,
-                "neg_per_pos": self.candidates.neg_per_pos,
-                "seq_delim": self.candidates.seq_delim,
-            },
-            "limits": {
-                "max_rows": self.limits.max_rows,
-                "max_bytes": self.limits.max_bytes,
-                "max_negatives": self.limits.max_negatives,
-            },
+            "candidates": dataclasses.asdict(self.candidates),
+            "limits": dataclasses.asdict(self.limits),
         }
 
 
