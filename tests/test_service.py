@@ -524,3 +524,23 @@ def test_candidates_over_max_negatives_is_refused_before_work(clients):
     with pytest.raises(flight.FlightServerError, match="150 positives x neg_per_pos 1000.*max_negatives"):
         clients["v1"].candidates(batch, batch_index=0, layout="interleaved", neg_per_pos=1000)
     assert clients["v1"].health() == "ok"
+
+
+def test_max_negatives_counts_num_eval_sample_out_of_training():
+    """Out of training the sampler draws num_eval_sample: the limit checks that, in both modes."""
+    sampler = NegativeSampler(ITEMS, num_sample=40, num_eval_sample=500, **COMMON)
+    server = SamplerServer(sampler, limits=Limits(max_negatives=100))
+    lists = pa.record_batch({"item_id": pa.array([[1, 11], [21]])})
+    try:
+        with SamplerClient(server.location) as client:
+            assert len(client.sample(_batch(4), batch_index=0, training=True).ids) == 40
+            with pytest.raises(flight.FlightServerError, match="500 negatives .*num_eval_sample"):
+                client.sample(_batch(4), batch_index=0, training=False)
+            client.candidates(lists, batch_index=0, layout="suffix", training=True)
+            with pytest.raises(flight.FlightServerError, match="500 negatives .*num_eval_sample"):
+                client.candidates(lists, batch_index=0, layout="suffix", training=False)
+            with pytest.raises(flight.FlightServerError, match="3 positives x neg_per_pos 500"):
+                client.candidates(lists, batch_index=0, layout="interleaved", training=False)
+            assert client.health() == "ok"
+    finally:
+        server.shutdown()

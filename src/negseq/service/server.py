@@ -63,6 +63,14 @@ def _max_positives(column: pa.Array, seq_delim: str) -> int:
     return len(column)
 
 
+def _shared_negatives(sampler: Any, training: bool) -> tuple[int, str]:
+    """How many negatives the sampler draws for a batch when not told a number a positive, and
+    which setting says so (as `sampler.get` and `sample_candidates` choose it)."""
+    if not training and sampler.num_eval_sample is not None:
+        return sampler.num_eval_sample, "the sampler's num_eval_sample"
+    return sampler.num_sample, "the sampler's num_sample"
+
+
 class SamplerServer(flight.FlightServerBase):
     """Flight server around one sampler; starts serving on construction (port 0 picks a free one)."""
 
@@ -182,10 +190,7 @@ class SamplerServer(flight.FlightServerBase):
                 raise NegseqError(f"request metadata: {name!r} belongs to mode 'candidates', not 'negatives'")
         sampler = self._sampler_for(request.seed)
         if request.per_positive is None:
-            total = sampler.num_sample
-            if not request.training and sampler.num_eval_sample is not None:
-                total = sampler.num_eval_sample
-            self.limits.check_negatives(total, "the sampler's num_sample")
+            self.limits.check_negatives(*_shared_negatives(sampler, request.training))
         else:
             total = batch.num_rows * request.per_positive
             self.limits.check_negatives(total, f"per_positive {request.per_positive} x {batch.num_rows} rows")
@@ -221,11 +226,11 @@ class SamplerServer(flight.FlightServerBase):
         if item_field not in batch.schema.names:
             raise NegseqError(f"batch: missing item id column {item_field!r}; found {batch.schema.names}")
         if layout == "interleaved":
-            n = sampler.num_sample if neg_per_pos is None else neg_per_pos
+            n = _shared_negatives(sampler, request.training)[0] if neg_per_pos is None else neg_per_pos
             bound = _max_positives(batch.column(item_field), seq_delim) * n
             self.limits.check_negatives(bound, f"up to {bound // max(n, 1)} positives x neg_per_pos {n}")
         else:
-            self.limits.check_negatives(sampler.num_sample, "the sampler's num_sample")
+            self.limits.check_negatives(*_shared_negatives(sampler, request.training))
         out, stats = sample_candidates_and_stats(
             batch,
             sampler,
