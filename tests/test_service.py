@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -398,7 +397,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     job = _write_job(tmp_path)
     serve = _Serve(job, "--log-level", "DEBUG")
     location = serve.location
-    reference = build_sampler({"hard_negative_sampler": _job_sampler(job)}, base_dir=tmp_path)
+    served = ServiceJob.from_toml(job)
+    reference = build_sampler(served.sampler_config, base_dir=served.base_dir)
     batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
     answered, refused, wrong, unexpected = [], [], [], []
     lock = threading.Lock()
@@ -475,10 +475,6 @@ def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
             time.sleep(0.005)
     assert serve.stop(30) == 1
     assert "drain timeout" in serve.stderr()
-
-
-def _job_sampler(job: Path) -> dict:
-    return tomllib.loads(job.read_text())["sampler"]["hard_negative_sampler"]
 
 
 def test_serve_bad_job_is_one_line_and_exit_2(tmp_path):
