@@ -2,7 +2,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench bench-small
+.PHONY: setup run test bench bench-small
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -32,7 +32,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 from negseq.sampler import build_sampler  # noqa: E402
-from negseq.service import SamplerClient  # noqa: E402
+from negseq.service import SamplerClient, ServiceJob  # noqa: E402
 
 
 def write_job(folder: Path, num_items: int, num_sample: int, attr_fields: list[str]) -> Path:
@@ -159,17 +159,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         job = write_job(Path(tmp), args.num_items, args.num_sample, attr_fields)
-        sampler = build_sampler(
-            {
-                "negative_sampler": {
-                    "input_path": "items.parquet",
-                    "num_sample": args.num_sample,
-                    "item_id_field": "item_id",
-                    "attr_fields": attr_fields,
-                }
-            },
-            base_dir=tmp,
-        )
+        served = ServiceJob.from_toml(job)  # the server's own job file: both phases, one sampler
+        sampler = build_sampler(served.sampler_config, base_dir=served.base_dir)
         batches = make_batches(16, args.rows, args.num_items)
         sampler.get(batches[0], per_positive=per_positive)  # compile the kernels before timing
         proc, location = start_server(job)
@@ -200,8 +191,9 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         exit_code = proc.wait(120)
 
-    def median(phase: str, key: str) -> float:
-        return statistics.median(p[phase][key] for p in phases)
+    def medians(phase: str) -> dict[str, float]:
+        keys = ("requests_per_s", "rows_per_s", "negatives_per_s", "latency_p50_ms", "latency_p99_ms")
+        return {k: statistics.median(p[phase][k] for p in phases) for k in keys}
 
     print(
         json.dumps(
@@ -225,27 +217,8 @@ def main() -> None:
                     "sampler": "NegativeSampler",
                 },
                 "deterministic_over_wire": deterministic,
-                "service": {
-                    k: median("service", k)
-                    for k in (
-                        "requests_per_s",
-                        "rows_per_s",
-                        "negatives_per_s",
-                        "latency_p50_ms",
-                        "latency_p99_ms",
-                    )
-                }
-                | {"errors": sum(p["service"]["errors"] for p in phases)},
-                "in_process": {
-                    k: median("in_process", k)
-                    for k in (
-                        "requests_per_s",
-                        "rows_per_s",
-                        "negatives_per_s",
-                        "latency_p50_ms",
-                        "latency_p99_ms",
-                    )
-                },
+                "service": medians("service") | {"errors": sum(p["service"]["errors"] for p in phases)},
+                "in_process": medians("in_process"),
                 "ratio_service_to_in_process": statistics.median(p["ratio_rows_per_s"] for p in phases),
                 "server_stats": server_stats,
                 "server_exit_code": exit_code,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from negseq.service import SamplerClient
+from negseq.service.auth import read_token_file
 
 DEFAULT_ADDRESS = "grpc://127.0.0.1:8815"
 DEFAULT_TOKEN_FILE = "/run/secrets/sampler_token"
@@ -22,8 +23,8 @@ def main() -> int:
     token_file = os.environ.get("NEGSEQ_TOKEN_FILE") or (
         DEFAULT_TOKEN_FILE if Path(DEFAULT_TOKEN_FILE).is_file() else None
     )
-    token = Path(token_file).read_text().strip() if token_file else None
     try:
+        token = read_token_file(token_file) if token_file else None
         with SamplerClient(address, token=token, timeout=4.0) as client:
             status = client.health()
     except Exception as exc:  # any failure to get an answer means unhealthy; say which

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +205,9 @@ def test_candidates_use_the_job_defaults(clients):
     assert got.equals(want)
     # `sample(..., layout=...)` answers with the candidate sequences too
     assert clients["v1"].sample(batch, epoch=0, batch_index=4, layout="suffix").equals(want)
+    # ... and does not drop an option that mode does not take
+    with pytest.raises(flight.FlightServerError, match="'per_positive' belongs to mode 'negatives'"):
+        clients["v1"].sample(batch, epoch=0, batch_index=4, layout="suffix", per_positive=2)
 
 
 def _raw_exchange(location: str, batch: pa.RecordBatch, metadata: bytes, headers=()) -> None:
@@ -395,7 +397,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     job = _write_job(tmp_path)
     serve = _Serve(job, "--log-level", "DEBUG")
     location = serve.location
-    reference = build_sampler({"hard_negative_sampler": _job_sampler(job)}, base_dir=tmp_path)
+    served = ServiceJob.from_toml(job)
+    reference = build_sampler(served.sampler_config, base_dir=served.base_dir)
     batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
     answered, refused, wrong, unexpected = [], [], [], []
     lock = threading.Lock()
@@ -474,10 +477,6 @@ def test_drain_timeout_ends_a_stuck_drain_with_exit_1(tmp_path):
     assert "drain timeout" in serve.stderr()
 
 
-def _job_sampler(job: Path) -> dict:
-    return tomllib.loads(job.read_text())["sampler"]["hard_negative_sampler"]
-
-
 def test_serve_bad_job_is_one_line_and_exit_2(tmp_path):
     job = _write_job(tmp_path, extra="bogus = 1\n")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -521,3 +520,23 @@ def test_candidates_over_max_negatives_is_refused_before_work(clients):
     with pytest.raises(flight.FlightServerError, match="150 positives x neg_per_pos 1000.*max_negatives"):
         clients["v1"].candidates(batch, batch_index=0, layout="interleaved", neg_per_pos=1000)
     assert clients["v1"].health() == "ok"
+
+
+def test_max_negatives_counts_num_eval_sample_out_of_training():
+    """Out of training the sampler draws num_eval_sample: the limit checks that, in both modes."""
+    sampler = NegativeSampler(ITEMS, num_sample=40, num_eval_sample=500, **COMMON)
+    server = SamplerServer(sampler, limits=Limits(max_negatives=100))
+    lists = pa.record_batch({"item_id": pa.array([[1, 11], [21]])})
+    try:
+        with SamplerClient(server.location) as client:
+            assert len(client.sample(_batch(4), batch_index=0, training=True).ids) == 40
+            with pytest.raises(flight.FlightServerError, match="500 negatives .*num_eval_sample"):
+                client.sample(_batch(4), batch_index=0, training=False)
+            client.candidates(lists, batch_index=0, layout="suffix", training=True)
+            with pytest.raises(flight.FlightServerError, match="500 negatives .*num_eval_sample"):
+                client.candidates(lists, batch_index=0, layout="suffix", training=False)
+            with pytest.raises(flight.FlightServerError, match="3 positives x neg_per_pos 500"):
+                client.candidates(lists, batch_index=0, layout="interleaved", training=False)
+            assert client.health() == "ok"
+    finally:
+        server.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -14,7 +15,6 @@ from negseq.errors import NegseqError
 from negseq.sampler import build_sampler
 from negseq.service.auth import read_token_file
 from negseq.service.job import ServiceJob
-from negseq.service.limits import Limits
 from negseq.service.server import SamplerServer, grpc_location, serve_until_signalled
 
 log = logging.getLogger("negseq.service")
@@ -53,11 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("negseq").setLevel("WARNING" if getattr(args, "quiet", False) else args.log_level)
     job = ServiceJob.from_toml(args.config)
-    limits = Limits(
-        max_rows=args.max_rows if args.max_rows is not None else job.limits.max_rows,
-        max_bytes=args.max_bytes if args.max_bytes is not None else job.limits.max_bytes,
-        max_negatives=args.max_negatives if args.max_negatives is not None else job.limits.max_negatives,
-    )
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(job.limits)}  # --max-* override
+    limits = dataclasses.replace(job.limits, **{k: v for k, v in flags.items() if v is not None})
     host = args.host or job.host
     port = args.port if args.port is not None else job.port
     token = read_token_file(args.token_file) if args.token_file else None

@@ -90,16 +90,18 @@ class SamplerClient:
         training: bool = True,
     ) -> SampleResult | pa.RecordBatch:
         """The negatives for the batch's positives, as the in-process sampler's `get` returns them;
-        with a `layout`, the combined candidate sequences instead (`candidates`, a RecordBatch)."""
-        if layout is not None:
-            return self.candidates(
-                batch, epoch=epoch, batch_index=batch_index, layout=layout, seed=seed, training=training
-            )
+        with a `layout`, the combined candidate sequences instead (`candidates`, a RecordBatch).
+        Every option is sent, so one the mode does not take is the server's named error."""
         request = Request(
-            epoch=epoch, batch_index=batch_index, seed=seed, training=training, per_positive=per_positive
+            mode="negatives" if layout is None else "candidates",
+            epoch=epoch,
+            batch_index=batch_index,
+            seed=seed,
+            training=training,
+            per_positive=per_positive,
+            layout=layout,
         )
-        ((_, result),) = self.stream([(batch, request)])
-        return result
+        return self._one(batch, request)
 
     def candidates(
         self,
@@ -125,6 +127,10 @@ class SamplerClient:
             neg_per_pos=neg_per_pos,
             seq_delim=seq_delim,
         )
+        return self._one(batch, request)
+
+    def _one(self, batch: BatchLike, request: Request) -> SampleResult | pa.RecordBatch:
+        """The answer to one request: a stream of one."""
         ((_, result),) = self.stream([(batch, request)])
         return result
 

@@ -90,7 +90,7 @@ class ServiceJob:
                 candidates=CandidateDefaults(
                     layout=layout,
                     neg_per_pos=None if neg_per_pos is None else int(neg_per_pos),
-                    seq_delim=str(cand.get("seq_delim", ";")),
+                    seq_delim=str(cand.get("seq_delim", CandidateDefaults.seq_delim)),
                 ),
                 host=str(service.get("host", DEFAULT_HOST)),
                 port=int(service.get("port", DEFAULT_PORT)),

@@ -10,6 +10,7 @@ request is in flight.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import signal
@@ -48,20 +49,26 @@ def grpc_location(host: str, port: int) -> str:
     return f"grpc://[{host}]:{port}" if ":" in host else f"grpc://{host}:{port}"
 
 
-def _max_positives(column: pa.Array | pa.ChunkedArray, seq_delim: str) -> int:
+def _max_positives(column: pa.Array, seq_delim: str) -> int:
     """An upper bound on the positives a candidates-mode item column holds, without parsing it."""
     if pa.types.is_fixed_size_list(column.type):
         return len(column) * column.type.list_size
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        return sum(len(chunk.flatten()) for chunk in getattr(column, "chunks", [column]))
+        return len(column.flatten())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         # K tokens of >= 1 character need >= K + (K - 1) * d bytes in a row.
-        size = sum(
-            chunk.buffers()[2].size if chunk.buffers()[2] is not None else 0
-            for chunk in getattr(column, "chunks", [column])
-        )
+        data = column.buffers()[2]
+        size = data.size if data is not None else 0
         return (size + len(column) * len(seq_delim)) // (1 + len(seq_delim))
     return len(column)
+
+
+def _shared_negatives(sampler: Any, training: bool) -> tuple[int, str]:
+    """How many negatives the sampler draws for a batch when not told a number a positive, and
+    which setting says so (as `sampler.get` and `sample_candidates` choose it)."""
+    if not training and sampler.num_eval_sample is not None:
+        return sampler.num_eval_sample, "the sampler's num_eval_sample"
+    return sampler.num_sample, "the sampler's num_sample"
 
 
 class SamplerServer(flight.FlightServerBase):
@@ -183,10 +190,7 @@ class SamplerServer(flight.FlightServerBase):
                 raise NegseqError(f"request metadata: {name!r} belongs to mode 'candidates', not 'negatives'")
         sampler = self._sampler_for(request.seed)
         if request.per_positive is None:
-            total = sampler.num_sample
-            if not request.training and sampler.num_eval_sample is not None:
-                total = sampler.num_eval_sample
-            self.limits.check_negatives(total, "the sampler's num_sample")
+            self.limits.check_negatives(*_shared_negatives(sampler, request.training))
         else:
             total = batch.num_rows * request.per_positive
             self.limits.check_negatives(total, f"per_positive {request.per_positive} x {batch.num_rows} rows")
@@ -201,10 +205,8 @@ class SamplerServer(flight.FlightServerBase):
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
-        try:
-            from negseq.pipeline import sample_candidates_and_stats
-        except ImportError as exc:
-            raise NegseqError("mode 'candidates' needs negseq.pipeline.sample_candidates") from exc
+        from negseq.pipeline import sample_candidates_and_stats  # here: clients never load the pipeline
+
         if request.per_positive is not None:
             raise NegseqError(
                 "request metadata: 'per_positive' belongs to mode 'negatives'; "
@@ -224,11 +226,11 @@ class SamplerServer(flight.FlightServerBase):
         if item_field not in batch.schema.names:
             raise NegseqError(f"batch: missing item id column {item_field!r}; found {batch.schema.names}")
         if layout == "interleaved":
-            n = sampler.num_sample if neg_per_pos is None else neg_per_pos
+            n = _shared_negatives(sampler, request.training)[0] if neg_per_pos is None else neg_per_pos
             bound = _max_positives(batch.column(item_field), seq_delim) * n
             self.limits.check_negatives(bound, f"up to {bound // max(n, 1)} positives x neg_per_pos {n}")
         else:
-            self.limits.check_negatives(sampler.num_sample, "the sampler's num_sample")
+            self.limits.check_negatives(*_shared_negatives(sampler, request.training))
         out, stats = sample_candidates_and_stats(
             batch,
             sampler,
@@ -274,16 +276,8 @@ class SamplerServer(flight.FlightServerBase):
             "is_hard": bool(s.is_hard),
             "seed": s.seed,
             "num_items": len(s.items),
-            "candidates": {
-                "layout": self.candidates.layout,
-                "neg_per_pos": self.candidates.neg_per_pos,
-                "seq_delim": self.candidates.seq_delim,
-            },
-            "limits": {
-                "max_rows": self.limits.max_rows,
-                "max_bytes": self.limits.max_bytes,
-                "max_negatives": self.limits.max_negatives,
-            },
+            "candidates": dataclasses.asdict(self.candidates),
+            "limits": dataclasses.asdict(self.limits),
         }
 
 
