@@ -15,7 +15,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ _SUFFIX_FORMATS = {
     ".txt": "csv",
 }
 _PART_RE = re.compile(r"^part-(\d{6,})\.(parquet|arrow)$")
+_MANIFEST_FILE_KEYS = ("name", "batch_index", "rows_in", "rows_out")
+STAT_PREFIX = "stat_"  # a batch summary's sampler counts: stat_draws, stat_redraws, ...
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,25 @@ def write_manifest(
     final = out_dir / MANIFEST_NAME
     _atomic_write(final, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return final
+
+
+def manifest_files_and_stats(
+    summaries: Iterable[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The manifest's `files` entries and summed `sampler_stats` from per-batch summaries.
+
+    A summary is one flat row, as both executors collect them in batch order: `name`,
+    `batch_index`, `rows_in`, `rows_out`, and each sampler count as `stat_<name>` (None: absent,
+    as when Arrow fills a column a batch did not have). Other keys are ignored."""
+    files: list[dict[str, Any]] = []
+    totals: dict[str, int] = {}
+    for summary in summaries:
+        files.append({key: summary[key] for key in _MANIFEST_FILE_KEYS})
+        for key, value in summary.items():
+            if key.startswith(STAT_PREFIX) and value is not None:
+                name = key[len(STAT_PREFIX) :]
+                totals[name] = totals.get(name, 0) + int(value)
+    return files, totals
 
 
 def remove_manifest(out_dir: str | Path) -> None:
