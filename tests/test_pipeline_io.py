@@ -142,3 +142,11 @@ def test_manifest_files_and_stats_folds_batch_summaries():
     ]
     assert list(files[1]) == ["name", "batch_index", "rows_in", "rows_out"]
     assert totals == {"draws": 9}
+
+
+def test_folder_format_is_detected_from_the_files_it_reads(tmp_path):
+    # `_`-prefixed and hidden files are skipped when reading, so they must not decide the format
+    (tmp_path / "_notes.csv").write_text("x\n1\n")
+    (tmp_path / ".part-000000.parquet.tmp-1-abc.csv").write_text("x\n2\n")
+    pq.write_table(pa.table({"x": [5, 6]}), tmp_path / "a.parquet")
+    assert read_table(tmp_path).column("x").to_pylist() == [5, 6]

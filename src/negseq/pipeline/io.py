@@ -59,11 +59,21 @@ class CsvOptions:
         return ds.CsvFileFormat(read_options=read, parse_options=parse)
 
 
+def _data_files(folder: Path) -> list[Path]:
+    """A folder's data files in name order: known suffix, not hidden or `_`-prefixed (which
+    skips temporary files and manifests)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in _SUFFIX_FORMATS and not p.name.startswith((".", "_"))
+    )
+
+
 def detect_format(path: str | Path) -> str:
     """'parquet', 'ipc' or 'csv' from the file suffix (a folder: from its first data file)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIX_FORMATS)
+        files = _data_files(path)
         if not files:
             raise NegseqError(f"{path}: folder holds no .parquet, .arrow or .csv files")
         path = files[0]
@@ -79,23 +89,16 @@ def open_dataset(path: str | Path, *, format: str | None = None, csv: CsvOptions
     if not path.exists():
         raise NegseqError(f"{path}: no such file or folder")
     fmt = format or detect_format(path)
-    if fmt == "csv":
+    kind = "ipc" if fmt == "arrow" else fmt
+    if kind == "csv":
         file_format: Any = (csv or CsvOptions()).file_format()
-    elif fmt in ("parquet", "ipc"):
-        file_format = fmt
-    elif fmt == "arrow":
-        file_format = "ipc"
+    elif kind in ("parquet", "ipc"):
+        file_format = kind
     else:
         raise NegseqError(f"{path}: unknown input format {fmt!r} (parquet, ipc, csv)")
     source: Any = str(path)
-    if path.is_dir():
-        # Only this format's data files, in name order: skips manifests and hidden temp files.
-        suffixes = {s for s, f in _SUFFIX_FORMATS.items() if f == ("ipc" if fmt == "arrow" else fmt)}
-        source = sorted(
-            str(p)
-            for p in path.rglob("*")
-            if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith((".", "_"))
-        )
+    if path.is_dir():  # only this format's data files
+        source = [str(p) for p in _data_files(path) if _SUFFIX_FORMATS[p.suffix.lower()] == kind]
     try:
         return ds.dataset(source, format=file_format)
     except (pa.ArrowInvalid, OSError) as exc:
