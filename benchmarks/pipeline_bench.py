@@ -76,6 +76,19 @@ def emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
+def emit_timing(bench: str, column: str, seconds: float, common: dict, loop_s: float | None = None) -> None:
+    """One combine timing; `ratio_vs_loop` when compared with the row loop's `loop_s`."""
+    ratio = {} if loop_s is None else {"ratio_vs_loop": loop_s / seconds}
+    emit(
+        bench=bench,
+        column=column,
+        median_s=seconds,
+        tokens_per_s=common["tokens"] / seconds,
+        **ratio,
+        **common,
+    )
+
+
 def bench_combines(batch: int, neg_per_pos: int, shared: int, reps: int) -> None:
     rng = np.random.default_rng(0)
     rows, num_pos = positives(batch, rng)
@@ -92,30 +105,10 @@ def bench_combines(batch: int, neg_per_pos: int, shared: int, reps: int) -> None
     ours = median_time(lambda: combine_neg_as_candidate_sequence(strings, negs, neg_per_pos), reps)
     ours_list = median_time(lambda: combine_neg_as_candidate_sequence(lists, negs, neg_per_pos), reps)
     common = {"rows": batch, "positives": num_pos, "neg_per_pos": neg_per_pos, "tokens": tokens}
-    emit(
-        bench="interleaved_baseline_loop",
-        column="string",
-        median_s=base,
-        tokens_per_s=tokens / base,
-        **common,
-    )
+    emit_timing("interleaved_baseline_loop", "string", base, common)
     emit(bench="arrow_int_to_string_cast", median_s=cast_only, share_of_loop=cast_only / base, **common)
-    emit(
-        bench="interleaved_combine",
-        column="string",
-        median_s=ours,
-        tokens_per_s=tokens / ours,
-        ratio_vs_loop=base / ours,
-        **common,
-    )
-    emit(
-        bench="interleaved_combine",
-        column="list",
-        median_s=ours_list,
-        tokens_per_s=tokens / ours_list,
-        ratio_vs_loop=base / ours_list,
-        **common,
-    )
+    emit_timing("interleaved_combine", "string", ours, common, loop_s=base)
+    emit_timing("interleaved_combine", "list", ours_list, common, loop_s=base)
 
     shared_negs = rng.integers(1, NUM_ITEMS, shared)
     shared_arrow = pa.array(shared_negs)
@@ -127,29 +120,9 @@ def bench_combines(batch: int, neg_per_pos: int, shared: int, reps: int) -> None
     ours_s = median_time(lambda: combine_negs_to_candidate_suffix(strings, shared_negs), reps)
     ours_sl = median_time(lambda: combine_negs_to_candidate_suffix(lists, shared_negs), reps)
     common = {"rows": batch, "positives": num_pos, "shared_negatives": shared, "tokens": suffix_tokens}
-    emit(
-        bench="suffix_baseline_loop",
-        column="string",
-        median_s=base_s,
-        tokens_per_s=suffix_tokens / base_s,
-        **common,
-    )
-    emit(
-        bench="suffix_combine",
-        column="string",
-        median_s=ours_s,
-        tokens_per_s=suffix_tokens / ours_s,
-        ratio_vs_loop=base_s / ours_s,
-        **common,
-    )
-    emit(
-        bench="suffix_combine",
-        column="list",
-        median_s=ours_sl,
-        tokens_per_s=suffix_tokens / ours_sl,
-        ratio_vs_loop=base_s / ours_sl,
-        **common,
-    )
+    emit_timing("suffix_baseline_loop", "string", base_s, common)
+    emit_timing("suffix_combine", "string", ours_s, common, loop_s=base_s)
+    emit_timing("suffix_combine", "list", ours_sl, common, loop_s=base_s)
 
 
 JOB = """

@@ -178,3 +178,17 @@ def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
     out = pq.read_table(tmp_path / "out").to_pylist()
     assert [r["cand_pos_lengths"] for r in out] == [2, 0, 1]
     assert [len(r["item_id"].split(";")) if r["item_id"] else 0 for r in out] == [6, 0, 3]
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("[prepare]\ninput='x.csv'\nout='o'\nbogus=1\n", "[prepare] unknown key(s) bogus"),
+        ("prepare = 3\n", "[prepare] must be a table"),
+    ],
+)
+def test_prepare_job_file_errors_are_one_line(tmp_path, capsys, table, message):
+    (tmp_path / "prepare.toml").write_text(table)
+    assert main(["prepare", "--job", str(tmp_path / "prepare.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

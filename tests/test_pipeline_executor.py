@@ -12,6 +12,7 @@ from negseq.pipeline import (
     read_manifest,
     read_table,
     sample_candidates,
+    sample_candidates_and_stats,
     to_jagged_batch,
     verify_outputs,
 )
@@ -108,6 +109,11 @@ def test_executor_writes_in_order_and_exactly_once(items, tmp_path):
     manifest = executor.write(batches, tmp_path, config_hash="h")
     assert manifest["rows_in"] == manifest["rows_out"] == 14 and manifest["num_files"] == 7
     assert [f["batch_index"] for f in manifest["files"]] == list(range(7))
+    draws = [
+        sample_candidates_and_stats(b, sampler, layout="interleaved", batch_index=i)[1]["draws"]
+        for i, b in enumerate(batches)
+    ]
+    assert manifest["sampler_stats"]["draws"] == sum(draws) > 0
     assert verify_outputs(tmp_path) == []
     first = read_table(tmp_path)
     expected = [

@@ -18,6 +18,7 @@ from negseq.pipeline import (
     write_batch_output,
     write_manifest,
 )
+from negseq.pipeline.io import manifest_files_and_stats
 
 
 def _entries(out_dir, n, rows=3, fmt="parquet"):
@@ -119,3 +120,33 @@ def test_manifest_is_json_with_schema(tmp_path):
     entries, schema = _entries(tmp_path, 1)
     path = write_manifest(tmp_path, rows_in=3, files=entries, schema=schema, seed=None, config_hash="")
     assert "x: int64" in json.loads(path.read_text())["schema"]
+
+
+def test_manifest_files_and_stats_folds_batch_summaries():
+    summaries = [
+        {"name": "part-000000.parquet", "batch_index": 0, "rows_in": 3, "rows_out": 3, "stat_draws": 5},
+        {
+            "batch_index": 1,
+            "name": "part-000001.parquet",
+            "rows_in": 2,
+            "rows_out": 2,
+            "stat_draws": 4,
+            "stat_redraws": None,  # absent in this batch (Arrow fills it with null)
+            "schema": b"ignored",
+        },
+    ]
+    files, totals = manifest_files_and_stats(summaries)
+    assert files == [
+        {"name": "part-000000.parquet", "batch_index": 0, "rows_in": 3, "rows_out": 3},
+        {"name": "part-000001.parquet", "batch_index": 1, "rows_in": 2, "rows_out": 2},
+    ]
+    assert list(files[1]) == ["name", "batch_index", "rows_in", "rows_out"]
+    assert totals == {"draws": 9}
+
+
+def test_folder_format_is_detected_from_the_files_it_reads(tmp_path):
+    # `_`-prefixed and hidden files are skipped when reading, so they must not decide the format
+    (tmp_path / "_notes.csv").write_text("x\n1\n")
+    (tmp_path / ".part-000000.parquet.tmp-1-abc.csv").write_text("x\n2\n")
+    pq.write_table(pa.table({"x": [5, 6]}), tmp_path / "a.parquet")
+    assert read_table(tmp_path).column("x").to_pylist() == [5, 6]

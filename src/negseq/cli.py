@@ -66,14 +66,11 @@ def _prepare_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(_PREPARE_DEFAULTS)
     base = None
     if args.job:
-        from negseq.jobfile import load_toml
+        from negseq.jobfile import checked_table, load_toml
 
         job_path = Path(args.job)
-        table = load_toml(job_path).get("prepare", {})
-        unknown = sorted(set(table) - set(_PREPARE_DEFAULTS) - {"input", "out"})
-        if unknown:
-            raise NegseqError(f"{job_path}: [prepare] unknown key(s) {', '.join(unknown)}")
-        settings.update(table)
+        keys = {"input", "out", *_PREPARE_DEFAULTS}
+        settings.update(checked_table(load_toml(job_path), "prepare", keys, job_path))
         base = job_path.parent
     for key in ("input", "out", *_PREPARE_DEFAULTS):
         value = getattr(args, key, None)
@@ -216,8 +213,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if report["problems"] else 0
 
 
-# ---- entry ---------------------------------------------------------------------------------
-
 # ---- run -----------------------------------------------------------------------------------
 
 
@@ -238,6 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": result["model"], "most_popular": result["most_popular"]}))
     return 0
 
+
+# ---- entry ---------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare,

@@ -29,6 +29,14 @@ def _delim_at(data, i, end, delim):
     return True
 
 
+@njit(cache=True, nogil=True)
+def _token_end(data, i, end, delim):
+    """Where the token starting at i ends: the next delimiter's position, or end."""
+    while i < end and not _delim_at(data, i, end, delim):
+        i += 1
+    return i
+
+
 _INT64_MAX_DIGITS = np.frombuffer(b"9223372036854775807", dtype=np.uint8)
 _INT64_MIN_DIGITS = np.frombuffer(b"9223372036854775808", dtype=np.uint8)
 
@@ -87,19 +95,15 @@ def scan_tokens(offsets, data, valid, delim):
             continue
         k = 0
         tok = start
-        i = start
-        while i < end:
-            if _delim_at(data, i, end, delim):
-                if not _token_ok(data, tok, i):
-                    return counts, r, tok, i
-                k += 1
-                i += dl
-                tok = i
-            else:
-                i += 1
-        if not _token_ok(data, tok, end):
-            return counts, r, tok, end
-        counts[r] = k + 1
+        while True:
+            stop = _token_end(data, tok, end, delim)
+            if not _token_ok(data, tok, stop):
+                return counts, r, tok, stop
+            k += 1
+            if stop == end:
+                break
+            tok = stop + dl
+        counts[r] = k
     return counts, -1, 0, 0
 
 
@@ -116,17 +120,13 @@ def parse_tokens(offsets, data, valid, delim, counts):
         start = offsets[r]
         end = offsets[r + 1]
         tok = start
-        i = start
-        while i < end:
-            if _delim_at(data, i, end, delim):
-                out[q] = _token_value(data, tok, i)
-                q += 1
-                i += dl
-                tok = i
-            else:
-                i += 1
-        out[q] = _token_value(data, tok, end)
-        q += 1
+        while True:
+            stop = _token_end(data, tok, end, delim)
+            out[q] = _token_value(data, tok, stop)
+            q += 1
+            if stop == end:
+                break
+            tok = stop + dl
     return out
 
 
@@ -239,28 +239,23 @@ def interleave_strings(offsets, data, valid, delim, counts, negs, neg_per_pos):
         start = offsets[r]
         end = offsets[r + 1]
         tok = start
-        i = start
         while True:
-            at_end = i >= end
-            if at_end or _delim_at(data, i, end, delim):
-                for j in range(tok, i):
-                    out[pos] = data[j]
-                    pos += 1
-                for m in range(q * n, (q + 1) * n):
-                    for j in range(dl):
-                        out[pos + j] = delim[j]
-                    pos += dl
-                    pos = _write_known(out, pos, negs[m], neg_len[m + 1] - neg_len[m])
-                q += 1
-                if at_end:
-                    break
+            stop = _token_end(data, tok, end, delim)
+            for j in range(tok, stop):
+                out[pos] = data[j]
+                pos += 1
+            for m in range(q * n, (q + 1) * n):
                 for j in range(dl):
                     out[pos + j] = delim[j]
                 pos += dl
-                i += dl
-                tok = i
-            else:
-                i += 1
+                pos = _write_known(out, pos, negs[m], neg_len[m + 1] - neg_len[m])
+            q += 1
+            if stop == end:
+                break
+            for j in range(dl):
+                out[pos + j] = delim[j]
+            pos += dl
+            tok = stop + dl
     return out_offsets, out
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ _SUFFIX_FORMATS = {
     ".txt": "csv",
 }
 _PART_RE = re.compile(r"^part-(\d{6,})\.(parquet|arrow)$")
+_MANIFEST_FILE_KEYS = ("name", "batch_index", "rows_in", "rows_out")
+STAT_PREFIX = "stat_"  # a batch summary's sampler counts: stat_draws, stat_redraws, ...
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,21 @@ class CsvOptions:
         return ds.CsvFileFormat(read_options=read, parse_options=parse)
 
 
+def _data_files(folder: Path) -> list[Path]:
+    """A folder's data files in name order: known suffix, not hidden or `_`-prefixed (which
+    skips temporary files and manifests)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in _SUFFIX_FORMATS and not p.name.startswith((".", "_"))
+    )
+
+
 def detect_format(path: str | Path) -> str:
     """'parquet', 'ipc' or 'csv' from the file suffix (a folder: from its first data file)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIX_FORMATS)
+        files = _data_files(path)
         if not files:
             raise NegseqError(f"{path}: folder holds no .parquet, .arrow or .csv files")
         path = files[0]
@@ -77,23 +89,16 @@ def open_dataset(path: str | Path, *, format: str | None = None, csv: CsvOptions
     if not path.exists():
         raise NegseqError(f"{path}: no such file or folder")
     fmt = format or detect_format(path)
-    if fmt == "csv":
+    kind = "ipc" if fmt == "arrow" else fmt
+    if kind == "csv":
         file_format: Any = (csv or CsvOptions()).file_format()
-    elif fmt in ("parquet", "ipc"):
-        file_format = fmt
-    elif fmt == "arrow":
-        file_format = "ipc"
+    elif kind in ("parquet", "ipc"):
+        file_format = kind
     else:
         raise NegseqError(f"{path}: unknown input format {fmt!r} (parquet, ipc, csv)")
     source: Any = str(path)
-    if path.is_dir():
-        # Only this format's data files, in name order: skips manifests and hidden temp files.
-        suffixes = {s for s, f in _SUFFIX_FORMATS.items() if f == ("ipc" if fmt == "arrow" else fmt)}
-        source = sorted(
-            str(p)
-            for p in path.rglob("*")
-            if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith((".", "_"))
-        )
+    if path.is_dir():  # only this format's data files
+        source = [str(p) for p in _data_files(path) if _SUFFIX_FORMATS[p.suffix.lower()] == kind]
     try:
         return ds.dataset(source, format=file_format)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -240,6 +245,25 @@ def write_manifest(
     return final
 
 
+def manifest_files_and_stats(
+    summaries: Iterable[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The manifest's `files` entries and summed `sampler_stats` from per-batch summaries.
+
+    A summary is one flat row, as both executors collect them in batch order: `name`,
+    `batch_index`, `rows_in`, `rows_out`, and each sampler count as `stat_<name>` (None: absent,
+    as when Arrow fills a column a batch did not have). Other keys are ignored."""
+    files: list[dict[str, Any]] = []
+    totals: dict[str, int] = {}
+    for summary in summaries:
+        files.append({key: summary[key] for key in _MANIFEST_FILE_KEYS})
+        for key, value in summary.items():
+            if key.startswith(STAT_PREFIX) and value is not None:
+                name = key[len(STAT_PREFIX) :]
+                totals[name] = totals.get(name, 0) + int(value)
+    return files, totals
+
+
 def remove_manifest(out_dir: str | Path) -> None:
     """Drop an earlier run's manifest before writing, so a crashed re-run is visibly unfinished."""
     path = Path(out_dir) / MANIFEST_NAME
@@ -261,7 +285,7 @@ def file_rows(path: Path) -> int:
     if path.suffix == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
     with ipc.open_file(path) as reader:
-        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return reader.count_rows()  # batch headers only, as Parquet's footer above
 
 
 def verify_outputs(out_dir: str | Path) -> list[str]:

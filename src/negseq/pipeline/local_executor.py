@@ -20,6 +20,8 @@ from tqdm import tqdm
 from negseq.errors import NegseqError
 from negseq.pipeline.candidates import sample_candidates_and_stats
 from negseq.pipeline.io import (
+    STAT_PREFIX,
+    manifest_files_and_stats,
     output_name,
     read_manifest,
     remove_manifest,
@@ -139,34 +141,33 @@ class LocalExecutor:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_manifest(out_dir)
 
-        def work(batch_index: int, batch: pa.RecordBatch) -> tuple[dict[str, Any], pa.Schema, dict]:
+        def work(batch_index: int, batch: pa.RecordBatch) -> tuple[dict[str, Any], pa.Schema]:
             out, stats = self.sample(batch_index, batch)
             path = write_batch_output(out_dir, batch_index, out, format)
-            entry = {
+            summary = {
                 "name": path.name,
                 "batch_index": batch_index,
                 "rows_in": batch.num_rows,
                 "rows_out": out.num_rows,
+                **{STAT_PREFIX + key: value for key, value in stats.items()},
             }
-            return entry, out.schema, stats
+            return summary, out.schema
 
-        files: list[dict[str, Any]] = []
-        totals: dict[str, int] = {}
+        summaries: list[dict[str, Any]] = []
         schema = None
         with tqdm(total=total_rows, unit="rows", unit_scale=True, desc="sample", disable=not progress) as bar:
-            for entry, out_schema, stats in ordered_map(
+            for summary, out_schema in ordered_map(
                 work, batches, num_workers=self.num_workers, max_in_flight=self.max_in_flight
             ):
                 if schema is not None and not out_schema.equals(schema):
                     raise NegseqError(
-                        f"batch {entry['batch_index']} has output schema {out_schema}, "
+                        f"batch {summary['batch_index']} has output schema {out_schema}, "
                         f"earlier batches {schema}: the input files disagree on column types"
                     )
                 schema = out_schema
-                files.append(entry)
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0) + int(value)
-                bar.update(entry["rows_in"])
+                summaries.append(summary)
+                bar.update(summary["rows_in"])
+        files, totals = manifest_files_and_stats(summaries)
         write_manifest(
             out_dir,
             rows_in=sum(f["rows_in"] for f in files),

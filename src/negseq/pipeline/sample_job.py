@@ -39,7 +39,8 @@ from typing import Any
 
 from negseq.errors import NegseqError
 from negseq.jobfile import checked_table, load_toml
-from negseq.pipeline.io import CsvOptions
+from negseq.pipeline.candidates import LAYOUTS
+from negseq.pipeline.io import OUTPUT_FORMATS, CsvOptions
 
 _KEYS = {
     "input": {"path", "format", "batch_size", "delimiter", "column_names"},
@@ -108,7 +109,7 @@ class SampleJob:
         if "delimiter" in inp or "column_names" in inp:
             csv = CsvOptions(delimiter=inp.get("delimiter", ","), column_names=inp.get("column_names"))
         layout = cand.get("layout", "interleaved")
-        if layout not in ("interleaved", "suffix"):
+        if layout not in LAYOUTS:
             raise NegseqError(
                 f"{source}: [candidates] layout must be 'interleaved' or 'suffix', got {layout!r}"
             )
@@ -131,7 +132,7 @@ class SampleJob:
         )
         if result.batch_size < 1:
             raise NegseqError(f"{source}: [input] batch_size must be >= 1, got {result.batch_size}")
-        if result.output_format not in ("parquet", "ipc", "arrow"):
+        if result.output_format not in OUTPUT_FORMATS:
             raise NegseqError(
                 f"{source}: [output] format must be 'parquet' or 'ipc', got {result.output_format!r}"
             )
