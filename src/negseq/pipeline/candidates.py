@@ -58,11 +58,7 @@ def sample_candidates_and_stats(
             "neg_per_pos applies to the 'interleaved' layout; the 'suffix' layout appends the "
             "sampler's num_sample shared negatives"
         )
-    n = sampler.num_sample
-    if not training and getattr(sampler, "num_eval_sample", None) is not None:
-        n = sampler.num_eval_sample
-    if neg_per_pos is not None:
-        n = int(neg_per_pos)
+    n = sampler.shared_sample_num(training) if neg_per_pos is None else int(neg_per_pos)
 
     stats: dict[str, int] = {}
     negs = np.empty(0, np.int64)

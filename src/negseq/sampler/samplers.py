@@ -131,6 +131,12 @@ class _Sampler:
     def is_hard(self) -> bool:
         return self.hard is not None
 
+    def shared_sample_num(self, training: bool = True) -> int:
+        """Negatives a shared-mode call draws: `num_eval_sample` out of training if set, else `num_sample`."""
+        if not training and self.num_eval_sample is not None:
+            return self.num_eval_sample
+        return self.num_sample
+
     def estimated_sample_num(self, batch_size: int) -> int:
         """Negatives a call yields, as TorchEasyRec estimates it (hard ones capped at 8 per row)."""
         if self.hard is None:
@@ -160,9 +166,7 @@ class _Sampler:
             raise NegseqError(f"epoch and batch_index must be in [0, 2**32), got {epoch}, {batch_index}")
         num_pos = len(positives)
         if per_positive is None:
-            total = self.num_sample
-            if not training and self.num_eval_sample is not None:
-                total = self.num_eval_sample
+            total = self.shared_sample_num(training)
             group = expand_factor(total, num_pos)
         else:
             if per_positive < 0:

@@ -66,9 +66,8 @@ def _max_positives(column: pa.Array, seq_delim: str) -> int:
 def _shared_negatives(sampler: Any, training: bool) -> tuple[int, str]:
     """How many negatives the sampler draws for a batch when not told a number a positive, and
     which setting says so (as `sampler.get` and `sample_candidates` choose it)."""
-    if not training and sampler.num_eval_sample is not None:
-        return sampler.num_eval_sample, "the sampler's num_eval_sample"
-    return sampler.num_sample, "the sampler's num_sample"
+    setting = "num_sample" if training or sampler.num_eval_sample is None else "num_eval_sample"
+    return sampler.shared_sample_num(training), f"the sampler's {setting}"
 
 
 class SamplerServer(flight.FlightServerBase):
