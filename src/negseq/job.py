@@ -383,6 +383,7 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
                 stage.samples_dir,
                 stage.plan,
                 pool,
+                seed=stage.sampler.seed,
                 epoch=0,
                 out_format=stage.samples_format,
                 config_hash=stage.config_hash,

@@ -165,15 +165,16 @@ def write_sampled_outputs(
     plan: SamplingPlan,
     pool: ActorPool,
     *,
+    seed: int,
     epoch: int = 0,
     out_format: str = "parquet",
     config_hash: str = "",
 ) -> dict[str, Any]:
     """Sample every batch of the source table on the actor pool, one file a batch, manifest last.
 
-    `sampler_ref` and `source_ref` are `ray.put` results, shared with any later dataset."""
+    `sampler_ref` and `source_ref` are `ray.put` results, shared with any later dataset;
+    `seed` is the sampler's, for the manifest (the driver need not fetch the sampler back)."""
     source_rows = ray.get(source_ref).num_rows
-    seed = getattr(ray.get(sampler_ref), "seed", None)
     out_dir = Path(out_dir).resolve()
     output_name(0, out_format)  # reject an unknown format before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
