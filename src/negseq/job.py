@@ -411,9 +411,9 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from negseq.model.train import make_optimizer, train
+    from negseq.model.train import TrainReport, make_optimizer, train
     from negseq.pipeline.local_executor import LocalExecutor
-    from negseq.pipeline.ray_trainer import build_model
+    from negseq.pipeline.ray_trainer import build_model, train_metrics
 
     job, settings, plan = stage.job, stage.settings, stage.plan
     model = build_model(settings)
@@ -421,7 +421,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     device = "cuda" if torch.cuda.is_available() and job.get("train", "use_gpu") is not False else "cpu"
     model.to(device)
     batches = stage.train_table.to_batches(max_chunksize=plan.batch_size)
-    steps, wait, seconds, losses = 0, 0.0, 0.0, []
+    total = TrainReport(optimizer)  # the epochs' reports, summed
     for epoch in stage.epochs:
         executor = LocalExecutor(
             stage.sampler,
@@ -435,7 +435,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
             executor.write(
                 batches, stage.samples_dir, format=stage.samples_format, config_hash=stage.config_hash
             )
-        remaining = None if settings.max_steps is None else settings.max_steps - steps
+        remaining = None if settings.max_steps is None else settings.max_steps - total.steps
         if remaining is not None and remaining <= 0:
             break
         jagged = executor.iter_jagged(
@@ -448,16 +448,9 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
         report = train(
             model, jagged, optimizer=optimizer, max_steps=remaining, device=device, quiet=stage.quiet
         )
-        steps += report.steps
-        wait += report.data_wait_seconds
-        seconds += report.seconds
-        losses += report.losses
+        total.losses += report.losses
+        total.rows += report.rows
+        total.seconds += report.seconds
+        total.data_wait_seconds += report.data_wait_seconds
     model.to("cpu")
-    return model, {
-        "step": steps,
-        "loss": losses[-1] if losses else float("nan"),
-        "mean_loss": float(np.mean(losses)) if losses else float("nan"),
-        "train_seconds": seconds,
-        "data_wait_seconds": wait,
-        "data_wait_fraction": wait / seconds if seconds else 0.0,
-    }
+    return model, train_metrics(total)

@@ -22,7 +22,7 @@ import ray.train.torch
 import torch
 
 from negseq.model.hstu_match import HSTUMatch, STUConfig
-from negseq.model.train import make_optimizer, train
+from negseq.model.train import TrainReport, make_optimizer, train
 from negseq.pipeline.jagged import to_jagged_batch
 from negseq.pipeline.jagged_batch import JaggedBatch
 from negseq.pipeline.ray_executor import split_sampled_batches
@@ -61,6 +61,20 @@ def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     _unwrap(model).load_state_dict(state["model"])
     return state
+
+
+def train_metrics(report: TrainReport, *, first_step: int = 0) -> dict[str, Any]:
+    """What a training run reports, the same on Ray Train and in-process; `first_step` is
+    where a resumed run started."""
+    return {
+        "step": first_step + report.steps,
+        "loss": report.losses[-1] if report.losses else float("nan"),
+        "mean_loss": report.mean_loss,
+        "rows": report.rows,
+        "train_seconds": report.seconds,
+        "data_wait_seconds": report.data_wait_seconds,
+        "data_wait_fraction": report.data_wait_seconds / report.seconds if report.seconds else 0.0,
+    }
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,22 +132,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         on_step=on_step,
         quiet=True,
     )
-    steps = start_step + report.steps
+    metrics = {**train_metrics(report, first_step=start_step), "resumed_from_step": start_step}
     with tempfile.TemporaryDirectory() as folder:
-        save_state(Path(folder), model, optimizer, steps)
-        ray.train.report(
-            {
-                "step": steps,
-                "resumed_from_step": start_step,
-                "loss": report.losses[-1] if report.losses else float("nan"),
-                "mean_loss": report.mean_loss,
-                "rows": report.rows,
-                "train_seconds": report.seconds,
-                "data_wait_seconds": report.data_wait_seconds,
-                "data_wait_fraction": report.data_wait_seconds / report.seconds if report.seconds else 0.0,
-            },
-            checkpoint=ray.train.Checkpoint.from_directory(folder),
-        )
+        save_state(Path(folder), model, optimizer, metrics["step"])
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def fit(
