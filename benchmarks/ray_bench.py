@@ -114,12 +114,7 @@ def main() -> None:
             "layout": "interleaved",
             "objective": "autoregressive",
         },
-        stu={"num_heads": 1},
-        uih_field="uih",
         candidate_field="next_items",
-        timestamp_field=None,
-        max_seq_len=50,
-        layout="interleaved",
         checkpoint_every=10_000,
         max_steps=args.train_steps,
     )

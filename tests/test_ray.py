@@ -150,12 +150,7 @@ def _settings(checkpoint_every: int, max_steps: int) -> TrainSettings:
             "layout": "interleaved",
             "objective": "autoregressive",
         },
-        stu={"num_heads": 1},
-        uih_field="uih",
         candidate_field="next_items",
-        timestamp_field=None,
-        max_seq_len=8,
-        layout="interleaved",
         checkpoint_every=checkpoint_every,
         max_steps=max_steps,
     )

@@ -205,14 +205,13 @@ def _train_settings(job: RunJob, num_items: int):
     from negseq.pipeline.ray_trainer import TrainSettings
 
     model = job.sections["model"]
-    max_seq_len = int(job.get("data", "max_seq_len", 200))
     time_buckets = int(model.get("num_time_buckets", 0))
     return TrainSettings(
         model={
             "num_items": num_items,
             "embedding_dim": int(model.get("embedding_dim", 64)),
             "num_layers": int(model.get("num_layers", 2)),
-            "max_seq_len": max_seq_len,
+            "max_seq_len": int(job.get("data", "max_seq_len", 200)),
             "temperature": float(model.get("temperature", 0.05)),
             "similarity": model.get("similarity", "cosine"),
             "layout": job.get("candidates", "layout", "interleaved"),
@@ -228,11 +227,8 @@ def _train_settings(job: RunJob, num_items: int):
             "max_attn_len": int(model.get("max_attn_len", 0)),
             "kernel": model.get("kernel", "auto"),
         },
-        uih_field="uih",
         candidate_field=job.candidate_field,
         timestamp_field="uih_ts" if time_buckets else None,
-        max_seq_len=max_seq_len,
-        layout=job.get("candidates", "layout", "interleaved"),
         lr=float(job.get("train", "lr", 1e-3)),
         weight_decay=float(job.get("train", "weight_decay", 0.0)),
         checkpoint_every=int(job.get("train", "checkpoint_every", 50)),

@@ -12,7 +12,7 @@ import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +32,28 @@ STATE_FILE = "state.pt"
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What every worker needs to build the model and read its shard."""
+    """What every worker needs to build the model and read its shard.
+
+    `model` holds `HSTUMatch`'s keyword arguments (with `max_seq_len` and `layout`, which the
+    shard's collation reads from there too) and `stu` those of its `STUConfig`."""
 
     model: dict[str, Any]
-    stu: dict[str, Any]
-    uih_field: str
     candidate_field: str
-    timestamp_field: str | None
-    max_seq_len: int
-    layout: str
+    stu: dict[str, Any] = field(default_factory=dict)
+    uih_field: str = "uih"
+    timestamp_field: str | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     checkpoint_every: int = 50
     max_steps: int | None = None
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model["max_seq_len"]
+
+    @property
+    def layout(self) -> str:
+        return self.model["layout"]
 
 
 def build_model(settings: TrainSettings) -> HSTUMatch:
