@@ -90,10 +90,12 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _jagged_batches(settings: TrainSettings, items: Any) -> Iterator[JaggedBatch]:
+def _jagged_batches(settings: TrainSettings, items: Any, skip: int) -> Iterator[JaggedBatch]:
+    """The shard's batches after the first `skip` (trained before a restart), collated."""
     shard = ray.train.get_dataset_shard("train")
     blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-    for table in (batch for block in blocks for batch in split_sampled_batches(block)):
+    tables = (batch for block in blocks for batch in split_sampled_batches(block))
+    for table in itertools.islice(tables, skip, None):
         yield to_jagged_batch(
             table,
             items=items,
@@ -119,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
     model = ray.train.torch.prepare_model(model)
-    batches = itertools.islice(_jagged_batches(settings, items), start_step, None)
+    batches = _jagged_batches(settings, items, skip=start_step)
     max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
 
     def on_step(step: int, loss: float) -> None:
