@@ -166,9 +166,9 @@ def fit(
     Within a run, a failed worker group restarts (up to `max_failures`) from the last checkpoint.
     Ray Train also restores a run from an earlier one of the same name and storage; that happens
     only with `resume=True`, otherwise the earlier run's folder is cleared first."""
-    run_dir = Path(storage_path).resolve() / name
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+    storage = Path(storage_path).resolve()
+    if not resume and (storage / name).exists():
+        shutil.rmtree(storage / name)
     if use_gpu is None:
         use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     trainer = ray.train.torch.TorchTrainer(
@@ -177,7 +177,7 @@ def fit(
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": dataset},
