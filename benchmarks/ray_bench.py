@@ -30,6 +30,7 @@ from negseq.synthetic import generate_interactions
 
 NEG_PER_POS = 32
 BATCH = 256
+PLAN = SamplingPlan(batch_size=BATCH, layout="interleaved", neg_per_pos=NEG_PER_POS)
 
 
 def _inputs(rows: int) -> tuple[pa.Table, NegativeSampler]:
@@ -51,10 +52,9 @@ def _local_rate(train: pa.Table, sampler: NegativeSampler) -> float:
 
 def _ray_rate(train: pa.Table, sampler_ref, source_ref, actors: int) -> tuple[float, float]:
     """(rows/s including the pool's start-up, rows/s after the first batch arrived)."""
-    plan = SamplingPlan(batch_size=BATCH, layout="interleaved", neg_per_pos=NEG_PER_POS)
     pool = ActorPool(min_size=actors, max_size=actors, num_cpus=0.5)
     start = time.perf_counter()
-    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, plan, pool, epochs=[0])
+    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, PLAN, pool, epochs=[0])
     rows, first, first_at = 0, 0, 0.0
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         size = sum(b.num_rows for b in split_sampled_batches(block))
@@ -103,8 +103,7 @@ def main() -> None:
                 "steady_ratio_to_local": round(steady / local, 3),
             }
         )
-    plan = SamplingPlan(batch_size=BATCH, layout="interleaved", neg_per_pos=NEG_PER_POS)
-    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, plan, ActorPool(1, 2, 0.5), epochs=[0])
+    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, PLAN, ActorPool(1, 2, 0.5), epochs=[0])
     settings = TrainSettings(
         model={
             "num_items": len(sampler.items),
@@ -114,12 +113,7 @@ def main() -> None:
             "layout": "interleaved",
             "objective": "autoregressive",
         },
-        stu={"num_heads": 1},
-        uih_field="uih",
         candidate_field="next_items",
-        timestamp_field=None,
-        max_seq_len=50,
-        layout="interleaved",
         checkpoint_every=10_000,
         max_steps=args.train_steps,
     )

@@ -58,12 +58,14 @@ def _sampler() -> NegativeSampler:
 
 
 def _write(out: Path, source: pa.Table, actors: int, batch_size: int = 16) -> dict:
+    sampler = _sampler()
     return write_sampled_outputs(
-        ray.put(_sampler()),
+        ray.put(sampler),
         ray.put(source),
         out,
         SamplingPlan(batch_size=batch_size, layout="interleaved"),
         ActorPool(min_size=actors, max_size=actors, num_cpus=0.5),
+        seed=sampler.seed,
     )
 
 
@@ -84,6 +86,7 @@ def test_one_and_two_actors_write_byte_identical_outputs(local_ray, tmp_path):
     assert _same_files(tmp_path / "one", tmp_path / "two")
     manifest = read_manifest(tmp_path / "one")
     assert manifest["rows_in"] == 200 and manifest["sampler_stats"]["draws"] > 0
+    assert manifest["seed"] == 3
 
 
 def _descendant_pids(marker: str) -> list[int]:
@@ -147,12 +150,7 @@ def _settings(checkpoint_every: int, max_steps: int) -> TrainSettings:
             "layout": "interleaved",
             "objective": "autoregressive",
         },
-        stu={"num_heads": 1},
-        uih_field="uih",
         candidate_field="next_items",
-        timestamp_field=None,
-        max_seq_len=8,
-        layout="interleaved",
         checkpoint_every=checkpoint_every,
         max_steps=max_steps,
     )

@@ -205,14 +205,13 @@ def _train_settings(job: RunJob, num_items: int):
     from negseq.pipeline.ray_trainer import TrainSettings
 
     model = job.sections["model"]
-    max_seq_len = int(job.get("data", "max_seq_len", 200))
     time_buckets = int(model.get("num_time_buckets", 0))
     return TrainSettings(
         model={
             "num_items": num_items,
             "embedding_dim": int(model.get("embedding_dim", 64)),
             "num_layers": int(model.get("num_layers", 2)),
-            "max_seq_len": max_seq_len,
+            "max_seq_len": int(job.get("data", "max_seq_len", 200)),
             "temperature": float(model.get("temperature", 0.05)),
             "similarity": model.get("similarity", "cosine"),
             "layout": job.get("candidates", "layout", "interleaved"),
@@ -228,11 +227,8 @@ def _train_settings(job: RunJob, num_items: int):
             "max_attn_len": int(model.get("max_attn_len", 0)),
             "kernel": model.get("kernel", "auto"),
         },
-        uih_field="uih",
         candidate_field=job.candidate_field,
         timestamp_field="uih_ts" if time_buckets else None,
-        max_seq_len=max_seq_len,
-        layout=job.get("candidates", "layout", "interleaved"),
         lr=float(job.get("train", "lr", 1e-3)),
         weight_decay=float(job.get("train", "weight_decay", 0.0)),
         checkpoint_every=int(job.get("train", "checkpoint_every", 50)),
@@ -383,6 +379,7 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
                 stage.samples_dir,
                 stage.plan,
                 pool,
+                seed=stage.sampler.seed,
                 epoch=0,
                 out_format=stage.samples_format,
                 config_hash=stage.config_hash,
@@ -410,9 +407,9 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from negseq.model.train import make_optimizer, train
+    from negseq.model.train import TrainReport, make_optimizer, train
     from negseq.pipeline.local_executor import LocalExecutor
-    from negseq.pipeline.ray_trainer import build_model
+    from negseq.pipeline.ray_trainer import build_model, train_metrics
 
     job, settings, plan = stage.job, stage.settings, stage.plan
     model = build_model(settings)
@@ -420,7 +417,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     device = "cuda" if torch.cuda.is_available() and job.get("train", "use_gpu") is not False else "cpu"
     model.to(device)
     batches = stage.train_table.to_batches(max_chunksize=plan.batch_size)
-    steps, wait, seconds, losses = 0, 0.0, 0.0, []
+    total = TrainReport(optimizer)  # the epochs' reports, summed
     for epoch in stage.epochs:
         executor = LocalExecutor(
             stage.sampler,
@@ -434,7 +431,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
             executor.write(
                 batches, stage.samples_dir, format=stage.samples_format, config_hash=stage.config_hash
             )
-        remaining = None if settings.max_steps is None else settings.max_steps - steps
+        remaining = None if settings.max_steps is None else settings.max_steps - total.steps
         if remaining is not None and remaining <= 0:
             break
         jagged = executor.iter_jagged(
@@ -447,16 +444,9 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
         report = train(
             model, jagged, optimizer=optimizer, max_steps=remaining, device=device, quiet=stage.quiet
         )
-        steps += report.steps
-        wait += report.data_wait_seconds
-        seconds += report.seconds
-        losses += report.losses
+        total.losses += report.losses
+        total.rows += report.rows
+        total.seconds += report.seconds
+        total.data_wait_seconds += report.data_wait_seconds
     model.to("cpu")
-    return model, {
-        "step": steps,
-        "loss": losses[-1] if losses else float("nan"),
-        "mean_loss": float(np.mean(losses)) if losses else float("nan"),
-        "train_seconds": seconds,
-        "data_wait_seconds": wait,
-        "data_wait_fraction": wait / seconds if seconds else 0.0,
-    }
+    return model, train_metrics(total)

@@ -120,10 +120,22 @@ class SampleAndCombine:
         return pa.Table.from_pylist(rows)
 
 
-def _descriptors(epochs: list[int], num_batches: int) -> ray.data.Dataset:
-    return ray.data.from_items(
+def _sampled(
+    epochs: list[int], num_batches: int, pool: ActorPool, per_task: int, **actor_kwargs: Any
+) -> ray.data.Dataset:
+    """`SampleAndCombine(**actor_kwargs)` on the actor pool over every (epoch, batch_index),
+    `per_task` descriptors a task."""
+    descriptors = ray.data.from_items(
         [{EPOCH: e, BATCH_INDEX: i} for e in epochs for i in range(num_batches)],
         override_num_blocks=max(1, min(len(epochs) * num_batches, 200)),
+    )
+    return descriptors.map_batches(
+        SampleAndCombine,
+        fn_constructor_kwargs=actor_kwargs,
+        compute=pool.strategy(),
+        batch_size=per_task,
+        batch_format="pyarrow",
+        num_cpus=pool.num_cpus,
     )
 
 
@@ -138,13 +150,14 @@ def sampled_dataset(
 ) -> ray.data.Dataset:
     """Sampled rows of every (epoch, batch_index), for a trainer; cut them back into batches
     with `split_sampled_batches`."""
-    return _descriptors(epochs, plan.num_batches(num_rows)).map_batches(
-        SampleAndCombine,
-        fn_constructor_kwargs={"sampler_ref": sampler_ref, "source_ref": source_ref, "plan": plan},
-        compute=pool.strategy(),
-        batch_size=DESCRIPTORS_PER_TASK,
-        batch_format="pyarrow",
-        num_cpus=pool.num_cpus,
+    return _sampled(
+        epochs,
+        plan.num_batches(num_rows),
+        pool,
+        DESCRIPTORS_PER_TASK,
+        sampler_ref=sampler_ref,
+        source_ref=source_ref,
+        plan=plan,
     )
 
 
@@ -165,38 +178,32 @@ def write_sampled_outputs(
     plan: SamplingPlan,
     pool: ActorPool,
     *,
+    seed: int,
     epoch: int = 0,
     out_format: str = "parquet",
     config_hash: str = "",
 ) -> dict[str, Any]:
     """Sample every batch of the source table on the actor pool, one file a batch, manifest last.
 
-    `sampler_ref` and `source_ref` are `ray.put` results, shared with any later dataset."""
+    `sampler_ref` and `source_ref` are `ray.put` results, shared with any later dataset;
+    `seed` is the sampler's, for the manifest (the driver need not fetch the sampler back)."""
     source_rows = ray.get(source_ref).num_rows
-    seed = getattr(ray.get(sampler_ref), "seed", None)
     out_dir = Path(out_dir).resolve()
     output_name(0, out_format)  # reject an unknown format before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_manifest(out_dir)
     num_batches = plan.num_batches(source_rows)
-    summaries = (
-        _descriptors([epoch], num_batches)
-        .map_batches(
-            SampleAndCombine,
-            fn_constructor_kwargs={
-                "sampler_ref": sampler_ref,
-                "source_ref": source_ref,
-                "plan": plan,
-                "out_dir": str(out_dir),
-                "out_format": out_format,
-            },
-            compute=pool.strategy(),
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=pool.num_cpus,
-        )
-        .to_arrow_refs()
-    )
+    summaries = _sampled(
+        [epoch],
+        num_batches,
+        pool,
+        1,
+        sampler_ref=sampler_ref,
+        source_ref=source_ref,
+        plan=plan,
+        out_dir=str(out_dir),
+        out_format=out_format,
+    ).to_arrow_refs()
     table = pa.concat_tables(ray.get(summaries)).sort_by(BATCH_INDEX)
     entries = table.to_pylist()
     indices = [e[BATCH_INDEX] for e in entries]

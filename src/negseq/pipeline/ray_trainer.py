@@ -12,7 +12,7 @@ import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import ray.train.torch
 import torch
 
 from negseq.model.hstu_match import HSTUMatch, STUConfig
-from negseq.model.train import make_optimizer, train
+from negseq.model.train import TrainReport, make_optimizer, train
 from negseq.pipeline.jagged import to_jagged_batch
 from negseq.pipeline.jagged_batch import JaggedBatch
 from negseq.pipeline.ray_executor import split_sampled_batches
@@ -32,19 +32,28 @@ STATE_FILE = "state.pt"
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What every worker needs to build the model and read its shard."""
+    """What every worker needs to build the model and read its shard.
+
+    `model` holds `HSTUMatch`'s keyword arguments (with `max_seq_len` and `layout`, which the
+    shard's collation reads from there too) and `stu` those of its `STUConfig`."""
 
     model: dict[str, Any]
-    stu: dict[str, Any]
-    uih_field: str
     candidate_field: str
-    timestamp_field: str | None
-    max_seq_len: int
-    layout: str
+    stu: dict[str, Any] = field(default_factory=dict)
+    uih_field: str = "uih"
+    timestamp_field: str | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     checkpoint_every: int = 50
     max_steps: int | None = None
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model["max_seq_len"]
+
+    @property
+    def layout(self) -> str:
+        return self.model["layout"]
 
 
 def build_model(settings: TrainSettings) -> HSTUMatch:
@@ -63,14 +72,30 @@ def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -
     return state
 
 
+def train_metrics(report: TrainReport, *, first_step: int = 0) -> dict[str, Any]:
+    """What a training run reports, the same on Ray Train and in-process; `first_step` is
+    where a resumed run started."""
+    return {
+        "step": first_step + report.steps,
+        "loss": report.losses[-1] if report.losses else float("nan"),
+        "mean_loss": report.mean_loss,
+        "rows": report.rows,
+        "train_seconds": report.seconds,
+        "data_wait_seconds": report.data_wait_seconds,
+        "data_wait_fraction": report.data_wait_seconds / report.seconds if report.seconds else 0.0,
+    }
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _jagged_batches(settings: TrainSettings, items: Any) -> Iterator[JaggedBatch]:
+def _jagged_batches(settings: TrainSettings, items: Any, skip: int) -> Iterator[JaggedBatch]:
+    """The shard's batches after the first `skip` (trained before a restart), collated."""
     shard = ray.train.get_dataset_shard("train")
     blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-    for table in (batch for block in blocks for batch in split_sampled_batches(block)):
+    tables = (batch for block in blocks for batch in split_sampled_batches(block))
+    for table in itertools.islice(tables, skip, None):
         yield to_jagged_batch(
             table,
             items=items,
@@ -96,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
     model = ray.train.torch.prepare_model(model)
-    batches = itertools.islice(_jagged_batches(settings, items), start_step, None)
+    batches = _jagged_batches(settings, items, skip=start_step)
     max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
 
     def on_step(step: int, loss: float) -> None:
@@ -118,22 +143,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         on_step=on_step,
         quiet=True,
     )
-    steps = start_step + report.steps
+    metrics = {**train_metrics(report, first_step=start_step), "resumed_from_step": start_step}
     with tempfile.TemporaryDirectory() as folder:
-        save_state(Path(folder), model, optimizer, steps)
-        ray.train.report(
-            {
-                "step": steps,
-                "resumed_from_step": start_step,
-                "loss": report.losses[-1] if report.losses else float("nan"),
-                "mean_loss": report.mean_loss,
-                "rows": report.rows,
-                "train_seconds": report.seconds,
-                "data_wait_seconds": report.data_wait_seconds,
-                "data_wait_fraction": report.data_wait_seconds / report.seconds if report.seconds else 0.0,
-            },
-            checkpoint=ray.train.Checkpoint.from_directory(folder),
-        )
+        save_state(Path(folder), model, optimizer, metrics["step"])
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def fit(
@@ -153,9 +166,9 @@ def fit(
     Within a run, a failed worker group restarts (up to `max_failures`) from the last checkpoint.
     Ray Train also restores a run from an earlier one of the same name and storage; that happens
     only with `resume=True`, otherwise the earlier run's folder is cleared first."""
-    run_dir = Path(storage_path).resolve() / name
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+    storage = Path(storage_path).resolve()
+    if not resume and (storage / name).exists():
+        shutil.rmtree(storage / name)
     if use_gpu is None:
         use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     trainer = ray.train.torch.TorchTrainer(
@@ -164,7 +177,7 @@ def fit(
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": dataset},
