@@ -21,7 +21,14 @@ import ray
 
 from negseq.errors import NegseqError
 from negseq.pipeline.candidates import sample_candidates_and_stats
-from negseq.pipeline.io import output_name, remove_manifest, write_batch_output, write_manifest
+from negseq.pipeline.io import (
+    STAT_PREFIX,
+    manifest_files_and_stats,
+    output_name,
+    remove_manifest,
+    write_batch_output,
+    write_manifest,
+)
 
 BATCH_INDEX = "batch_index"
 EPOCH = "epoch"
@@ -114,7 +121,7 @@ class SampleAndCombine:
                     "rows_in": rows_in,
                     "rows_out": out.num_rows,
                     "schema": out.schema.serialize().to_pybytes(),
-                    **{f"stat_{k}": int(v) for k, v in stats.items()},
+                    **{f"{STAT_PREFIX}{k}": int(v) for k, v in stats.items()},
                 }
             )
         return pa.Table.from_pylist(rows)
@@ -212,12 +219,7 @@ def write_sampled_outputs(
     schemas = {e["schema"] for e in entries}
     if len(schemas) > 1:
         raise NegseqError("sampled batches disagree on their output schema")
-    totals: dict[str, int] = {}
-    for entry in entries:
-        for key, value in entry.items():
-            if key.startswith("stat_") and value is not None:
-                totals[key[5:]] = totals.get(key[5:], 0) + int(value)
-    files = [{k: e[k] for k in ("name", BATCH_INDEX, "rows_in", "rows_out")} for e in entries]
+    files, totals = manifest_files_and_stats(entries)
     schema = pa.ipc.read_schema(pa.py_buffer(entries[0]["schema"])) if entries else None
     write_manifest(
         out_dir,
