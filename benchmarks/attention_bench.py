@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from negseq.model.attention import hstu_attention, valid_attention_mask
+from negseq.model.jagged import torch_jagged_to_padded_dense
 
 
 def _median_ms(fn, reps: int, warmup: int) -> float:
@@ -42,14 +43,9 @@ def _lengths(batch: int, max_len: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(low, max_len, (batch,), generator=gen)
 
 
-def _jagged_to_padded(x: torch.Tensor, lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+def _jagged_to_padded(x: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
     """[L, H, D] -> [B, H, N, D] (baselines only; the Triton kernel stays jagged)."""
-    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(x.shape[0], device=x.device) - starts[rows]
-    out = x.new_zeros(lengths.numel(), max_len, *x.shape[1:])
-    out[rows, pos] = x
-    return out.transpose(1, 2).contiguous()
+    return torch_jagged_to_padded_dense(x, offsets, max_len).transpose(1, 2).contiguous()
 
 
 def _eager_padded_hstu(q, k, v, mask, alpha: float, scaling_n: int) -> torch.Tensor:
@@ -80,8 +76,8 @@ def bench_shape(
 
         cases["triton"] = (triton_fwd, grad, (jq, jk, jv))
     if "sdpa" in impls or "eager" in impls:
-        pq, pk, pv = (_jagged_to_padded(t, lengths, max_len).requires_grad_() for t in (q, k, v))
-        pgrad = _jagged_to_padded(grad, lengths, max_len)
+        pq, pk, pv = (_jagged_to_padded(t, offsets, max_len).requires_grad_() for t in (q, k, v))
+        pgrad = _jagged_to_padded(grad, offsets, max_len)
     if "sdpa" in impls:
 
         def sdpa_fwd():

@@ -31,12 +31,8 @@ from negseq.model.inputs import list_column
 from negseq.model.metrics import evaluate, item_counts
 from negseq.model.train import make_optimizer, train
 from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
+from negseq.pipeline.sequences import prepare_sequences
 from negseq.sampler import ItemTable, NegativeSampler
-
-try:
-    from negseq.pipeline.sequences import prepare_sequences
-except ImportError:  # the pipeline branch has not landed yet: same semantics, local stand-in
-    prepare_sequences = None
 
 
 def read_ml100k(path: str) -> pa.Table:
@@ -47,31 +43,6 @@ def read_ml100k(path: str) -> pa.Table:
         parse_options=pacsv.ParseOptions(delimiter="\t"),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.int64() for n in names}),
     )
-
-
-def leave_last_out(log: pa.Table, max_seq_len: int) -> tuple[pa.Table, pa.Table]:
-    """Stand-in for `prepare_sequences` (ordered by time, ties by item id; leave-last-out)."""
-    users, items, times = (log.column(c).to_numpy() for c in ("user_id", "item_id", "timestamp"))
-    order = np.lexsort((items, times, users))
-    users, items, times = users[order], items[order], times[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    tables = []
-    for drop in (2, 1):  # train: target = second to last; eval: target = last
-        rows = {"user_id": [], "uih": [], "uih_ts": [], "target": [], "target_ts": [], "next_items": []}
-        for s, e in zip(starts, ends, strict=True):
-            if e - s < 2:
-                continue
-            t = e - drop
-            h = max(s, t - max_seq_len)
-            rows["user_id"].append(int(users[s]))
-            rows["uih"].append(items[h:t].tolist())
-            rows["uih_ts"].append(times[h:t].tolist())
-            rows["target"].append(int(items[t]))
-            rows["target_ts"].append(int(times[t]))
-            rows["next_items"].append(items[h + 1 : t + 1].tolist() if t > h else [])
-        tables.append(pa.table(rows))
-    return tables[0], tables[1]
 
 
 def interleaved_batches(
@@ -153,18 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     log = read_ml100k(args.data)
     if args.max_users:
         log = log.filter(pa.compute.less_equal(log.column("user_id"), args.max_users))
-    if prepare_sequences is not None:
-        train_table, eval_table = prepare_sequences(
-            log,
-            user_field="user_id",
-            item_field="item_id",
-            time_field="timestamp",
-            max_seq_len=args.max_seq_len,
-        )
-        sequences_from = "negseq.pipeline.prepare_sequences"
-    else:
-        train_table, eval_table = leave_last_out(log, args.max_seq_len)
-        sequences_from = "local stand-in (pipeline not merged)"
+    train_table, eval_table = prepare_sequences(
+        log, user_field="user_id", item_field="item_id", time_field="timestamp", max_seq_len=args.max_seq_len
+    )
     item_ids = np.unique(log.column("item_id").to_numpy())
     items = ItemTable.from_arrow(pa.table({"id": item_ids, "weight": np.ones(len(item_ids))}))
     sampler = NegativeSampler(items, num_sample=args.neg_per_pos, item_id_field="item_id", seed=args.seed)
@@ -216,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "bench": "train_ml100k",
         "objective": args.objective,
-        "sequences_from": sequences_from,
+        "sequences_from": "negseq.pipeline.prepare_sequences",
         "users": eval_table.num_rows,
         "items": len(items),
         "epochs": epochs_done,

@@ -19,13 +19,7 @@ from negseq.model.inputs import history_feature, list_column
 from negseq.model.metrics import evaluate, item_counts, rank_metrics, target_ranks
 from negseq.sampler import ItemTable
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

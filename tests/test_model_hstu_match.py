@@ -8,14 +8,7 @@ from negseq.model.hstu_match import HSTUMatch, STUConfig
 from negseq.model.train import train
 from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core box: intra-op threads only contend (20x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 t = torch.tensor

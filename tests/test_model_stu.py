@@ -11,14 +11,7 @@ import torch
 
 from negseq.model.stu import STULayer, STUStack
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core box: intra-op threads only contend (20x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 D, HEADS, HIDDEN, ATTN = 8, 2, 3, 4

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from negseq.model.jagged import row_positions
+
 AttentionKernel = Callable[..., torch.Tensor]
 
 
@@ -40,14 +42,6 @@ def valid_attention_mask(
     return mask & in_row.unsqueeze(2) & in_row.unsqueeze(1)
 
 
-def _scatter_index(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, position) of every jagged value, to move between jagged and padded layouts."""
-    lengths = offsets[1:] - offsets[:-1]
-    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
-    positions = torch.arange(int(offsets[-1]), device=offsets.device) - offsets[rows]
-    return rows, positions
-
-
 def pytorch_hstu_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,7 +56,7 @@ def pytorch_hstu_attention(
 ) -> torch.Tensor:
     """Reference jagged HSTU attention. q, k: [L, H, Dqk]; v: [L, H, Dv]; returns [L, H, Dv]."""
     batch = offsets.numel() - 1
-    rows, positions = _scatter_index(offsets)
+    rows, positions = row_positions(offsets)
 
     def pad(x: torch.Tensor) -> torch.Tensor:
         padded = x.new_zeros(batch, max_len, *x.shape[1:])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from negseq.errors import NegseqError
-from negseq.model.jagged import prepend_rows
+from negseq.model.jagged import prepend_rows, row_positions
 
 
 def position_ids(
@@ -112,8 +112,7 @@ class HSTUPositionalEncoder(nn.Module):
     ) -> torch.Tensor:
         """x: jagged [L, D] (contextual prefix included); timestamps [L] or None."""
         lengths = offsets[1:] - offsets[:-1]
-        rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)
-        positions = torch.arange(x.shape[0], device=x.device) - offsets[rows]
+        rows, positions = row_positions(offsets)
         query_ts = None
         if timestamps is not None and self.time_emb is not None:
             last = torch.clamp(offsets[1:] - 1, min=0)

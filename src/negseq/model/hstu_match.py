@@ -157,15 +157,15 @@ class HSTUMatch(nn.Module):
             contextual_offsets=None if contextual is None else contextual.offsets,
         )
         timestamps = uih.timestamps
-        width = self.contextual_seq_len
-        if width and timestamps is not None:
-            padded_ts = timestamps.new_zeros(x.shape[0])
-            timestamps = padded_ts.index_copy(0, row_slots(uih.offsets, width), timestamps)
+        # where the history values sit among the contextual prefixes
+        slots = row_slots(uih.offsets, self.contextual_seq_len) if self.contextual_seq_len else None
+        if slots is not None and timestamps is not None:
+            timestamps = timestamps.new_zeros(x.shape[0]).index_copy(0, slots, timestamps)
         x = self.input_dropout(self.positional(x, offsets, timestamps))
         max_len = int((offsets[1:] - offsets[:-1]).max()) if lengths.numel() else 0
         x = self.stu(x, offsets, max_len)
-        if width:
-            x = x[row_slots(uih.offsets, width)]
+        if slots is not None:
+            x = x[slots]
         return self.user_norm(x)
 
     def user_embeddings(self, uih: JaggedFeature, contextual: JaggedFeature | None = None) -> torch.Tensor:
@@ -234,7 +234,7 @@ class HSTUMatch(nn.Module):
             table = batch.candidate.values.view(query.shape[0], 1 + batch.neg_per_pos)
             logits, mask = self._interleaved_logits(query, table[:, 0], table[:, 1:])
         else:
-            logits, mask = self._suffix_logits(batch, query, cand_pos_lengths)
+            logits, mask = self._suffix_logits(batch, query, query_rows, cand_pos_lengths)
         logits = logits / self.temperature
         loss = self.loss(logits, cand_pos_lengths, sample_weights)
         return {
@@ -269,7 +269,11 @@ class HSTUMatch(nn.Module):
         return logits.masked_fill(~mask, float("-inf")), mask
 
     def _suffix_logits(
-        self, batch: JaggedBatch, query: torch.Tensor, cand_pos_lengths: torch.Tensor
+        self,
+        batch: JaggedBatch,
+        query: torch.Tensor,
+        query_rows: torch.Tensor,
+        cand_pos_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         values, offsets = batch.candidate.values, batch.candidate.offsets
         num_shared, num_hard = batch.num_shared_negatives, batch.num_hard_negatives
@@ -285,7 +289,6 @@ class HSTUMatch(nn.Module):
                 "in the last row)"
             )
         num_queries = query.shape[0]
-        query_rows = _rows_of(cand_pos_lengths)
         pos_starts = torch.cumsum(cand_pos_lengths, 0) - cand_pos_lengths
         pos_index = (
             offsets[query_rows] + torch.arange(num_queries, device=values.device) - pos_starts[query_rows]

@@ -17,13 +17,18 @@ except Exception:  # pragma: no cover - exercised only where fbgemm cannot load
     BACKEND = "torch"
 
 
-def _padded_index(offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(value index, row, position) of every jagged value that fits in `max_len` columns."""
+def row_positions(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position within the row) of every jagged value, each [L]."""
     lengths = offsets[1:] - offsets[:-1]
     rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
-    value_index = torch.arange(rows.numel(), device=offsets.device)
-    positions = value_index - offsets[rows]
+    return rows, torch.arange(rows.numel(), device=offsets.device) - offsets[rows]
+
+
+def _padded_index(offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(value index, row, position) of every jagged value that fits in `max_len` columns."""
+    rows, positions = row_positions(offsets)
     keep = positions < max_len
+    value_index = torch.arange(rows.numel(), device=offsets.device)
     return value_index[keep], rows[keep], positions[keep]
 
 

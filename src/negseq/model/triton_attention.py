@@ -161,9 +161,10 @@ def _seq_and_head(offsets, order, H):
 
 
 @triton.jit
-def _fwd_step(
+def _query_block_step(
     acc,
     q,
+    do,
     k_base,
     v_base,
     offs_m,
@@ -178,16 +179,25 @@ def _fwd_step(
     HAS_MAX_ATTN_LEN: tl.constexpr,
     HAS_CONTEXTUAL: tl.constexpr,
     FAST_MATH: tl.constexpr,
+    GRAD: tl.constexpr,
     D_QK: tl.constexpr,
     D_V: tl.constexpr,
     BLOCK_D_QK: tl.constexpr,
     BLOCK_D_V: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    """Add one key block's share to a query block: the output `A v` (forward), or with GRAD
+    dQ's `dS k`, where dS = (dO v^T) * silu'(s). `do` is read only with GRAD."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D_QK), stride_kl, seq_len, D_QK, BLOCK_D_QK)
     v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_D_V), stride_vl, seq_len, D_V, BLOCK_D_V)
-    _, a = _sigmoid_silu(tl.dot(q, tl.trans(k)), alpha, FAST_MATH)
+    sig, a = _sigmoid_silu(tl.dot(q, tl.trans(k)), alpha, FAST_MATH)
+    if GRAD:
+        p = tl.dot(do, tl.trans(v)) * (sig + a * (1.0 - sig))
+        rhs = k
+    else:
+        p = a
+        rhs = v
     if MASK > 0:
         valid = _valid(
             offs_m[:, None],
@@ -199,8 +209,132 @@ def _fwd_step(
             HAS_MAX_ATTN_LEN,
             HAS_CONTEXTUAL,
         )
-        a = tl.where(valid, a, 0.0)
-    return tl.dot(a.to(v.dtype), v, acc)
+        p = tl.where(valid, p, 0.0)
+    return tl.dot(p.to(rhs.dtype), rhs, acc)
+
+
+@triton.jit
+def _query_block_loop(
+    acc,
+    q,
+    do,
+    k_base,
+    v_base,
+    offs_m,
+    start_m,
+    seq_len,
+    stride_kl,
+    stride_vl,
+    alpha,
+    max_attn_len,
+    contextual_seq_len,
+    HAS_MAX_ATTN_LEN: tl.constexpr,
+    HAS_CONTEXTUAL: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    GRAD: tl.constexpr,
+    D_QK: tl.constexpr,
+    D_V: tl.constexpr,
+    BLOCK_D_QK: tl.constexpr,
+    BLOCK_D_V: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """`_query_block_step` over every key block the query block sees (forward and dQ).
+
+    With a window or a contextual prefix every tile takes the full mask rule; otherwise the
+    keys strictly before the block need no mask and the diagonal block the causal one.
+    """
+    if HAS_MAX_ATTN_LEN or HAS_CONTEXTUAL:
+        lo, hi = _key_range(
+            start_m,
+            seq_len,
+            max_attn_len,
+            contextual_seq_len,
+            HAS_MAX_ATTN_LEN,
+            HAS_CONTEXTUAL,
+            BLOCK_M,
+            BLOCK_N,
+        )
+        for start_n in range(lo, hi, BLOCK_N):
+            acc = _query_block_step(
+                acc,
+                q,
+                do,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                2,
+                HAS_MAX_ATTN_LEN,
+                HAS_CONTEXTUAL,
+                FAST_MATH,
+                GRAD,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
+    else:
+        for start_n in range(0, start_m, BLOCK_N):
+            acc = _query_block_step(
+                acc,
+                q,
+                do,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                0,
+                False,
+                False,
+                FAST_MATH,
+                GRAD,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
+        for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, seq_len), BLOCK_N):
+            acc = _query_block_step(
+                acc,
+                q,
+                do,
+                k_base,
+                v_base,
+                offs_m,
+                start_n,
+                seq_len,
+                stride_kl,
+                stride_vl,
+                alpha,
+                max_attn_len,
+                contextual_seq_len,
+                1,
+                False,
+                False,
+                FAST_MATH,
+                GRAD,
+                D_QK,
+                D_V,
+                BLOCK_D_QK,
+                BLOCK_D_V,
+                BLOCK_N,
+            )
+    return acc
 
 
 @triton.jit
@@ -249,94 +383,32 @@ def _hstu_fwd_kernel(
         D_QK,
         BLOCK_D_QK,
     )
-    k_base = K + start * stride_kl + head * stride_kh
-    v_base = V + start * stride_vl + head * stride_vh
-    acc = tl.zeros([BLOCK_M, BLOCK_D_V], dtype=tl.float32)
-    if HAS_MAX_ATTN_LEN or HAS_CONTEXTUAL:
-        lo, hi = _key_range(
-            start_m,
-            seq_len,
-            max_attn_len,
-            contextual_seq_len,
-            HAS_MAX_ATTN_LEN,
-            HAS_CONTEXTUAL,
-            BLOCK_M,
-            BLOCK_N,
-        )
-        for start_n in range(lo, hi, BLOCK_N):
-            acc = _fwd_step(
-                acc,
-                q,
-                k_base,
-                v_base,
-                offs_m,
-                start_n,
-                seq_len,
-                stride_kl,
-                stride_vl,
-                alpha,
-                max_attn_len,
-                contextual_seq_len,
-                2,
-                HAS_MAX_ATTN_LEN,
-                HAS_CONTEXTUAL,
-                FAST_MATH,
-                D_QK,
-                D_V,
-                BLOCK_D_QK,
-                BLOCK_D_V,
-                BLOCK_N,
-            )
-    else:
-        # keys strictly before the block: no mask; then the diagonal block, causal mask
-        for start_n in range(0, start_m, BLOCK_N):
-            acc = _fwd_step(
-                acc,
-                q,
-                k_base,
-                v_base,
-                offs_m,
-                start_n,
-                seq_len,
-                stride_kl,
-                stride_vl,
-                alpha,
-                max_attn_len,
-                contextual_seq_len,
-                0,
-                False,
-                False,
-                FAST_MATH,
-                D_QK,
-                D_V,
-                BLOCK_D_QK,
-                BLOCK_D_V,
-                BLOCK_N,
-            )
-        for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, seq_len), BLOCK_N):
-            acc = _fwd_step(
-                acc,
-                q,
-                k_base,
-                v_base,
-                offs_m,
-                start_n,
-                seq_len,
-                stride_kl,
-                stride_vl,
-                alpha,
-                max_attn_len,
-                contextual_seq_len,
-                1,
-                False,
-                False,
-                FAST_MATH,
-                D_QK,
-                D_V,
-                BLOCK_D_QK,
-                BLOCK_D_V,
-                BLOCK_N,
-            )
+    # q stands in for dO, which the forward does not read
+    acc = _query_block_loop(
+        tl.zeros([BLOCK_M, BLOCK_D_V], dtype=tl.float32),
+        q,
+        q,
+        K + start * stride_kl + head * stride_kh,
+        V + start * stride_vl + head * stride_vh,
+        offs_m,
+        start_m,
+        seq_len,
+        stride_kl,
+        stride_vl,
+        alpha,
+        max_attn_len,
+        contextual_seq_len,
+        HAS_MAX_ATTN_LEN,
+        HAS_CONTEXTUAL,
+        FAST_MATH,
+        False,
+        D_QK,
+        D_V,
+        BLOCK_D_QK,
+        BLOCK_D_V,
+        BLOCK_M,
+        BLOCK_N,
+    )
     acc = acc * inv_n
     _store_rows(
         Out + start * stride_ol + head * stride_oh,
@@ -605,52 +677,6 @@ def _hstu_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_step(
-    dq,
-    q,
-    do,
-    k_base,
-    v_base,
-    offs_m,
-    start_n,
-    seq_len,
-    stride_kl,
-    stride_vl,
-    alpha,
-    max_attn_len,
-    contextual_seq_len,
-    MASK: tl.constexpr,
-    HAS_MAX_ATTN_LEN: tl.constexpr,
-    HAS_CONTEXTUAL: tl.constexpr,
-    FAST_MATH: tl.constexpr,
-    D_QK: tl.constexpr,
-    D_V: tl.constexpr,
-    BLOCK_D_QK: tl.constexpr,
-    BLOCK_D_V: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D_QK), stride_kl, seq_len, D_QK, BLOCK_D_QK)
-    v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_D_V), stride_vl, seq_len, D_V, BLOCK_D_V)
-    sig, a = _sigmoid_silu(tl.dot(q, tl.trans(k)), alpha, FAST_MATH)
-    dp = tl.dot(do, tl.trans(v))
-    ds = dp * (sig + a * (1.0 - sig))
-    if MASK > 0:
-        valid = _valid(
-            offs_m[:, None],
-            offs_n[None, :],
-            seq_len,
-            max_attn_len,
-            contextual_seq_len,
-            MASK,
-            HAS_MAX_ATTN_LEN,
-            HAS_CONTEXTUAL,
-        )
-        ds = tl.where(valid, ds, 0.0)
-    return tl.dot(ds.to(k.dtype), k, dq)
-
-
-@triton.jit
 def _hstu_bwd_dq_kernel(
     Q,
     K,
@@ -709,96 +735,31 @@ def _hstu_bwd_dq_kernel(
         D_V,
         BLOCK_D_V,
     )
-    k_base = K + start * stride_kl + head * stride_kh
-    v_base = V + start * stride_vl + head * stride_vh
-    dq = tl.zeros([BLOCK_M, BLOCK_D_QK], dtype=tl.float32)
-    if HAS_MAX_ATTN_LEN or HAS_CONTEXTUAL:
-        lo, hi = _key_range(
-            start_m,
-            seq_len,
-            max_attn_len,
-            contextual_seq_len,
-            HAS_MAX_ATTN_LEN,
-            HAS_CONTEXTUAL,
-            BLOCK_M,
-            BLOCK_N,
-        )
-        for start_n in range(lo, hi, BLOCK_N):
-            dq = _dq_step(
-                dq,
-                q,
-                do,
-                k_base,
-                v_base,
-                offs_m,
-                start_n,
-                seq_len,
-                stride_kl,
-                stride_vl,
-                alpha,
-                max_attn_len,
-                contextual_seq_len,
-                2,
-                HAS_MAX_ATTN_LEN,
-                HAS_CONTEXTUAL,
-                FAST_MATH,
-                D_QK,
-                D_V,
-                BLOCK_D_QK,
-                BLOCK_D_V,
-                BLOCK_N,
-            )
-    else:
-        for start_n in range(0, start_m, BLOCK_N):
-            dq = _dq_step(
-                dq,
-                q,
-                do,
-                k_base,
-                v_base,
-                offs_m,
-                start_n,
-                seq_len,
-                stride_kl,
-                stride_vl,
-                alpha,
-                max_attn_len,
-                contextual_seq_len,
-                0,
-                False,
-                False,
-                FAST_MATH,
-                D_QK,
-                D_V,
-                BLOCK_D_QK,
-                BLOCK_D_V,
-                BLOCK_N,
-            )
-        for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, seq_len), BLOCK_N):
-            dq = _dq_step(
-                dq,
-                q,
-                do,
-                k_base,
-                v_base,
-                offs_m,
-                start_n,
-                seq_len,
-                stride_kl,
-                stride_vl,
-                alpha,
-                max_attn_len,
-                contextual_seq_len,
-                1,
-                False,
-                False,
-                FAST_MATH,
-                D_QK,
-                D_V,
-                BLOCK_D_QK,
-                BLOCK_D_V,
-                BLOCK_N,
-            )
+    dq = _query_block_loop(
+        tl.zeros([BLOCK_M, BLOCK_D_QK], dtype=tl.float32),
+        q,
+        do,
+        K + start * stride_kl + head * stride_kh,
+        V + start * stride_vl + head * stride_vh,
+        offs_m,
+        start_m,
+        seq_len,
+        stride_kl,
+        stride_vl,
+        alpha,
+        max_attn_len,
+        contextual_seq_len,
+        HAS_MAX_ATTN_LEN,
+        HAS_CONTEXTUAL,
+        FAST_MATH,
+        True,
+        D_QK,
+        D_V,
+        BLOCK_D_QK,
+        BLOCK_D_V,
+        BLOCK_M,
+        BLOCK_N,
+    )
     dq = dq * (alpha * inv_n)
     _store_rows(
         DQ + start * stride_dql + head * stride_dqh,
