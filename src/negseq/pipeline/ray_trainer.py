@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
 
     report = train(
-        _unwrap(model),
+        model,  # through the DDP wrapper with several workers: it averages the gradients
         batches,
         optimizer=optimizer,
         max_steps=max_steps,
