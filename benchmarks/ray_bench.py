@@ -22,8 +22,9 @@ import pyarrow as pa
 import ray
 
 from negseq.pipeline.local_executor import LocalExecutor
-from negseq.pipeline.ray_executor import ActorPool, SamplingPlan, sampled_dataset, split_sampled_batches
-from negseq.pipeline.ray_trainer import TrainSettings, fit
+from negseq.pipeline.plans import SamplingPlan, TrainSettings
+from negseq.pipeline.ray_executor import ActorPool, sampled_dataset, split_sampled_batches
+from negseq.pipeline.ray_trainer import fit
 from negseq.pipeline.sequences import prepare_sequences
 from negseq.sampler import ItemTable, NegativeSampler
 from negseq.synthetic import generate_interactions

@@ -17,13 +17,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 from negseq.pipeline.io import read_manifest, verify_outputs  # noqa: E402
+from negseq.pipeline.plans import SamplingPlan, TrainSettings  # noqa: E402
 from negseq.pipeline.ray_executor import (  # noqa: E402
     ActorPool,
-    SamplingPlan,
     sampled_dataset,
     write_sampled_outputs,
 )
-from negseq.pipeline.ray_trainer import TrainSettings, fit  # noqa: E402
+from negseq.pipeline.ray_trainer import fit  # noqa: E402
 from negseq.sampler import ItemTable, NegativeSampler  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -202,7 +202,7 @@ def _sampler_config(job: RunJob) -> dict[str, Any]:
 
 
 def _train_settings(job: RunJob, num_items: int):
-    from negseq.pipeline.ray_trainer import TrainSettings
+    from negseq.pipeline.plans import TrainSettings
 
     model = job.sections["model"]
     time_buckets = int(model.get("num_time_buckets", 0))
@@ -292,7 +292,7 @@ def run_job(job: RunJob, *, quiet: bool = False) -> dict[str, Any]:
     from negseq.model.export import export, predict
     from negseq.model.metrics import evaluate
     from negseq.pipeline.io import config_hash
-    from negseq.pipeline.ray_executor import SamplingPlan
+    from negseq.pipeline.plans import SamplingPlan
     from negseq.sampler import ItemTable, build_sampler
 
     started = time.perf_counter()
@@ -409,7 +409,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 
     from negseq.model.train import TrainReport, make_optimizer, train
     from negseq.pipeline.local_executor import LocalExecutor
-    from negseq.pipeline.ray_trainer import build_model, train_metrics
+    from negseq.pipeline.plans import build_model
 
     job, settings, plan = stage.job, stage.settings, stage.plan
     model = build_model(settings)
@@ -449,4 +449,4 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
         total.seconds += report.seconds
         total.data_wait_seconds += report.data_wait_seconds
     model.to("cpu")
-    return model, train_metrics(total)
+    return model, total.metrics()

@@ -39,6 +39,19 @@ class TrainReport:
     def mean_loss(self) -> float:
         return sum(self.losses) / len(self.losses) if self.losses else float("nan")
 
+    def metrics(self, *, first_step: int = 0) -> dict[str, float | int]:
+        """What a training run reports, the same on Ray Train and in-process; `first_step` is
+        where a resumed run started."""
+        return {
+            "step": first_step + self.steps,
+            "loss": self.losses[-1] if self.losses else float("nan"),
+            "mean_loss": self.mean_loss,
+            "rows": self.rows,
+            "train_seconds": self.seconds,
+            "data_wait_seconds": self.data_wait_seconds,
+            "data_wait_fraction": self.data_wait_seconds / self.seconds if self.seconds else 0.0,
+        }
+
 
 def make_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW over all parameters (generative-recommenders trains HSTU with lr 1e-3)."""

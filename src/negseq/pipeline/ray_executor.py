@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,7 @@ from negseq.pipeline.io import (
     write_batch_output,
     write_manifest,
 )
+from negseq.pipeline.plans import SamplingPlan
 
 BATCH_INDEX = "batch_index"
 EPOCH = "epoch"
@@ -36,20 +37,6 @@ EPOCH = "epoch"
 # however Ray Data bundles them (the suffix layout's shared negatives sit on a batch's last row).
 BATCH_KEY = "_negseq_batch"
 DESCRIPTORS_PER_TASK = 4  # amortizes Ray Data's per-task overhead over several batches
-
-
-@dataclass(frozen=True)
-class SamplingPlan:
-    """How a source table is cut into keyed batches and how each is sampled."""
-
-    batch_size: int
-    layout: Literal["interleaved", "suffix"]
-    neg_per_pos: int | None = None
-    seq_delim: str = ";"
-    training: bool = True
-
-    def num_batches(self, num_rows: int) -> int:
-        return -(-num_rows // self.batch_size)
 
 
 @dataclass(frozen=True)

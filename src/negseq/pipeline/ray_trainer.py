@@ -12,7 +12,6 @@ import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +20,14 @@ import ray.train
 import ray.train.torch
 import torch
 
-from negseq.model.hstu_match import HSTUMatch, STUConfig
-from negseq.model.train import TrainReport, make_optimizer, train
+from negseq.model.hstu_match import HSTUMatch
+from negseq.model.train import make_optimizer, train
 from negseq.pipeline.jagged import to_jagged_batch
 from negseq.pipeline.jagged_batch import JaggedBatch
+from negseq.pipeline.plans import TrainSettings, build_model
 from negseq.pipeline.ray_executor import split_sampled_batches
 
 STATE_FILE = "state.pt"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What every worker needs to build the model and read its shard.
-
-    `model` holds `HSTUMatch`'s keyword arguments (with `max_seq_len` and `layout`, which the
-    shard's collation reads from there too) and `stu` those of its `STUConfig`."""
-
-    model: dict[str, Any]
-    candidate_field: str
-    stu: dict[str, Any] = field(default_factory=dict)
-    uih_field: str = "uih"
-    timestamp_field: str | None = None
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    checkpoint_every: int = 50
-    max_steps: int | None = None
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.model["max_seq_len"]
-
-    @property
-    def layout(self) -> str:
-        return self.model["layout"]
-
-
-def build_model(settings: TrainSettings) -> HSTUMatch:
-    return HSTUMatch(**settings.model, stu=STUConfig(**settings.stu))
 
 
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
@@ -70,20 +40,6 @@ def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     _unwrap(model).load_state_dict(state["model"])
     return state
-
-
-def train_metrics(report: TrainReport, *, first_step: int = 0) -> dict[str, Any]:
-    """What a training run reports, the same on Ray Train and in-process; `first_step` is
-    where a resumed run started."""
-    return {
-        "step": first_step + report.steps,
-        "loss": report.losses[-1] if report.losses else float("nan"),
-        "mean_loss": report.mean_loss,
-        "rows": report.rows,
-        "train_seconds": report.seconds,
-        "data_wait_seconds": report.data_wait_seconds,
-        "data_wait_fraction": report.data_wait_seconds / report.seconds if report.seconds else 0.0,
-    }
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -143,7 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         on_step=on_step,
         quiet=True,
     )
-    metrics = {**train_metrics(report, first_step=start_step), "resumed_from_step": start_step}
+    metrics = {**report.metrics(first_step=start_step), "resumed_from_step": start_step}
     with tempfile.TemporaryDirectory() as folder:
         save_state(Path(folder), model, optimizer, metrics["step"])
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
