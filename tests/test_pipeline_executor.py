@@ -16,6 +16,7 @@ from negseq.pipeline import (
     to_jagged_batch,
     verify_outputs,
 )
+from negseq.pipeline.plans import SamplingPlan
 from negseq.sampler import EdgeTable, HardNegativeSampler, ItemTable, NegativeSampler
 
 ITEM_IDS = np.arange(100, 200, dtype=np.int64)
@@ -151,3 +152,13 @@ def test_iter_jagged_in_order(items):
     out = list(executor.iter_jagged(batches, items=items, uih_field="uih", max_seq_len=3))
     assert [jb.uih.values.numel() for jb in out] == [1, 2, 3, 3, 3]
     assert all(jb.neg_per_pos == 2 and jb.candidate.values.numel() == 6 for jb in out)
+
+
+def test_sampling_plan_cuts_batches_by_row_number_whatever_the_chunks():
+    # chunks of 5 and 7 rows: to_batches(max_chunksize=4) would cut [0..3], [4], [5..8], [9..11]
+    table = pa.concat_tables([pa.table({"x": list(range(5))}), pa.table({"x": list(range(5, 12))})])
+    plan = SamplingPlan(batch_size=4, layout="interleaved")
+    cut = [plan.batch(table, i).column("x").to_pylist() for i in range(plan.num_batches(table.num_rows))]
+    assert cut == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    with pytest.raises(NegseqError, match="batch 3 is past the end"):
+        plan.batch(table, 3)

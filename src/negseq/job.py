@@ -416,7 +416,8 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     device = "cuda" if torch.cuda.is_available() and job.get("train", "use_gpu") is not False else "cpu"
     model.to(device)
-    batches = stage.train_table.to_batches(max_chunksize=plan.batch_size)
+    table = stage.train_table
+    batches = [plan.batch(table, i) for i in range(plan.num_batches(table.num_rows))]
     total = TrainReport(optimizer)  # the epochs' reports, summed
     for epoch in stage.epochs:
         executor = LocalExecutor(

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pyarrow as pa
+
+from negseq.errors import NegseqError
 from negseq.model.hstu_match import HSTUMatch, STUConfig
 
 
@@ -24,6 +27,14 @@ class SamplingPlan:
 
     def num_batches(self, num_rows: int) -> int:
         return -(-num_rows // self.batch_size)
+
+    def batch(self, source: pa.Table, batch_index: int) -> pa.RecordBatch:
+        """Source rows [i * batch_size, (i + 1) * batch_size) as one batch: every executor cuts
+        them here, so a (seed, epoch, batch_index) key samples the same rows on any of them."""
+        rows = source.slice(batch_index * self.batch_size, self.batch_size).combine_chunks().to_batches()
+        if not rows:
+            raise NegseqError(f"batch {batch_index} is past the end of the source table")
+        return rows[0]
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,9 @@ class SampleAndCombine:
         self.out_format = out_format
 
     def sample(self, epoch: int, batch_index: int) -> tuple[pa.Table, dict[str, int], int]:
-        size = self.plan.batch_size
-        batch = self.source.slice(batch_index * size, size).combine_chunks().to_batches()
-        if not batch:
-            raise NegseqError(f"batch {batch_index} is past the end of the source table")
+        batch = self.plan.batch(self.source, batch_index)
         out, stats = sample_candidates_and_stats(
-            batch[0],
+            batch,
             self.sampler,
             layout=self.plan.layout,
             neg_per_pos=self.plan.neg_per_pos,
@@ -85,7 +82,7 @@ class SampleAndCombine:
             batch_index=batch_index,
             training=self.plan.training,
         )
-        return pa.Table.from_batches([out]), stats, batch[0].num_rows
+        return pa.Table.from_batches([out]), stats, batch.num_rows
 
     def __call__(self, descriptors: pa.Table) -> pa.Table:
         epochs = descriptors.column(EPOCH).to_pylist()
