@@ -22,21 +22,30 @@ print(json.dumps({"train": result["train"], "model": result["model"]}))
 """
 
 
-@pytest.mark.timeout(300)
-def test_the_local_executor_runs_a_job_without_ray(tmp_path):
+def _run_without_ray(job: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_WITHOUT_RAY, str(job)], capture_output=True, text=True, timeout=280
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(600)
+def test_the_local_executor_runs_a_job_without_ray_and_repeats_it(tmp_path):
     text = (REPO / "tests" / "data" / "tiny_job.toml").read_text()
     text = text.replace("OUTPUT_DIR", str(tmp_path / "out")).replace("[ray]\n", '[ray]\nexecutor = "local"\n')
     text = text.replace("write_samples = false", "write_samples = true")
     job = tmp_path / "job.toml"
     job.write_text(text)
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN_WITHOUT_RAY, str(job)], capture_output=True, text=True, timeout=280
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _run_without_ray(job)
     assert result["train"]["step"] == 3  # [train] max_steps
     assert math.isfinite(result["train"]["loss"]) and result["train"]["rows"] > 0
     assert 0.0 <= result["model"]["HR@10"] <= 1.0
     samples = tmp_path / "out" / "samples"
     assert verify_outputs(samples) == []
     assert json.loads((samples / "_manifest.json").read_text())["sampler_stats"]["draws"] > 0
+    # [train] seed (default 0) fixes the initial weights: a second run trains and scores the same
+    again = _run_without_ray(job)
+    for key in ("step", "loss", "mean_loss", "rows"):
+        assert again["train"][key] == result["train"][key], key
+    assert again["model"] == result["model"]

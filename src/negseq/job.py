@@ -11,7 +11,7 @@ max_seq_len = 200
 num_sample = 32
 [candidates]    # layout, neg_per_pos, seq_delim, batch_size
 [model]         # HSTUMatch settings (objective "autoregressive" or "last")
-[train]         # epochs, lr, max_steps, num_workers, use_gpu, checkpoint_every, eval_ks
+[train]         # epochs, lr, max_steps, num_workers, use_gpu, checkpoint_every, eval_ks, seed
 [ray]           # executor "ray" (default) or "local"; address; num_cpus; actor pool size
 [output]        # dir, write_samples, format
 ```
@@ -78,6 +78,7 @@ _SECTIONS: dict[str, set[str]] = {
         "use_gpu",
         "eval_ks",
         "max_failures",
+        "seed",
     },
     "ray": {"executor", "address", "num_cpus", "min_actors", "max_actors", "actor_cpus", "local_workers"},
     "output": {"dir", "write_samples", "format"},
@@ -233,6 +234,7 @@ def _train_settings(job: RunJob, num_items: int):
         weight_decay=float(job.get("train", "weight_decay", 0.0)),
         checkpoint_every=int(job.get("train", "checkpoint_every", 50)),
         max_steps=job.get("train", "max_steps"),
+        seed=int(job.get("train", "seed", 0)),
     )
 
 

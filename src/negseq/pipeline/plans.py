@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
+import torch
 
 from negseq.errors import NegseqError
 from negseq.model.hstu_match import HSTUMatch, STUConfig
@@ -53,6 +54,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     checkpoint_every: int = 50
     max_steps: int | None = None
+    seed: int = 0  # the model's initial weights and dropout draws
 
     @property
     def max_seq_len(self) -> int:
@@ -64,4 +66,6 @@ class TrainSettings:
 
 
 def build_model(settings: TrainSettings) -> HSTUMatch:
+    """The model with its initial weights drawn from `settings.seed` (the same on every worker)."""
+    torch.manual_seed(settings.seed)
     return HSTUMatch(**settings.model, stu=STUConfig(**settings.stu))
