@@ -20,6 +20,7 @@ _COIN_SHIFT = np.uint64(32)
 _MAX_THRESHOLD = 0xFFFFFFFF
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 _PREFETCH_AHEAD = 4  # positives
+_PICK_AHEAD = 32  # draws; on the 1M-item bench 16 is 20% slower, 64 the same
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SIGNATURE_WORDS = 4  # 256 bits a user
 _SIGNATURE_SHIFT = np.uint64(56)
@@ -92,6 +93,27 @@ def _pick(word: np.uint64, table: np.ndarray, pool: np.ndarray) -> np.int64:
 
 
 @numba.njit(inline="always")
+def _pick_all(words: np.ndarray, drawn: np.ndarray, table: np.ndarray, pool: np.ndarray) -> None:
+    """drawn[i] = _pick(words[i], ...), prefetching the table (or pool) entry of a later draw.
+
+    Without it, a draw's random load waits for the CPU to reach it; with it, about
+    `_PICK_AHEAD` loads are in flight (the draws take half the time on the 1M-item bench).
+    """
+    m = words.shape[0]
+    last = m - 1
+    if table.shape[0]:
+        columns = np.uint64(table.shape[0] >> 1)
+        for i in range(m):
+            prefetch(table, 2 * np.int64(mulhi(words[min(i + _PICK_AHEAD, last)], columns)))
+            drawn[i] = _pick(words[i], table, pool)
+    else:
+        columns = np.uint64(pool.shape[0])
+        for i in range(m):
+            prefetch(pool, np.int64(mulhi(words[min(i + _PICK_AHEAD, last)], columns)))
+            drawn[i] = _pick(words[i], table, pool)
+
+
+@numba.njit(inline="always")
 def _redraw_rounds(rows, table, pool, key0, key1, max_retries, keep_hits, context):
     """Fill `rows` by drawing, then redraw hits for up to `max_retries` rounds.
 
@@ -115,8 +137,7 @@ def _redraw_rounds(rows, table, pool, key0, key1, max_retries, keep_hits, contex
         counter += m
         # Contiguous stores only: stores through `slots` here would make every table load
         # wait on the addresses of the stores before it.
-        for i in range(m):
-            drawn[i] = _pick(words[i], table, pool)
+        _pick_all(words[:m], drawn[:m], table, pool)
         for i in range(m):
             rows[slots[i]] = drawn[i]
         slots = slots[: keep_hits(slots, rows, context)]
