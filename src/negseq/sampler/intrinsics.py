@@ -1,4 +1,4 @@
-"""Two CPU instructions numba does not expose: the high word of a 64-bit multiply, and a prefetch."""
+"""CPU operations numba does not expose: a 64-bit multiply-high, a prefetch, and a byte copy."""
 
 from __future__ import annotations
 
@@ -37,6 +37,26 @@ def prefetch(typingctx, array, index):
         signature_ir = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, signature_ir, "llvm.prefetch.p0")
         builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def copy_bytes(typingctx, dst, dst_start, src, src_start, count):
+    """dst[dst_start:dst_start + count] = src[src_start:src_start + count] as one memcpy (uint8 arrays).
+
+    A byte loop over short values runs a few cycles a byte; memcpy moves them in words.
+    """
+    sig = types.void(dst, types.int64, src, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        dst_array, dst_start, src_array, src_start, count = args
+        dst_data = context.make_array(signature.args[0])(context, builder, dst_array).data
+        src_data = context.make_array(signature.args[2])(context, builder, src_array).data
+        cgutils.raw_memcpy(
+            builder, builder.gep(dst_data, [dst_start]), builder.gep(src_data, [src_start]), count, 1
+        )
         return context.get_dummy_value()
 
     return sig, codegen

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from negseq.errors import NegseqError
-from negseq.sampler import kernels
+from negseq.sampler import gather, kernels
 from negseq.sampler.csr import UserItemsCSR, hard_items_csr, positive_items_csr
 from negseq.sampler.tables import EdgeTable, ItemTable
 
@@ -183,7 +183,7 @@ class _Sampler:
             if len(hard_rows) == 0:
                 hard_indices = None
         attrs = self.items.attributes
-        ids, hard_ids = self.items.ids[rows], self.items.ids[hard_rows]
+        ids, hard_ids = gather.take_numpy(self.items.ids, rows), gather.take_numpy(self.items.ids, hard_rows)
         negatives = attrs(rows, self.attr_fields, self.item_id_field, ids)
         assert negatives.num_rows == total, (
             f"{type(self).__name__}: {negatives.num_rows} negatives, promised {total}"

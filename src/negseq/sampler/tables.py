@@ -16,6 +16,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
+from negseq.sampler import gather
 from negseq.sampler.id_index import IdIndex
 
 FORMATS = ("parquet", "ipc", "csv", "graphlearn")
@@ -286,13 +287,12 @@ class ItemTable:
     def attributes(
         self, rows: np.ndarray, fields: Sequence[str], item_id_field: str, ids: np.ndarray | None = None
     ) -> pa.RecordBatch:
-        """The `fields` of the given rows, gathered with Arrow `take`.
+        """The `fields` of the given rows, gathered by `gather.take` (Arrow `take`'s result).
 
         A field named `item_id_field` that is not a column is the `id` column, as TorchEasyRec's
         `attr_fields` lists the item id among the attributes. `ids`, when the caller already
         gathered `self.ids[rows]`, becomes that column without a second gather.
         """
-        indices = pa.array(rows, pa.int64())
         columns = []
         for name in fields:
             source_name = name if name in self.table.column_names else "id"
@@ -301,7 +301,7 @@ class ItemTable:
             if source_name == "id" and ids is not None:
                 columns.append(pa.array(ids, pa.int64()))
             else:
-                columns.append(self.table[source_name].chunk(0).take(indices))  # one chunk: see __init__
+                columns.append(gather.take(self.table[source_name].chunk(0), rows))  # one chunk: see __init__
         return pa.RecordBatch.from_arrays(columns, names=list(fields))
 
 
