@@ -161,3 +161,24 @@ def test_attr_field_naming_the_item_id_is_the_id_column(tmp_path):
     gathered = items.attributes(np.array([1, 0]), ["item_id", "title"], "item_id")
     assert gathered.column("item_id").to_pylist() == [20, 10]
     assert gathered.column("title").to_pylist() == ["b", "a"]
+
+
+def test_attributes_reuse_gathered_ids_only_for_columns_equal_to_id():
+    table = pa.table(
+        {
+            "id": [10, 20, 30],
+            "item_id": [10, 20, 30],  # the id again: filled from the caller's gathered ids
+            "shifted": [11, 21, 31],  # int64 but not the id: gathered
+            "ids_as_int32": pa.array([10, 20, 30], pa.int32()),  # the id, other type: gathered
+        }
+    )
+    items = ItemTable.from_arrow(table)
+    rows = np.array([2, 0, 2])
+    fields = ["item_id", "shifted", "ids_as_int32"]
+    wrong_ids = np.array([-1, -2, -3])  # what a reused column would show
+    gathered = items.attributes(rows, fields, "item_id", ids=wrong_ids)
+    assert gathered.column("item_id").to_pylist() == [-1, -2, -3]
+    assert gathered.column("shifted").to_pylist() == [31, 11, 31]
+    assert gathered.column("ids_as_int32").to_pylist() == [30, 10, 30]
+    assert gathered.schema.field("ids_as_int32").type == pa.int32()
+    assert items.attributes(rows, fields, "item_id").column("item_id").to_pylist() == [30, 10, 30]

@@ -219,6 +219,14 @@ class ItemTable:
             raise NegseqError(f"{source}: column 'id', rows {rows}: duplicate id {dup_id}")
         table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(self.ids))
         self.table = table.combine_chunks()
+        # int64 columns holding the ids again (TorchEasyRec's item_id attribute): gathered once.
+        self._id_copies = frozenset(
+            field.name
+            for field in self.table.schema
+            if field.name != "id"
+            and field.type == pa.int64()
+            and self.table[field.name].equals(self.table["id"])
+        )
 
     @classmethod
     def from_arrow(
@@ -291,14 +299,15 @@ class ItemTable:
 
         A field named `item_id_field` that is not a column is the `id` column, as TorchEasyRec's
         `attr_fields` lists the item id among the attributes. `ids`, when the caller already
-        gathered `self.ids[rows]`, becomes that column without a second gather.
+        gathered `self.ids[rows]`, becomes that column, and any int64 column equal to `id`,
+        without a second gather.
         """
         columns = []
         for name in fields:
             source_name = name if name in self.table.column_names else "id"
             if source_name == "id" and name != item_id_field and name != "id":
                 raise NegseqError(f"{self.source}: attr field {name!r} is not a column of the item table")
-            if source_name == "id" and ids is not None:
+            if (source_name == "id" or source_name in self._id_copies) and ids is not None:
                 columns.append(pa.array(ids, pa.int64()))
             else:
                 columns.append(gather.take(self.table[source_name].chunk(0), rows))  # one chunk: see __init__
