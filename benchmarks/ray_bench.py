@@ -58,7 +58,7 @@ def _ray_rate(train: pa.Table, sampler_ref, source_ref, actors: int) -> tuple[fl
     dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, PLAN, pool, epochs=[0])
     rows, first, first_at = 0, 0, 0.0
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        size = sum(b.num_rows for b in split_sampled_batches(block))
+        size = sum(b.num_rows for _, b in split_sampled_batches(block))
         if not rows:
             first, first_at = size, time.perf_counter()
         rows += size

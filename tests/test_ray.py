@@ -19,8 +19,10 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 from negseq.pipeline.io import read_manifest, verify_outputs  # noqa: E402
 from negseq.pipeline.plans import SamplingPlan, TrainSettings  # noqa: E402
 from negseq.pipeline.ray_executor import (  # noqa: E402
+    BATCH_KEY,
     ActorPool,
     sampled_dataset,
+    split_sampled_batches,
     write_sampled_outputs,
 )
 from negseq.pipeline.ray_trainer import fit  # noqa: E402
@@ -176,17 +178,31 @@ def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
     assert metrics["resumed_from_step"] == 0
 
 
+def _reversed_batches(dataset) -> ray.data.Dataset:
+    """The same sampled batches, arriving last first (as another actor schedule may deliver them)."""
+    blocks = ray.get(dataset.to_arrow_refs())
+    batches = [(key, table) for block in blocks for key, table in split_sampled_batches(block)]
+    return ray.data.from_arrow(
+        [
+            table.append_column(BATCH_KEY, pa.array(np.full(table.num_rows, key, np.int64)))
+            for key, table in sorted(batches, key=lambda pair: pair[0], reverse=True)
+        ]
+    )
+
+
 def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
     # What a retried trainer does after a failure: the same run (name, storage) picks up its latest
-    # checkpoint, restores model and optimizer, and skips the batches it already trained on.
+    # checkpoint, restores model and optimizer, and skips the batches it already trained on, by
+    # key: the restarted run's batches arrive in another order (two or more sampler actors).
     storage, items = tmp_path / "train", _sampler().items
     _, first = fit(
         _settings(2, 6), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
     )
     assert first["step"] == 6 and first["resumed_from_step"] == 0
+    assert first["distinct_batches_trained"] == 6
     _, second = fit(
-        _settings(2, 10),
-        _dataset(320, 16, 4),
+        _settings(2, 100),  # to the end of the data: 20 batches
+        _reversed_batches(_dataset(320, 16, 4)),
         items,
         storage_path=storage,
         name="r",
@@ -194,7 +210,8 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
         resume=True,
     )
     assert second["resumed_from_step"] == 6
-    assert second["step"] == 10
+    # every batch trained once: skipping the first 6 to arrive would train 6 twice and 6 never
+    assert second["step"] == 20 and second["distinct_batches_trained"] == 20
     _, fresh = fit(
         _settings(2, 4), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
     )

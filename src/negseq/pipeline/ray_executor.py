@@ -152,14 +152,15 @@ def sampled_dataset(
     )
 
 
-def split_sampled_batches(block: pa.Table) -> Iterator[pa.Table]:
-    """The sampled batches in a block of `sampled_dataset`, whole and in order, key column dropped."""
+def split_sampled_batches(block: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """(key, batch) for the sampled batches in a block of `sampled_dataset`, whole and in order;
+    key = epoch << 32 | batch_index, the key column dropped from the batch."""
     keys = block.column(BATCH_KEY).to_numpy()
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
     ends = np.append(starts[1:], len(keys))
     body = block.drop_columns([BATCH_KEY])
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield body.slice(start, end - start)
+        yield int(keys[start]), body.slice(start, end - start)
 
 
 def write_sampled_outputs(

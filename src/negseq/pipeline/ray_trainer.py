@@ -4,17 +4,22 @@ The loop is the model's `train` function; this module adds what a distributed ru
 the worker's device (GPU when the run asked for one), resuming from the last checkpoint
 after a worker failure, checkpoints every `checkpoint_every` steps, and the trainer's
 time blocked on its data iterator as a reported metric.
+
+A checkpoint records the keys of the batches trained so far, one file a worker (Ray Train
+merges the workers' files into one folder). A resumed run skips exactly those batches:
+Ray Data does not keep the batches' order across two or more sampler actors, so skipping
+the first N to arrive would retrain some batches and never train others.
 """
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -28,16 +33,31 @@ from negseq.pipeline.plans import TrainSettings, build_model
 from negseq.pipeline.ray_executor import split_sampled_batches
 
 STATE_FILE = "state.pt"
+TRAINED_FILE = "trained_batches_rank{rank}.npy"  # int64 keys of the batches trained so far
 
 
-def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+def save_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    trained: list[int] | None = None,
+) -> None:
+    """Model, optimizer and step; with `trained`, this worker's trained batch keys beside them."""
     state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}
     torch.save(state, path / STATE_FILE)
+    if trained is not None:
+        rank = ray.train.get_context().get_world_rank()
+        np.save(path / TRAINED_FILE.format(rank=rank), np.asarray(trained, np.int64))
 
 
 def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
+    """Loads the model's weights; returns the state with "trained": every worker's batch keys."""
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        files = sorted(Path(folder).glob(TRAINED_FILE.format(rank="*")))
+        # Each worker's file repeats the keys of the run it resumed: keep each key once.
+        state["trained"] = list(dict.fromkeys(int(key) for path in files for key in np.load(path)))
     _unwrap(model).load_state_dict(state["model"])
     return state
 
@@ -46,21 +66,27 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _jagged_batches(settings: TrainSettings, items: Any, skip: int) -> Iterator[JaggedBatch]:
-    """The shard's batches after the first `skip` (trained before a restart), collated."""
+def _jagged_batches(
+    settings: TrainSettings, items: Any, skip: set[int], trained: list[int]
+) -> Iterator[JaggedBatch]:
+    """The shard's batches whose key is not in `skip`, collated; appends each key to `trained`
+    as its batch is handed over (the loop trains a batch before it asks for the next)."""
     shard = ray.train.get_dataset_shard("train")
     blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-    tables = (batch for block in blocks for batch in split_sampled_batches(block))
-    for table in itertools.islice(tables, skip, None):
-        yield to_jagged_batch(
-            table,
-            items=items,
-            uih_field=settings.uih_field,
-            candidate_field=settings.candidate_field,
-            timestamp_field=settings.timestamp_field,
-            max_seq_len=settings.max_seq_len,
-            layout=settings.layout,  # type: ignore[arg-type]
-        )
+    for block in blocks:
+        for key, table in split_sampled_batches(block):
+            if key in skip:
+                continue
+            trained.append(key)
+            yield to_jagged_batch(
+                table,
+                items=items,
+                uih_field=settings.uih_field,
+                candidate_field=settings.candidate_field,
+                timestamp_field=settings.timestamp_field,
+                max_seq_len=settings.max_seq_len,
+                layout=settings.layout,  # type: ignore[arg-type]
+            )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -71,20 +97,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(settings)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     start_step = 0
+    trained: list[int] = []  # batch keys: every worker's before a restart, then this worker's
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = load_model_state(checkpoint, model)
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
+        trained = state["trained"]
     model = ray.train.torch.prepare_model(model)
-    batches = _jagged_batches(settings, items, skip=start_step)
+    batches = _jagged_batches(settings, items, skip=set(trained), trained=trained)
     max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
 
     def on_step(step: int, loss: float) -> None:
         done = start_step + step
         if done % settings.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
-                save_state(Path(folder), model, optimizer, done)
+                save_state(Path(folder), model, optimizer, done, trained)
                 ray.train.report(
                     {"step": done, "loss": loss},
                     checkpoint=ray.train.Checkpoint.from_directory(folder),
@@ -99,9 +127,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         on_step=on_step,
         quiet=True,
     )
-    metrics = {**report.metrics(first_step=start_step), "resumed_from_step": start_step}
+    metrics = {
+        **report.metrics(first_step=start_step),
+        "resumed_from_step": start_step,
+        "distinct_batches_trained": len(set(trained)),  # rank 0's, restarts included
+    }
     with tempfile.TemporaryDirectory() as folder:
-        save_state(Path(folder), model, optimizer, metrics["step"])
+        save_state(Path(folder), model, optimizer, metrics["step"], trained)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
