@@ -137,6 +137,25 @@ def _rank_each_user(indptr: np.ndarray, rows: np.ndarray, item_ids: np.ndarray, 
             rows[j], item_ids[j], weights[j] = row, item, weight
 
 
+@numba.njit(cache=True, nogil=True)
+def distinct_rows(rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """The distinct values of `rows` (each in [0, num_rows)), ascending, as int32; a bitmap
+    pass (np.bincount would first copy int32 rows to int64, 8 bytes an edge)."""
+    seen = np.zeros(num_rows, np.bool_)
+    count = 0
+    for r in rows:
+        if not seen[r]:
+            seen[r] = True
+            count += 1
+    out = np.empty(count, np.int32)
+    k = 0
+    for r in range(num_rows):
+        if seen[r]:
+            out[k] = r
+            k += 1
+    return out
+
+
 def _group_by_user(edges: EdgeTable) -> tuple[IdIndex, np.ndarray]:
     """The edges' distinct users and indptr (each user's edge count, summed), from one pass."""
     counter = _UserCounter(len(edges))

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from negseq.errors import NegseqError
 from negseq.sampler import kernels
-from negseq.sampler.csr import UserItemsCSR, hard_items_csr, positive_items_csr
+from negseq.sampler.csr import UserItemsCSR, distinct_rows, hard_items_csr, positive_items_csr
 from negseq.sampler.tables import EdgeTable, ItemTable
 
 Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
@@ -276,7 +276,7 @@ class NegativeSamplerV2(_Sampler):
         )
         self._positives: UserItemsCSR = positive_items_csr(pos_edges, items)
         self._signatures = kernels.user_signatures(self._positives.indptr, self._positives.items)
-        self._pool = np.flatnonzero(np.bincount(self._positives.items, minlength=len(items))).astype(np.int32)
+        self._pool = distinct_rows(self._positives.items, len(items))
         if len(self._pool) == 0:
             raise NegseqError(f"{pos_edges.source}: the positive edge table is empty")
         self.weighted = weighted
