@@ -2,7 +2,8 @@
 
 The builders stream the edge table in batches (`EdgeTable.batches`): one pass counts each
 user's edges, a second scatters every batch's item rows straight into the CSR, so no
-per-edge array other than the CSR itself (and, for hard negatives, its sort keys) is held.
+per-edge array other than the CSR itself (and, for hard negatives, the weights to rank by)
+is held.
 """
 
 from __future__ import annotations
@@ -88,17 +89,14 @@ def _scatter_ranked(
     fill: np.ndarray,
     user_rows: np.ndarray,
     item_rows: np.ndarray,
-    item_ids: np.ndarray,
     weights: np.ndarray,
     out_rows: np.ndarray,
-    out_ids: np.ndarray,
     out_weights: np.ndarray,
 ) -> None:
     for e in range(user_rows.shape[0]):
         u = user_rows[e]
         slot = fill[u]
         out_rows[slot] = item_rows[e]
-        out_ids[slot] = item_ids[e]
         out_weights[slot] = weights[e]
         fill[u] = slot + 1
 
@@ -121,20 +119,21 @@ def _sort_each_user(indptr: np.ndarray, items: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _rank_each_user(indptr: np.ndarray, rows: np.ndarray, item_ids: np.ndarray, weights: np.ndarray) -> None:
-    """Each user's edges by weight descending, then item id ascending, ties in edge order, in
-    place (a stable insertion sort: hard-negative lists are short)."""
+def _rank_each_user(indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray, item_ids: np.ndarray) -> None:
+    """Each user's edges by weight descending, then item id (`item_ids[row]`) ascending, ties in
+    edge order, in place (a stable insertion sort: hard-negative lists are short)."""
     for u in range(indptr.shape[0] - 1):
         lo = indptr[u]
         for e in range(lo + 1, indptr[u + 1]):
-            row, item, weight = rows[e], item_ids[e], weights[e]
+            row, weight = rows[e], weights[e]
+            item = item_ids[row]
             j = e
             while j > lo and (
-                weights[j - 1] < weight or (weights[j - 1] == weight and item_ids[j - 1] > item)
+                weights[j - 1] < weight or (weights[j - 1] == weight and item_ids[rows[j - 1]] > item)
             ):
-                rows[j], item_ids[j], weights[j] = rows[j - 1], item_ids[j - 1], weights[j - 1]
+                rows[j], weights[j] = rows[j - 1], weights[j - 1]
                 j -= 1
-            rows[j], item_ids[j], weights[j] = row, item, weight
+            rows[j], weights[j] = row, weight
 
 
 @numba.njit(cache=True, nogil=True)
@@ -189,14 +188,13 @@ def hard_items_csr(edges: EdgeTable, items: ItemTable) -> UserItemsCSR:
     users, indptr = _group_by_user(edges)
     fill = indptr[:-1].copy()
     out = np.empty(len(edges), np.int32)
-    out_ids = np.empty(len(edges), np.int64)
     out_weights = np.empty(len(edges), np.float64)
     known = KnownItems(edges, items)
     for start, user_ids, item_ids, weights in edges.batches(weights=True):
         item_rows = known.rows(item_ids, start)
         if known.first is None:
             user_rows = users.rows(user_ids, np.int32)
-            _scatter_ranked(fill, user_rows, item_rows, item_ids, weights, out, out_ids, out_weights)
+            _scatter_ranked(fill, user_rows, item_rows, weights, out, out_weights)
     known.check()
-    _rank_each_user(indptr, out, out_ids, out_weights)
+    _rank_each_user(indptr, out, out_weights, items.ids)
     return UserItemsCSR(users, indptr, out)
