@@ -214,3 +214,21 @@ def test_loading_from_parquet_does_not_import_pandas(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=110, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_parquet_file_read_a_column_at_a_time_equals_arrow_read(tmp_path, small_batches):
+    table = pa.table(
+        {
+            "id": pa.array(range(40), pa.int64()),
+            "title": pa.array([None if i % 5 == 0 else f"t{i}" * (i % 3) for i in range(40)]),
+            "tags": pa.array([[i, i + 1] for i in range(40)]),
+            "score": pa.array([i / 4 for i in range(40)], pa.float32()),
+        }
+    ).replace_schema_metadata({"origin": "test"})
+    path = _write(table, tmp_path / "items.parquet", 9)
+    read = tables.read_table(path)
+    assert read.equals(pq.read_table(path), check_metadata=True)
+    assert all(column.num_chunks == 1 for column in read.columns)
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(table.slice(0, 0), empty)
+    assert tables.read_table(empty).equals(pq.read_table(empty), check_metadata=True)

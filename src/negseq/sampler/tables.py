@@ -101,6 +101,31 @@ def _read_text(path: Path, delimiter: str, typed_header: bool) -> pa.Table:
     return table
 
 
+def _read_parquet_file(path: Path) -> pa.Table:
+    """One Parquet file, a column at a time in small batches concatenated once, in this thread.
+
+    `ParquetFile.read` grows each column's buffers by doubling, in Arrow's worker threads:
+    the memory pool keeps the outgrown buffers (freed from another thread), about 40 MiB of
+    RSS on the benchmark's 49 MiB item table for as long as the process lives. Here each
+    column's buffers are allocated once at their final size, and the batches' small buffers
+    are reused batch after batch; the table's values and schema are the same.
+    """
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    if parquet.metadata.num_rows == 0:
+        return parquet.read()
+    columns = []
+    for name in parquet.schema_arrow.names:
+        batches = parquet.iter_batches(batch_size=EDGE_BATCH_ROWS, columns=[name], use_threads=False)
+        chunks = [batch.column(0) for batch in batches]
+        try:
+            columns.append(pa.chunked_array([pa.concat_arrays(chunks)]))
+        except (pa.ArrowInvalid, pa.ArrowCapacityError):  # e.g. over 2 GiB of strings: keep the chunks
+            columns.append(pa.chunked_array(chunks))
+        del chunks
+    pa.default_memory_pool().release_unused()
+    return pa.Table.from_arrays(columns, schema=parquet.schema_arrow)
+
+
 def read_table(path: str | Path, *, format: str | None = None, field_delimiter: str = "\t") -> pa.Table:
     """Read a whole table from any supported format (graph-learn TSV keeps its `feature` string)."""
     path = Path(path)
@@ -110,13 +135,9 @@ def read_table(path: str | Path, *, format: str | None = None, field_delimiter: 
     if fmt not in FORMATS:
         raise NegseqError(f"{path}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "parquet":
-        # One file: the plain Parquet reader. pq.read_table goes through Arrow Dataset, whose
-        # code and buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s.
-        # No pre-buffering, a 1 MiB read buffer: the reader holds a buffer's worth of each
-        # column chunk, not the whole file (about 30 MiB of peak on the benchmark's items).
-        if path.is_file():
-            return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).read()
-        return pq.read_table(path)
+        # One file: the plain Parquet reader (pq.read_table goes through Arrow Dataset, whose
+        # code and buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s).
+        return _read_parquet_file(path) if path.is_file() else pq.read_table(path)
     if fmt == "ipc":
         return feather.read_table(path)
     if fmt == "csv":
@@ -552,14 +573,19 @@ class _ParquetEdges:
         read = [c for c in columns if c in self._columns]
         parquet = self._open(self.metadata)
         start = 0
-        for batch in parquet.iter_batches(batch_size=EDGE_BATCH_ROWS, columns=read, use_threads=False):
-            table = pa.Table.from_batches([batch])
-            yield (
-                start,
-                _int64_column(table, "userid", self.source, start) if "userid" in columns else None,
-                _int64_column(table, "itemid", self.source, start) if "itemid" in columns else None,
-                _weight_column(table, "weight", self.source, allow_all_zero=True, row_offset=start)
-                if "weight" in columns
-                else None,
-            )
-            start += batch.num_rows
+        try:
+            for batch in parquet.iter_batches(batch_size=EDGE_BATCH_ROWS, columns=read, use_threads=False):
+                table = pa.Table.from_batches([batch])
+                yield (
+                    start,
+                    _int64_column(table, "userid", self.source, start) if "userid" in columns else None,
+                    _int64_column(table, "itemid", self.source, start) if "itemid" in columns else None,
+                    _weight_column(table, "weight", self.source, allow_all_zero=True, row_offset=start)
+                    if "weight" in columns
+                    else None,
+                )
+                start += batch.num_rows
+        finally:
+            # The pool keeps the pages of the pass's freed buffers committed (mimalloc's purge
+            # delay): 20-30 MiB of RSS after streaming the benchmark's 5M edges, 3 once released.
+            pa.default_memory_pool().release_unused()
