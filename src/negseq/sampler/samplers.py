@@ -17,7 +17,7 @@ import pyarrow as pa
 from negseq.errors import NegseqError
 from negseq.sampler import kernels
 from negseq.sampler.csr import UserItemsCSR, distinct_rows, hard_items_csr, positive_items_csr
-from negseq.sampler.tables import EdgeTable, ItemTable
+from negseq.sampler.tables import EdgeTable, ItemTable, numeric_values
 
 Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
 _KEY_LIMIT = 1 << 32  # epoch and batch_index share the generator's second key word
@@ -61,7 +61,7 @@ def _column(batch: Batch, name: str, role: str) -> np.ndarray:
     if column.null_count:
         nulls = np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))
         raise NegseqError(f"batch: column {name!r}, row {int(nulls[0])}: null id")
-    return column.to_numpy().astype(np.int64, copy=False)
+    return numeric_values(column).astype(np.int64, copy=False)  # to_numpy would import pandas
 
 
 class HardNegativeIndex:
