@@ -232,3 +232,9 @@ def test_parquet_file_read_a_column_at_a_time_equals_arrow_read(tmp_path, small_
     empty = tmp_path / "empty.parquet"
     pq.write_table(table.slice(0, 0), empty)
     assert tables.read_table(empty).equals(pq.read_table(empty), check_metadata=True)
+
+
+def test_parquet_file_with_repeated_column_names_reads_whole(tmp_path):
+    table = pa.Table.from_arrays([pa.array([1, 2]), pa.array(["a", "b"])], names=["id", "id"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    assert tables.read_table(tmp_path / "dup.parquet").equals(table)
