@@ -15,6 +15,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
+from negseq.sampler.arrow_numpy import arrow_int64
 from negseq.sampler.intrinsics import copy_bytes, prefetch
 
 _AHEAD = 16  # rows; on the 1M-item bench 8 is slower, 32 the same or slower
@@ -122,7 +123,7 @@ def _take_variable_width(array: pa.Array, rows: np.ndarray, offset_dtype: type) 
     _check(_value_spans(offsets, rows, starts, out_offsets), rows, len(array))
     total = int(out_offsets[-1])
     if offset_dtype is np.int32 and total > _INT32_MAX:
-        return array.take(pa.array(rows))  # Arrow says what overflows; nothing is cut here
+        return array.take(arrow_int64(rows))  # Arrow says what overflows; nothing is cut here
     out = np.empty(total, np.uint8)
     _copy_values(data, starts, out_offsets, out)
     buffers = [None, pa.py_buffer(out_offsets.astype(offset_dtype, copy=False)), pa.py_buffer(out)]
@@ -139,4 +140,4 @@ def take(array: pa.Array, rows: np.ndarray) -> pa.Array:
         offset_dtype = _OFFSETS.get(array.type)
         if offset_dtype is not None:
             return _take_variable_width(array, rows, offset_dtype)
-    return array.take(pa.array(rows))
+    return array.take(arrow_int64(rows))

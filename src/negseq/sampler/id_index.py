@@ -66,13 +66,6 @@ def _compact(ids: np.ndarray) -> bool:
     return len(ids) > 0 and ids.min() >= 0 and ids.max() < _DIRECT_SLOTS_PER_ID * len(ids) + 1024
 
 
-def distinct_ids(ids: np.ndarray) -> np.ndarray:
-    """Sorted distinct ids; a counting pass when ids are compact, else a sort."""
-    if _compact(ids):
-        return np.flatnonzero(np.bincount(ids)).astype(np.int64)
-    return np.unique(ids)
-
-
 class IdIndex:
     """Row of each id in `ids`, and -1 for ids it does not hold."""
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from negseq.errors import NegseqError
 from negseq.sampler import gather, kernels
-from negseq.sampler.csr import UserItemsCSR, hard_items_csr, positive_items_csr
+from negseq.sampler.arrow_numpy import numeric_values
+from negseq.sampler.csr import UserItemsCSR, distinct_rows, hard_items_csr, positive_items_csr
 from negseq.sampler.tables import EdgeTable, ItemTable
 
 Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
@@ -61,7 +62,7 @@ def _column(batch: Batch, name: str, role: str) -> np.ndarray:
     if column.null_count:
         nulls = np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))
         raise NegseqError(f"batch: column {name!r}, row {int(nulls[0])}: null id")
-    return column.to_numpy().astype(np.int64, copy=False)
+    return numeric_values(column).astype(np.int64, copy=False)  # to_numpy would import pandas
 
 
 class HardNegativeIndex:
@@ -276,7 +277,7 @@ class NegativeSamplerV2(_Sampler):
         )
         self._positives: UserItemsCSR = positive_items_csr(pos_edges, items)
         self._signatures = kernels.user_signatures(self._positives.indptr, self._positives.items)
-        self._pool = np.flatnonzero(np.bincount(self._positives.items, minlength=len(items))).astype(np.int32)
+        self._pool = distinct_rows(self._positives.items, len(items))
         if len(self._pool) == 0:
             raise NegseqError(f"{pos_edges.source}: the positive edge table is empty")
         self.weighted = weighted

@@ -5,7 +5,8 @@ Every bad table fails here, naming file, column and row, so a sampler never sees
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
 from negseq.sampler import gather
+from negseq.sampler.arrow_numpy import arrow_int64, numeric_values
 from negseq.sampler.id_index import IdIndex
 
 FORMATS = ("parquet", "ipc", "csv", "graphlearn")
@@ -30,6 +32,10 @@ _EXTENSIONS = {
 }
 # graph-learn's header types -> Arrow types.
 _GL_TYPES = {"int64": pa.int64(), "int32": pa.int64(), "float": pa.float64(), "string": pa.string()}
+# Rows a Parquet file is read in (and an edge table validated and streamed in): batches this
+# small keep a pass's buffers (Arrow's and numpy's) to a few MiB whatever the table's size.
+# 16K rather than 64K rows: 10 MiB less peak on the benchmark's load, 0.1 s more.
+EDGE_BATCH_ROWS = 1 << 14
 
 
 def _detect_format(path: Path, field_delimiter: str) -> str:
@@ -51,8 +57,11 @@ def _first_row(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
     return int(np.flatnonzero(values)[0])
 
 
-def _cast_strings(column: pa.ChunkedArray, target: pa.DataType, source: str, name: str) -> pa.ChunkedArray:
-    """Cast a string column, empty string -> null; an unparsable value names its row."""
+def _cast_strings(
+    column: pa.ChunkedArray, target: pa.DataType, source: str, name: str, row_offset: int = 0
+) -> pa.ChunkedArray:
+    """Cast a string column, empty string -> null; an unparsable value names its row
+    (`row_offset`: the table row of the column's first value)."""
     column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
     try:
         return column.cast(target)
@@ -64,7 +73,7 @@ def _cast_strings(column: pa.ChunkedArray, target: pa.DataType, source: str, nam
                 pa.array([value], pa.string()).cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise NegseqError(
-                    f"{source}: column {name!r}, row {row}: cannot parse {value!r} as {target}"
+                    f"{source}: column {name!r}, row {row + row_offset}: cannot parse {value!r} as {target}"
                 ) from None
         raise
 
@@ -98,6 +107,32 @@ def _read_text(path: Path, delimiter: str, typed_header: bool) -> pa.Table:
     return table
 
 
+def _read_parquet_file(path: Path) -> pa.Table:
+    """One Parquet file, a column at a time in small batches concatenated once, in this thread.
+
+    After `ParquetFile.read` of the benchmark's 49 MiB item table, Arrow's memory pool kept
+    about 40 MiB more committed (outgrown buffers; `release_unused` gave back half), for as
+    long as the process lives. Here each column's buffers are allocated once at their final
+    size, the batches' small buffers are freed as they go, and the pool then gives them
+    back: about 4 MiB kept. The table's values and schema are the same.
+    """
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    names = parquet.schema_arrow.names
+    if parquet.metadata.num_rows == 0 or len(set(names)) < len(names):  # columns=[name] needs unique names
+        return parquet.read()
+    columns = []
+    for name in names:
+        batches = parquet.iter_batches(batch_size=EDGE_BATCH_ROWS, columns=[name], use_threads=False)
+        chunks = [batch.column(0) for batch in batches]
+        try:
+            columns.append(pa.chunked_array([pa.concat_arrays(chunks)]))
+        except (pa.ArrowInvalid, pa.ArrowCapacityError):  # e.g. over 2 GiB of strings: keep the chunks
+            columns.append(pa.chunked_array(chunks))
+        del chunks
+    pa.default_memory_pool().release_unused()
+    return pa.Table.from_arrays(columns, schema=parquet.schema_arrow)
+
+
 def read_table(path: str | Path, *, format: str | None = None, field_delimiter: str = "\t") -> pa.Table:
     """Read a whole table from any supported format (graph-learn TSV keeps its `feature` string)."""
     path = Path(path)
@@ -107,9 +142,9 @@ def read_table(path: str | Path, *, format: str | None = None, field_delimiter: 
     if fmt not in FORMATS:
         raise NegseqError(f"{path}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "parquet":
-        # One file: the plain Parquet reader. pq.read_table goes through Arrow Dataset, whose
-        # code and buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s.
-        return pq.ParquetFile(path).read() if path.is_file() else pq.read_table(path)
+        # One file: the plain Parquet reader (pq.read_table goes through Arrow Dataset, whose
+        # code and buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s).
+        return _read_parquet_file(path) if path.is_file() else pq.read_table(path)
     if fmt == "ipc":
         return feather.read_table(path)
     if fmt == "csv":
@@ -144,10 +179,10 @@ def _int64_column(table: pa.Table, name: str, source: str, row_offset: int = 0) 
         row = _first_row(pc.is_null(column)) + row_offset
         raise NegseqError(f"{source}: column {name!r}, row {row}: null id")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        column = _cast_strings(column, pa.int64(), source, name)
+        column = _cast_strings(column, pa.int64(), source, name, row_offset)
     elif not pa.types.is_integer(column.type):
         raise NegseqError(f"{source}: column {name!r} must hold integer ids, found {column.type}")
-    return column.to_numpy().astype(np.int64, copy=False)
+    return numeric_values(column).astype(np.int64, copy=False)
 
 
 def _weight_column(
@@ -157,13 +192,13 @@ def _weight_column(
         return np.ones(table.num_rows, dtype=np.float64)
     column = table[name]
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        column = _cast_strings(column, pa.float64(), source, name)
+        column = _cast_strings(column, pa.float64(), source, name, row_offset)
     if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
         raise NegseqError(f"{source}: column {name!r} must be numeric, found {column.type}")
     if column.null_count:
         row = _first_row(pc.is_null(column)) + row_offset
         raise NegseqError(f"{source}: column {name!r}, row {row}: null weight")
-    weights = column.to_numpy().astype(np.float64, copy=False)
+    weights = numeric_values(column).astype(np.float64, copy=False)
     bad = ~(weights >= 0) | ~np.isfinite(weights)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -217,7 +252,7 @@ class ItemTable:
         if dup_id is not None:
             rows = np.flatnonzero(self.ids == dup_id)[:2].tolist()
             raise NegseqError(f"{source}: column 'id', rows {rows}: duplicate id {dup_id}")
-        table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(self.ids))
+        table = table.set_column(table.schema.get_field_index("id"), "id", arrow_int64(self.ids))
         self.table = table.combine_chunks()
         # int64 columns holding the ids again (TorchEasyRec's item_id attribute): gathered once.
         self._id_copies = frozenset(
@@ -308,7 +343,7 @@ class ItemTable:
             if source_name == "id" and name != item_id_field and name != "id":
                 raise NegseqError(f"{self.source}: attr field {name!r} is not a column of the item table")
             if (source_name == "id" or source_name in self._id_copies) and ids is not None:
-                columns.append(pa.array(ids, pa.int64()))
+                columns.append(arrow_int64(ids))
             else:
                 columns.append(gather.take(self.table[source_name].chunk(0), rows))  # one chunk: see __init__
         return pa.RecordBatch.from_arrays(columns, names=list(fields))
@@ -331,18 +366,23 @@ def _cast_to_schema(table: pa.Table, schema: pa.Schema | Mapping[str, pa.DataTyp
 class EdgeTable:
     """User -> item edges from `userid`, `itemid`, `weight` columns (positive or hard-negative edges).
 
-    Held as numpy arrays only; Parquet is read a row group at a time into them, so loading
-    millions of edges never holds the Arrow table and its copy at once. `weights` is None
-    when the caller does not need them (they are still validated).
+    `read` validates every row. An edge table read from one Parquet file then keeps the
+    file open, not its rows: a sampler streams the file again, a batch at a time, into its
+    CSR, so loading millions of edges never holds them as int64 arrays next to the CSR's
+    buffers. `user_ids`, `item_ids` and `weights` read the whole file into numpy arrays the
+    first time they are asked for. A file changed after `read` is an error when it is
+    streamed again. Other sources are held as numpy arrays. `weights` is None when the
+    caller does not need them (they are still validated).
     """
 
     def __init__(
         self, user_ids: np.ndarray, item_ids: np.ndarray, weights: np.ndarray | None, *, source: str
     ) -> None:
         self.source = source
-        self.user_ids = user_ids
-        self.item_ids = item_ids
-        self.weights = weights
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = (user_ids, item_ids, weights)
+        self._num_rows = len(user_ids)
+        self._keep_weights = weights is not None
+        self._parquet: _ParquetEdges | None = None
 
     @classmethod
     def from_arrow(
@@ -367,34 +407,157 @@ class EdgeTable:
         if fmt != "parquet" or path.is_dir():
             table = read_table(path, format=format, field_delimiter=field_delimiter)
             return cls.from_arrow(table, source=str(path), keep_weights=keep_weights)
-        parquet = pq.ParquetFile(path)
-        _require_columns(parquet.schema_arrow, ["userid", "itemid"], str(path))
-        columns = [c for c in ("userid", "itemid", "weight") if c in parquet.schema_arrow.names]
-        num_rows = parquet.metadata.num_rows
-        users = np.empty(num_rows, np.int64)
-        items = np.empty(num_rows, np.int64)
-        weights = np.empty(num_rows, np.float64) if keep_weights else None
-        start = 0
-        for batch in parquet.iter_batches(batch_size=1 << 20, columns=columns):
-            end = start + batch.num_rows
-            b_users, b_items, b_weights = _edge_arrays(pa.Table.from_batches([batch]), str(path), start)
-            users[start:end], items[start:end] = b_users, b_items
-            if weights is not None:
-                weights[start:end] = b_weights
-            start = end
-        return cls(users, items, weights, source=str(path))
+        parquet = _ParquetEdges(path)
+        for _start, _users, _items, _weights in parquet.batches(("userid", "itemid", "weight")):
+            pass  # every batch is validated as it is converted
+        edges = cls.__new__(cls)
+        edges.source = str(path)
+        edges._arrays = None
+        edges._num_rows = parquet.num_rows
+        edges._keep_weights = keep_weights
+        edges._parquet = parquet
+        return edges
+
+    def __reduce__(self):
+        return _edge_table, (self.user_ids, self.item_ids, self.weights, self.source)
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self._loaded()[0]
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self._loaded()[1]
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        return self._loaded()[2]
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether `weights` holds the weights (read with keep_weights=True)."""
+        return self._keep_weights
+
+    def _loaded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The three arrays, read from the file the first time (then held like any other table's)."""
+        if self._arrays is None:
+            users = np.empty(self._num_rows, np.int64)
+            items = np.empty(self._num_rows, np.int64)
+            weights = np.empty(self._num_rows, np.float64) if self._keep_weights else None
+            for start, b_users, b_items, b_weights in self.batches(weights=self._keep_weights):
+                end = start + len(b_users)
+                users[start:end], items[start:end] = b_users, b_items
+                if weights is not None:
+                    weights[start:end] = b_weights
+            self._arrays = (users, items, weights)
+        return self._arrays
+
+    def batches(
+        self, *, users: bool = True, items: bool = True, weights: bool = False
+    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, np.ndarray | None]]:
+        """(first row, user ids, item ids, weights) of consecutive batches of at most
+        `EDGE_BATCH_ROWS` rows, each array None unless asked for; weights need `keep_weights`."""
+        if weights and not self._keep_weights:
+            raise ValueError(f"{self.source}: the edge weights were not kept (keep_weights=False)")
+        if self._arrays is None:
+            assert self._parquet is not None
+            wanted = (("userid", users), ("itemid", items), ("weight", weights))
+            yield from self._parquet.batches(tuple(n for n, want in wanted if want), check_unchanged=True)
+            return
+        arrays = self._arrays
+        for start in range(0, self._num_rows, EDGE_BATCH_ROWS):
+            end = start + EDGE_BATCH_ROWS
+            yield (
+                start,
+                arrays[0][start:end] if users else None,
+                arrays[1][start:end] if items else None,
+                arrays[2][start:end] if weights else None,
+            )
 
     def __len__(self) -> int:
-        return len(self.user_ids)
+        return self._num_rows
 
-    def check_items_known(self, items: ItemTable) -> np.ndarray:
-        """Item rows (int32) of every edge; an edge to an item missing from the catalogue is an error."""
-        rows = items.index.rows(self.item_ids, np.int32)
-        unknown = np.flatnonzero(rows < 0)
-        if len(unknown):
-            row = int(unknown[0])
-            raise NegseqError(
-                f"{self.source}: column 'itemid', row {row}: item {int(self.item_ids[row])} "
-                f"is not in the item table {items.source} ({len(unknown)} such edges)"
-            )
+
+class KnownItems:
+    """Item rows of an edge table's batches; after the last batch, `check` raises if an edge
+    named an item missing from the catalogue (its first such row, and how many there were)."""
+
+    def __init__(self, edges: EdgeTable, items: ItemTable) -> None:
+        self.edges = edges
+        self.items = items
+        self.first: tuple[int, int] | None = None
+        self.count = 0
+
+    def rows(self, item_ids: np.ndarray, start: int) -> np.ndarray:
+        rows = self.items.index.rows(item_ids, np.int32)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            if self.first is None:
+                self.first = (start + int(missing[0]), int(item_ids[missing[0]]))
+            self.count += len(missing)
         return rows
+
+    def check(self) -> None:
+        if self.first is not None:
+            row, item = self.first
+            raise NegseqError(
+                f"{self.edges.source}: column 'itemid', row {row}: item {item} "
+                f"is not in the item table {self.items.source} ({self.count} such edges)"
+            )
+
+
+def _edge_table(
+    user_ids: np.ndarray, item_ids: np.ndarray, weights: np.ndarray | None, source: str
+) -> EdgeTable:
+    """Unpickle an EdgeTable (a file-backed one travels as its arrays)."""
+    return EdgeTable(user_ids, item_ids, weights, source=source)
+
+
+class _ParquetEdges:
+    """One open Parquet edge file, read in validated batches of at most `EDGE_BATCH_ROWS` rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.source = str(path)
+        # The file stays open: a later pass reads what was validated even if the path is
+        # removed or replaced; a change to the file itself is caught by its size and mtime.
+        self._file = pa.OSFile(str(path))
+        self._stat = self._identity()
+        parquet = self._open()
+        _require_columns(parquet.schema_arrow, ["userid", "itemid"], self.source)
+        self._columns = parquet.schema_arrow.names
+        self.metadata = parquet.metadata
+        self.num_rows = parquet.metadata.num_rows
+
+    def _identity(self) -> tuple[int, int]:
+        stat = os.fstat(self._file.fileno())
+        return stat.st_size, stat.st_mtime_ns
+
+    def _open(self, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+        # pre_buffer=False and a read buffer: the reader holds a buffer's worth of a column
+        # chunk, not whole row groups.
+        return pq.ParquetFile(self._file, metadata=metadata, pre_buffer=False, buffer_size=1 << 20)
+
+    def batches(
+        self, columns: tuple[str, ...], *, check_unchanged: bool = False
+    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, np.ndarray | None]]:
+        if check_unchanged and self._identity() != self._stat:
+            raise NegseqError(f"{self.source}: the file changed after it was read; read the edge table again")
+        read = [c for c in columns if c in self._columns]
+        parquet = self._open(self.metadata)
+        start = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=EDGE_BATCH_ROWS, columns=read, use_threads=False):
+                table = pa.Table.from_batches([batch])
+                yield (
+                    start,
+                    _int64_column(table, "userid", self.source, start) if "userid" in columns else None,
+                    _int64_column(table, "itemid", self.source, start) if "itemid" in columns else None,
+                    _weight_column(table, "weight", self.source, allow_all_zero=True, row_offset=start)
+                    if "weight" in columns
+                    else None,
+                )
+                start += batch.num_rows
+        finally:
+            # The pool keeps the pages of the pass's freed buffers committed (mimalloc's purge
+            # delay): 20-30 MiB of RSS after streaming the benchmark's 5M edges, 3 once released.
+            pa.default_memory_pool().release_unused()
