@@ -88,3 +88,25 @@ def test_out_of_range_row_is_named(bad):
     ):
         with pytest.raises(IndexError, match=rf"rows\[2\] = {bad} is out of range for a column of 5 rows"):
             call()
+
+
+def test_take_reads_a_buffer_longer_than_its_values():
+    # A valid array over a buffer whose size is no multiple of the value width (foreign or
+    # hand-made buffers): Arrow takes from it, so the kernels must too.
+    ten_bytes = pa.py_buffer(np.arange(2, dtype=np.int64).tobytes()[:10])
+    ints = pa.Array.from_buffers(pa.int64(), 1, [None, ten_bytes])
+    offsets = pa.py_buffer(np.array([0, 1, 3], np.int32).tobytes() + b"\0")
+    strings = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"abc")])
+    for array in (ints, strings, strings.slice(1)):
+        rows = np.zeros(3, np.int64)
+        assert gather.take(array, rows).equals(array.take(pa.array(rows)))
+
+
+def test_take_refuses_offsets_outside_the_data():
+    # Offsets past the data buffer pass Arrow's cheap validation (only the last offset is
+    # checked); the copy must not read beyond the buffer.
+    offsets = pa.py_buffer(np.array([0, 100_000, 1], np.int32))
+    array = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"x")])
+    message = r"row 0: bytes \[0, 100000\) outside the column's 1 data bytes"
+    with pytest.raises(pa.ArrowInvalid, match=message):
+        gather.take(array, np.array([0, 1]))

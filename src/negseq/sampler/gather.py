@@ -54,11 +54,13 @@ def _take_values(values: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.in
 
 @numba.njit(cache=True, nogil=True)
 def _value_spans(
-    offsets: np.ndarray, rows: np.ndarray, starts: np.ndarray, out_offsets: np.ndarray
+    offsets: np.ndarray, data_size: int, rows: np.ndarray, starts: np.ndarray, out_offsets: np.ndarray
 ) -> np.int64:
     """starts[k]: where row k's bytes begin; out_offsets: the gathered array's offsets.
 
-    Returns the position of an out-of-range row (nothing written), or -1.
+    Returns the position of a row out of range, or of one whose bytes are not within
+    [0, data_size) (offsets that Arrow's cheap validation lets through), or -1; nothing is
+    copied here, so the copy never reads outside the data.
     """
     bad = _first_out_of_range(rows, offsets.shape[0] - 1)
     if bad >= 0:
@@ -70,9 +72,11 @@ def _value_spans(
     for k in range(n):
         prefetch(offsets, rows[min(k + _AHEAD, last)])
         row = rows[k]
-        start = np.int64(offsets[row])
+        start, end = np.int64(offsets[row]), np.int64(offsets[row + 1])
+        if start < 0 or end < start or end > data_size:
+            return np.int64(k)
         starts[k] = start
-        total += np.int64(offsets[row + 1]) - start
+        total += end - start
         out_offsets[k + 1] = total
     return bad
 
@@ -106,9 +110,14 @@ def _fixed_width_dtype(array: pa.Array) -> type | None:
     return _UNSIGNED.get(kind.bit_width)
 
 
+def _view(buffer: pa.Buffer, dtype: type, offset: int, count: int) -> np.ndarray:
+    """`count` values of `dtype` from value `offset` of an Arrow buffer (of any size)."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(buffer, dtype, count, offset * itemsize)
+
+
 def _take_fixed_width(array: pa.Array, rows: np.ndarray, dtype: type) -> pa.Array:
-    buffer = array.buffers()[1]
-    values = np.frombuffer(buffer, dtype)[array.offset : array.offset + len(array)]
+    values = _view(array.buffers()[1], dtype, array.offset, len(array))
     out = np.empty(len(rows), dtype)
     _check(_take_values(values, rows, out), rows, len(values))
     return pa.Array.from_buffers(array.type, len(rows), [None, pa.py_buffer(out)])
@@ -116,11 +125,18 @@ def _take_fixed_width(array: pa.Array, rows: np.ndarray, dtype: type) -> pa.Arra
 
 def _take_variable_width(array: pa.Array, rows: np.ndarray, offset_dtype: type) -> pa.Array:
     _, offsets_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offsets_buffer, offset_dtype)[array.offset : array.offset + len(array) + 1]
+    offsets = _view(offsets_buffer, offset_dtype, array.offset, len(array) + 1)
     data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
     starts = np.empty(len(rows), np.int64)
     out_offsets = np.empty(len(rows) + 1, np.int64)
-    _check(_value_spans(offsets, rows, starts, out_offsets), rows, len(array))
+    bad = _value_spans(offsets, len(data), rows, starts, out_offsets)
+    if bad >= 0 and 0 <= rows[bad] < len(array):
+        row = int(rows[bad])
+        raise pa.ArrowInvalid(
+            f"row {row}: bytes [{int(offsets[row])}, {int(offsets[row + 1])}) outside the column's "
+            f"{len(data)} data bytes"
+        )
+    _check(bad, rows, len(array))
     total = int(out_offsets[-1])
     if offset_dtype is np.int32 and total > _INT32_MAX:
         return array.take(arrow_int64(rows))  # Arrow says what overflows; nothing is cut here
