@@ -115,6 +115,37 @@ def test_file_removed_after_read_still_streams_changed_file_is_an_error(tmp_path
         positive_items_csr(changed, items)
 
 
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        (
+            {"userid": pa.float64(), "itemid": pa.int64()},
+            "column 'userid' must hold integer ids, found double",
+        ),
+        (
+            {"userid": pa.int64(), "itemid": pa.int64(), "weight": pa.bool_()},
+            "column 'weight' must be numeric",
+        ),
+    ],
+)
+def test_empty_file_with_a_bad_column_type_fails_as_from_arrow_does(tmp_path, columns, message):
+    path = tmp_path / "edges.parquet"
+    pq.write_table(pa.schema(columns).empty_table(), path)
+    for read in (
+        lambda: EdgeTable.read(path),
+        lambda: EdgeTable.from_arrow(pq.read_table(path), source=str(path)),
+    ):
+        with pytest.raises(NegseqError, match=f"{path}: {message}"):
+            read()
+
+
+def test_missing_parquet_file_is_named(tmp_path):
+    path = tmp_path / "none.parquet"
+    for kwargs in ({}, {"format": "parquet"}):
+        with pytest.raises(NegseqError, match=f"{path}: no such file or directory"):
+            EdgeTable.read(path, **kwargs)
+
+
 def _with_value(table: pa.Table, name: str, row: int, value, typ=None) -> pa.Table:
     values = table[name].to_pylist()
     values[row] = value

@@ -404,7 +404,7 @@ class EdgeTable:
     ) -> EdgeTable:
         path = Path(path)
         fmt = format or (_detect_format(path, field_delimiter) if path.exists() else None)
-        if fmt != "parquet" or path.is_dir():
+        if fmt != "parquet" or not path.is_file():  # read_table names a missing path
             table = read_table(path, format=format, field_delimiter=field_delimiter)
             return cls.from_arrow(table, source=str(path), keep_weights=keep_weights)
         parquet = _ParquetEdges(path)
@@ -523,7 +523,9 @@ class _ParquetEdges:
         self._file = pa.OSFile(str(path))
         self._stat = self._identity()
         parquet = self._open()
-        _require_columns(parquet.schema_arrow, ["userid", "itemid"], self.source)
+        # Columns and types from the schema, as `from_arrow` checks them: an empty file has no
+        # batch to check. (schema.empty_table() would import pandas.)
+        _edge_arrays(pa.Table.from_batches([], parquet.schema_arrow), self.source, 0)
         self._columns = parquet.schema_arrow.names
         self.metadata = parquet.metadata
         self.num_rows = parquet.metadata.num_rows
