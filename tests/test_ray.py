@@ -178,14 +178,15 @@ def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
     assert metrics["resumed_from_step"] == 0
 
 
-def _reversed_batches(dataset) -> ray.data.Dataset:
-    """The same sampled batches, arriving last first (as another actor schedule may deliver them)."""
+def _one_block_a_batch(dataset, *, reverse: bool = False) -> ray.data.Dataset:
+    """The same sampled batches materialized, one block each, by key (reversed: as another actor
+    schedule may deliver them)."""
     blocks = ray.get(dataset.to_arrow_refs())
     batches = [(key, table) for block in blocks for key, table in split_sampled_batches(block)]
     return ray.data.from_arrow(
         [
             table.append_column(BATCH_KEY, pa.array(np.full(table.num_rows, key, np.int64)))
-            for key, table in sorted(batches, key=lambda pair: pair[0], reverse=True)
+            for key, table in sorted(batches, key=lambda pair: pair[0], reverse=reverse)
         ]
     )
 
@@ -202,7 +203,7 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
     assert first["distinct_batches_trained"] == 6
     _, second = fit(
         _settings(2, 100),  # to the end of the data: 20 batches
-        _reversed_batches(_dataset(320, 16, 4)),
+        _one_block_a_batch(_dataset(320, 16, 4), reverse=True),
         items,
         storage_path=storage,
         name="r",
@@ -216,3 +217,21 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
         _settings(2, 4), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
     )
     assert fresh["resumed_from_step"] == 0 and fresh["step"] == 4  # a new run starts over
+
+
+def test_two_workers_train_whole_batches_and_stop_together(local_ray, tmp_path):
+    # 7 batches for 2 workers: the shares differ, so both must stop at the shorter one's end
+    # (or one would wait for the other in DDP's all-reduce), and no batch may be cut between
+    # them (Ray Train's default split evens rows by cutting blocks: a key in both workers' files).
+    storage, items = tmp_path / "train", _sampler().items
+    dataset = _one_block_a_batch(_dataset(112, 16, 5))
+    _, metrics = fit(
+        _settings(100, 100), dataset, items, storage_path=storage, name="two", num_workers=2, use_gpu=False
+    )
+    checkpoints = [path for path in (storage / "two").glob("checkpoint_*") if path.is_dir()]
+    latest = max(checkpoints, key=lambda path: path.stat().st_mtime)
+    ranks = [np.load(latest / f"trained_batches_rank{rank}.npy").tolist() for rank in (0, 1)]
+    assert 1 <= metrics["step"] <= 3  # 7 batches: the shorter share has at most 3
+    assert len(ranks[0]) == len(ranks[1]) == metrics["step"]
+    assert not set(ranks[0]) & set(ranks[1]), f"a batch trained by both workers: {ranks}"
+    assert set(ranks[0]) | set(ranks[1]) <= set(range(7))  # epoch 0: key = batch index

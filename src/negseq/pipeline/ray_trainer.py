@@ -9,10 +9,15 @@ A checkpoint records the keys of the batches trained so far, one file a worker (
 merges the workers' files into one folder). A resumed run skips exactly those batches:
 Ray Data does not keep the batches' order across two or more sampler actors, so skipping
 the first N to arrive would retrain some batches and never train others.
+
+Several workers split the sampled stream a block at a time (`WholeBatches`), so a batch is
+never cut between two of them; their shares may then differ by a few batches, so before
+each step they agree that every worker still has one, and stop together.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +29,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 
 from negseq.model.hstu_match import HSTUMatch
 from negseq.model.train import make_optimizer, train
@@ -41,14 +47,13 @@ def save_state(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     step: int,
-    trained: list[int] | None = None,
+    trained: list[int],
 ) -> None:
-    """Model, optimizer and step; with `trained`, this worker's trained batch keys beside them."""
+    """Model, optimizer and step, and this worker's trained batch keys beside them."""
     state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}
     torch.save(state, path / STATE_FILE)
-    if trained is not None:
-        rank = ray.train.get_context().get_world_rank()
-        np.save(path / TRAINED_FILE.format(rank=rank), np.asarray(trained, np.int64))
+    rank = ray.train.get_context().get_world_rank()
+    np.save(path / TRAINED_FILE.format(rank=rank), np.asarray(trained, np.int64))
 
 
 def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
@@ -66,27 +71,66 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+class WholeBatches(ray.train.DataConfig):
+    """Splits the training dataset between workers a block at a time (`equal=False`).
+
+    Ray Train's default split evens the workers' row counts by cutting blocks (and dropping
+    rows), which would cut a sampled batch between two workers.
+    """
+
+    def configure(
+        self,
+        datasets: dict[str, ray.data.Dataset],
+        world_size: int,
+        worker_handles: Any,
+        worker_node_ids: list[str] | None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = [{} for _ in range(world_size)]
+        for name, dataset in datasets.items():
+            dataset = dataset.copy(dataset)
+            dataset.context.execution_options = self.default_ingest_options()
+            splits = dataset.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)
+            for shard, split in zip(shards, splits, strict=True):
+                shard[name] = split
+        return shards
+
+
+def _while_every_worker_has_one(items: Iterator[Any], device: torch.device) -> Iterator[Any]:
+    """The items while every worker still has one: a worker that stopped alone would leave the
+    others waiting in DDP's gradient all-reduce. One small all-reduce a step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        yield from items
+        return
+    for item in itertools.chain(items, [None]):
+        has_one = torch.tensor([0 if item is None else 1], device=device)
+        dist.all_reduce(has_one, op=dist.ReduceOp.MIN)
+        if not has_one.item():
+            return
+        yield item
+
+
 def _jagged_batches(
-    settings: TrainSettings, items: Any, skip: set[int], trained: list[int]
+    settings: TrainSettings, items: Any, skip: set[int], trained: list[int], device: torch.device
 ) -> Iterator[JaggedBatch]:
     """The shard's batches whose key is not in `skip`, collated; appends each key to `trained`
     as its batch is handed over (the loop trains a batch before it asks for the next)."""
     shard = ray.train.get_dataset_shard("train")
     blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-    for block in blocks:
-        for key, table in split_sampled_batches(block):
-            if key in skip:
-                continue
-            trained.append(key)
-            yield to_jagged_batch(
-                table,
-                items=items,
-                uih_field=settings.uih_field,
-                candidate_field=settings.candidate_field,
-                timestamp_field=settings.timestamp_field,
-                max_seq_len=settings.max_seq_len,
-                layout=settings.layout,  # type: ignore[arg-type]
-            )
+    keyed = (
+        (key, table) for block in blocks for key, table in split_sampled_batches(block) if key not in skip
+    )
+    for key, table in _while_every_worker_has_one(keyed, device):
+        trained.append(key)
+        yield to_jagged_batch(
+            table,
+            items=items,
+            uih_field=settings.uih_field,
+            candidate_field=settings.candidate_field,
+            timestamp_field=settings.timestamp_field,
+            max_seq_len=settings.max_seq_len,
+            layout=settings.layout,  # type: ignore[arg-type]
+        )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -105,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_step = int(state["step"])
         trained = state["trained"]
     model = ray.train.torch.prepare_model(model)
-    batches = _jagged_batches(settings, items, skip=set(trained), trained=trained)
+    batches = _jagged_batches(settings, items, skip=set(trained), trained=trained, device=device)
     max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
 
     def on_step(step: int, loss: float) -> None:
@@ -169,6 +213,7 @@ def fit(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": dataset},
+        dataset_config=WholeBatches(),
     )
     result = trainer.fit()
     model = build_model(settings)
