@@ -166,35 +166,38 @@ def _group_by_user(edges: EdgeTable) -> tuple[IdIndex, np.ndarray]:
     return IdIndex(distinct), indptr
 
 
-def positive_items_csr(edges: EdgeTable, items: ItemTable) -> UserItemsCSR:
-    """User -> item rows sorted ascending, for binary-search exclusion."""
+def _scatter_by_user(edges: EdgeTable, items: ItemTable, *, weights: bool):
+    """(users, indptr, item rows, their weights or None): every edge's item row in its user's
+    slice, in edge order, from a counting pass and a scatter pass over the edge batches."""
     users, indptr = _group_by_user(edges)
     fill = indptr[:-1].copy()
     out = np.empty(len(edges), np.int32)
+    out_weights = np.empty(len(edges), np.float64) if weights else None
     known = KnownItems(edges, items)
-    for start, user_ids, item_ids, _weights in edges.batches():
+    for start, user_ids, item_ids, edge_weights in edges.batches(weights=weights):
         item_rows = known.rows(item_ids, start)
-        if known.first is None:
-            _scatter(fill, users.rows(user_ids, np.int32), item_rows, out)
+        if known.first is not None:  # an unknown item: `check` raises once every batch is seen
+            continue
+        user_rows = users.rows(user_ids, np.int32)
+        if out_weights is None:
+            _scatter(fill, user_rows, item_rows, out)
+        else:
+            _scatter_ranked(fill, user_rows, item_rows, edge_weights, out, out_weights)
     known.check()
-    _sort_each_user(indptr, out)
-    return UserItemsCSR(users, indptr, out)
+    return users, indptr, out, out_weights
+
+
+def positive_items_csr(edges: EdgeTable, items: ItemTable) -> UserItemsCSR:
+    """User -> item rows sorted ascending, for binary-search exclusion."""
+    users, indptr, rows, _ = _scatter_by_user(edges, items, weights=False)
+    _sort_each_user(indptr, rows)
+    return UserItemsCSR(users, indptr, rows)
 
 
 def hard_items_csr(edges: EdgeTable, items: ItemTable) -> UserItemsCSR:
     """User -> item rows by weight descending, then item id ascending (deterministic order)."""
     if not edges.has_weights:
         raise ValueError(f"{edges.source}: hard-negative edges need their weights (keep_weights=True)")
-    users, indptr = _group_by_user(edges)
-    fill = indptr[:-1].copy()
-    out = np.empty(len(edges), np.int32)
-    out_weights = np.empty(len(edges), np.float64)
-    known = KnownItems(edges, items)
-    for start, user_ids, item_ids, weights in edges.batches(weights=True):
-        item_rows = known.rows(item_ids, start)
-        if known.first is None:
-            user_rows = users.rows(user_ids, np.int32)
-            _scatter_ranked(fill, user_rows, item_rows, weights, out, out_weights)
-    known.check()
-    _rank_each_user(indptr, out, out_weights, items.ids)
-    return UserItemsCSR(users, indptr, out)
+    users, indptr, rows, weights = _scatter_by_user(edges, items, weights=True)
+    _rank_each_user(indptr, rows, weights, items.ids)
+    return UserItemsCSR(users, indptr, rows)
