@@ -107,6 +107,12 @@ def _read_text(path: Path, delimiter: str, typed_header: bool) -> pa.Table:
     return table
 
 
+def _parquet_reader(source: Path | pa.NativeFile, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """A Parquet reader that holds a 1 MiB buffer's worth of a column chunk at a time, not
+    whole row groups (pre-buffering reads each row group's columns in one go)."""
+    return pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=1 << 20)
+
+
 def _read_parquet_file(path: Path) -> pa.Table:
     """One Parquet file, a column at a time in small batches concatenated once, in this thread.
 
@@ -116,7 +122,7 @@ def _read_parquet_file(path: Path) -> pa.Table:
     size, the batches' small buffers are freed as they go, and the pool then gives them
     back: about 4 MiB kept. The table's values and schema are the same.
     """
-    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    parquet = _parquet_reader(path)
     names = parquet.schema_arrow.names
     if parquet.metadata.num_rows == 0 or len(set(names)) < len(names):  # columns=[name] needs unique names
         return parquet.read()
@@ -522,7 +528,7 @@ class _ParquetEdges:
         # removed or replaced; a change to the file itself is caught by its size and mtime.
         self._file = pa.OSFile(str(path))
         self._stat = self._identity()
-        parquet = self._open()
+        parquet = _parquet_reader(self._file)
         # Columns and types from the schema, as `from_arrow` checks them: an empty file has no
         # batch to check. (schema.empty_table() would import pandas.)
         _edge_arrays(pa.Table.from_batches([], parquet.schema_arrow), self.source, 0)
@@ -534,18 +540,13 @@ class _ParquetEdges:
         stat = os.fstat(self._file.fileno())
         return stat.st_size, stat.st_mtime_ns
 
-    def _open(self, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
-        # pre_buffer=False and a read buffer: the reader holds a buffer's worth of a column
-        # chunk, not whole row groups.
-        return pq.ParquetFile(self._file, metadata=metadata, pre_buffer=False, buffer_size=1 << 20)
-
     def batches(
         self, columns: tuple[str, ...], *, check_unchanged: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, np.ndarray | None]]:
         if check_unchanged and self._identity() != self._stat:
             raise NegseqError(f"{self.source}: the file changed after it was read; read the edge table again")
         read = [c for c in columns if c in self._columns]
-        parquet = self._open(self.metadata)
+        parquet = _parquet_reader(self._file, self.metadata)
         start = 0
         try:
             for batch in parquet.iter_batches(batch_size=EDGE_BATCH_ROWS, columns=read, use_threads=False):
