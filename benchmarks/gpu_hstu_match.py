@@ -4,7 +4,7 @@
 
 1. float32: the same weights and batch through both kernels; loss and parameter-gradient
    differences (relative to the largest gradient entry).
-2. bf16 autocast (`negseq.model.train`): `--steps` AdamW steps from the same init with each
+2. bf16 autocast (`negseq.train.loop`): `--steps` AdamW steps from the same init with each
    kernel; first and last loss and median step time.
 Prints JSON lines.
 """
@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from negseq.batch import JaggedBatch, JaggedFeature
 from negseq.model.hstu_match import HSTUMatch, STUConfig
-from negseq.model.train import make_optimizer, train
-from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
+from negseq.train.loop import make_optimizer, train
 
 
 def random_batch(num_items: int, batch: int, max_len: int, neg: int, gen: torch.Generator) -> JaggedBatch:
@@ -102,7 +102,7 @@ def main() -> None:
         for step in range(args.steps):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            report = train(model, [batches[step % 4]], optimizer=optimizer, device=device, quiet=True)
+            report = train(model, [batches[step % 4]], optimizer=optimizer, device=device)
             torch.cuda.synchronize()
             step_times.append(time.perf_counter() - start)
             losses.append(report.losses[0])

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negseq.pipeline import combine_neg_as_candidate_sequence, combine_negs_to_candidate_suffix
+from negseq.candidates import combine_neg_as_candidate_sequence, combine_negs_to_candidate_suffix
 
 NUM_ITEMS = 1_000_000
 

@@ -1,140 +1,215 @@
-"""Ray sampling stage vs the local executor on the same input, and whether the trainer waits on data.
+"""The Ray path against the in-process executor on the same CPUs. Prints one JSON object a line:
 
-Prints one JSON object a line:
-- {"bench": "sampling", "executor": "local"|"ray", "actors": n, "rows_per_s": ...} (median of
-  --repeats runs over the same prepared rows; the Ray figure includes the dataset's start-up);
-- {"bench": "trainer", "data_wait_fraction": ...}: a short Ray Train run fed by the actor pool;
-  the fraction of step time spent blocked on the data iterator.
+- {"bench": "sampling", ...}: steady rows/s of sampled batches collated for training (what the
+  trainer consumes), the local executor (2 threads) against the Ray actor pool (1 and 2 actors),
+  medians of --repeats runs, each after its first batch arrived (start-up apart);
+- {"bench": "job", ...}: the wall time of `negseq run` on a job file on the embedded Ray and with
+  `[ray] executor = "local"`, and the trainer's data-wait fraction on each (`make run`'s job by
+  default);
+- {"bench": "two_step_job", ...}: the wall time of a 2-step job on 50 synthetic users on the
+  embedded Ray (the fixed cost of the Ray path).
 
-    python benchmarks/ray_bench.py [--rows 20000] [--repeats 3] [--quiet]
+Every line carries the host's load average when it was measured.
+
+    python benchmarks/ray_bench.py [--rows 20000] [--repeats 3] [--job examples/synthetic.toml]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import tomllib
+from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import ray
+import pyarrow.parquet as pq
 
-from negseq.pipeline.local_executor import LocalExecutor
-from negseq.pipeline.plans import SamplingPlan, TrainSettings
-from negseq.pipeline.ray_executor import ActorPool, sampled_dataset, split_sampled_batches
-from negseq.pipeline.ray_trainer import fit
-from negseq.pipeline.sequences import prepare_sequences
+from negseq.candidates import CandidateSpec
+from negseq.executors.local import LocalExecutor
+from negseq.executors.plan import BatchWork, Collation, SamplingPlan
+from negseq.executors.ray_data import ActorPool, sampled_dataset
+from negseq.executors.ray_logs import quiet_ray
+from negseq.io.prepare import prepare_sequences
+from negseq.io.sources import Source
 from negseq.sampler import ItemTable, NegativeSampler
 from negseq.synthetic import generate_interactions
 
 NEG_PER_POS = 32
 BATCH = 256
-PLAN = SamplingPlan(batch_size=BATCH, layout="interleaved", neg_per_pos=NEG_PER_POS)
+REPO = Path(__file__).resolve().parents[1]
+TWO_STEP_JOB = """
+name = "two_step"
+[data.synthetic]
+num_users = 50
+num_items = 100
+min_len = 4
+max_len = 10
+[data]
+max_seq_len = 10
+[sampler.negative_sampler]
+num_sample = 4
+[candidates]
+neg_per_pos = 4
+batch_size = 16
+[model]
+embedding_dim = 16
+num_layers = 1
+[train]
+epochs = 1
+max_steps = 2
+[output]
+dir = "{out}"
+write_samples = false
+"""
 
 
-def _inputs(rows: int) -> tuple[pa.Table, NegativeSampler]:
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _work(rows: int, folder: Path) -> BatchWork:
     log = generate_interactions(num_users=rows, num_items=5000, min_len=10, max_len=40, seed=1)
     train, _ = prepare_sequences(
         log, user_field="user_id", item_field="item_id", time_field="timestamp", max_seq_len=50
     )
-    ids = np.unique(log.column("item_id").to_numpy())
-    items = ItemTable.from_arrow(pa.table({"id": ids}))
-    return train, NegativeSampler(items, num_sample=NEG_PER_POS, item_id_field="next_items")
+    pq.write_table(train, folder / "train.parquet")
+    items = ItemTable.from_arrow(pa.table({"id": pa.array(sorted(set(log.column("item_id").to_pylist())))}))
+    sampler = NegativeSampler(items, num_sample=NEG_PER_POS, item_id_field="next_items")
+    plan = SamplingPlan(
+        Source.open(str(folder / "train.parquet")), BATCH, CandidateSpec(neg_per_pos=NEG_PER_POS)
+    )
+    return BatchWork(sampler, plan, collate=Collation(items, max_seq_len=50))
 
 
-def _local_rate(train: pa.Table, sampler: NegativeSampler) -> float:
-    executor = LocalExecutor(sampler, layout="interleaved", neg_per_pos=NEG_PER_POS, num_workers=2)
-    start = time.perf_counter()
-    rows = sum(b.num_rows for b in executor.iter_sampled(train.to_batches(max_chunksize=BATCH)))
+def _steady_rate(batches, rows_of) -> float:
+    """Rows/s after the first batch arrived."""
+    iterator = iter(batches)
+    next(iterator)
+    start, rows = time.perf_counter(), 0
+    for batch in iterator:
+        rows += rows_of(batch)
     return rows / (time.perf_counter() - start)
 
 
-def _ray_rate(train: pa.Table, sampler_ref, source_ref, actors: int) -> tuple[float, float]:
-    """(rows/s including the pool's start-up, rows/s after the first batch arrived)."""
-    pool = ActorPool(min_size=actors, max_size=actors, num_cpus=0.5)
+def _local_rate(work: BatchWork) -> float:
+    return _steady_rate(LocalExecutor(work, num_workers=2).run(0), lambda arrays: arrays.num_rows)
+
+
+def _ray_rate(work: BatchWork, actors: int) -> float:
+    dataset = sampled_dataset(work, ActorPool(actors, actors, 0.5), work.plan.keys())
+    blocks = dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
+    return _steady_rate(
+        blocks, lambda block: sum(block.column("cand_pos_lengths").value_lengths().to_pylist())
+    )
+
+
+def bench_sampling(rows: int, repeats: int) -> list[dict]:
+    import ray
+
+    quiet_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    lines = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = _work(rows, Path(folder))
+        local = statistics.median(_local_rate(work) for _ in range(repeats))
+        lines.append({"bench": "sampling", "executor": "local", "threads": 2, "rows_per_s": round(local)})
+        for actors in (1, 2):
+            steady = statistics.median(_ray_rate(work, actors) for _ in range(repeats))
+            lines.append(
+                {
+                    "bench": "sampling",
+                    "executor": "ray",
+                    "actors": actors,
+                    "rows_per_s": round(steady),
+                    "ratio_to_local": round(steady / local, 3),
+                }
+            )
+        for line in lines:
+            line.update(rows=work.plan.source.num_rows, batch_size=BATCH, load=_load())
+    ray.shutdown()
+    return lines
+
+
+def _run_job(job: Path) -> tuple[float, dict]:
     start = time.perf_counter()
-    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, PLAN, pool, epochs=[0])
-    rows, first, first_at = 0, 0, 0.0
-    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        size = sum(b.num_rows for _, b in split_sampled_batches(block))
-        if not rows:
-            first, first_at = size, time.perf_counter()
-        rows += size
-    end = time.perf_counter()
-    return rows / (end - start), (rows - first) / (end - first_at)
+    proc = subprocess.run(
+        [sys.executable, "-m", "negseq.cli", "run", "--quiet", str(job)], capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _toml(table: dict, prefix: str = "") -> str:
+    """A job dict as TOML (scalars and lists of scalars; tables nest)."""
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    body = "\n".join(([f"[{prefix}]"] if prefix and scalars else []) + scalars) + "\n"
+    for key, value in table.items():
+        if isinstance(value, dict):
+            body += _toml(value, f"{prefix}.{key}" if prefix else key)
+    return body
+
+
+def bench_job(job: Path, folder: Path) -> dict:
+    """`negseq run` of `job` on the embedded Ray and on the local executor, output in `folder`."""
+    raw = tomllib.loads(job.read_text())
+    walls, waits = {}, {}
+    for executor in ("ray", "local"):
+        variant = dict(raw, ray={**raw.get("ray", {}), "executor": executor})
+        variant["output"] = {**raw.get("output", {}), "dir": str(folder / executor)}
+        if "interactions" in variant.get("data", {}):  # relative to the original job file
+            variant["data"] = {
+                **variant["data"],
+                "interactions": str(job.parent / variant["data"]["interactions"]),
+            }
+        path = folder / f"{executor}.toml"
+        path.write_text(_toml(variant))
+        walls[executor], _ = _run_job(path)
+        metrics = json.loads((folder / executor / "metrics.json").read_text())
+        waits[executor] = round(metrics["train"]["data_wait_fraction"], 3)
+    return {
+        "bench": "job",
+        "job": str(job),
+        "ray_wall_s": round(walls["ray"], 1),
+        "local_wall_s": round(walls["local"], 1),
+        "wall_ratio": round(walls["ray"] / walls["local"], 2),
+        "ray_data_wait_fraction": waits["ray"],
+        "local_data_wait_fraction": waits["local"],
+        "load": _load(),
+    }
+
+
+def bench_two_step(folder: Path) -> dict:
+    job = folder / "two_step.toml"
+    job.write_text(TWO_STEP_JOB.format(out=folder / "two_step"))
+    wall, _ = _run_job(job)
+    return {"bench": "two_step_job", "wall_s": round(wall, 1), "load": _load()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--rows", type=int, default=20000, help="users in the synthetic sampling input")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-steps", type=int, default=40)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--job", type=Path, default=REPO / "examples" / "synthetic.toml")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["sampling", "job", "two_step"])
     args = parser.parse_args()
-    train, sampler = _inputs(args.rows)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    sampler_ref, source_ref = ray.put(sampler), ray.put(train)
     lines = []
-    local = statistics.median(_local_rate(train, sampler) for _ in range(args.repeats))
-    lines.append(
-        {
-            "bench": "sampling",
-            "executor": "local",
-            "threads": 2,
-            "rows": train.num_rows,
-            "rows_per_s": round(local),
-        }
-    )
-    for actors in (1, 2):
-        runs = [_ray_rate(train, sampler_ref, source_ref, actors) for _ in range(args.repeats)]
-        with_startup = statistics.median(r[0] for r in runs)
-        steady = statistics.median(r[1] for r in runs)
-        lines.append(
-            {
-                "bench": "sampling",
-                "executor": "ray",
-                "actors": actors,
-                "rows": train.num_rows,
-                "rows_per_s": round(with_startup),
-                "steady_rows_per_s": round(steady),
-                "ratio_to_local": round(with_startup / local, 3),
-                "steady_ratio_to_local": round(steady / local, 3),
-            }
-        )
-    dataset = sampled_dataset(sampler_ref, source_ref, train.num_rows, PLAN, ActorPool(1, 2, 0.5), epochs=[0])
-    settings = TrainSettings(
-        model={
-            "num_items": len(sampler.items),
-            "embedding_dim": 64,
-            "num_layers": 2,
-            "max_seq_len": 50,
-            "layout": "interleaved",
-            "objective": "autoregressive",
-        },
-        candidate_field="next_items",
-        checkpoint_every=10_000,
-        max_steps=args.train_steps,
-    )
-    _, metrics = fit(
-        settings, dataset, sampler.items, storage_path="runs/ray_bench", name="bench", use_gpu=False
-    )
-    lines.append(
-        {
-            "bench": "trainer",
-            "steps": metrics["step"],
-            "train_seconds": round(metrics["train_seconds"], 2),
-            "data_wait_seconds": round(metrics["data_wait_seconds"], 2),
-            "data_wait_fraction": round(metrics["data_wait_fraction"], 3),
-        }
-    )
-    ray.shutdown()
+    if "sampling" not in args.skip:
+        lines += bench_sampling(args.rows, args.repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        if "two_step" not in args.skip:
+            lines.append(bench_two_step(Path(folder)))
+        if "job" not in args.skip:
+            lines.append(bench_job(args.job.resolve(), Path(folder)))
     for line in lines:
-        print(json.dumps(line))
-    if not args.quiet:
-        print("\n".join(f"# {json.dumps(line)}" for line in lines), file=sys.stderr)
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

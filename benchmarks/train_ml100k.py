@@ -26,13 +26,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 
+from negseq.batch import JaggedBatch, JaggedFeature
+from negseq.io.prepare import prepare_sequences
 from negseq.model.hstu_match import HSTUMatch, STUConfig
 from negseq.model.inputs import list_column
 from negseq.model.metrics import evaluate, item_counts
-from negseq.model.train import make_optimizer, train
-from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
-from negseq.pipeline.sequences import prepare_sequences
 from negseq.sampler import ItemTable, NegativeSampler
+from negseq.train.loop import make_optimizer, train
 
 
 def read_ml100k(path: str) -> pa.Table:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
             epoch=epoch,
             seed=args.seed,
         )
-        report = train(model, batches, optimizer=optimizer, quiet=True)
+        report = train(model, batches, optimizer=optimizer)
         train_seconds += report.seconds
         epochs_done += 1
         line = {
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "bench": "train_ml100k",
         "objective": args.objective,
-        "sequences_from": "negseq.pipeline.prepare_sequences",
+        "sequences_from": "negseq.io.prepare.prepare_sequences",
         "users": eval_table.num_rows,
         "items": len(items),
         "epochs": epochs_done,

@@ -12,7 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from negseq.candidates import CandidateSpec, sample_batch
 from negseq.cli import main
+from negseq.io.sinks import SampledSink
+from negseq.sampler import ItemTable, NegativeSampler
 
 REPO = Path(__file__).parents[1]
 # CI keeps the data at ../shared next to the repo; NEGSEQ_SHARED_DIR points elsewhere (worktrees).
@@ -79,28 +82,19 @@ def test_ml100k_prepare_sample_inspect(tmp_path, capsys, layout, fmt):
     # a second run writes the same names again: exactly once
     assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 0
     ext = "parquet" if fmt == "parquet" else "arrow"
-    assert sorted(p.name for p in (tmp_path / "sampled").iterdir()) == ["_manifest.json"] + [
+    assert sorted(p.name for p in (tmp_path / "sampled").iterdir()) == [f"_manifest.{ext}"] + [
         f"part-00000{i}.{ext}" for i in range(5)
     ]
 
 
 def test_inspect_reports_mismatch(tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "_manifest.json").write_text(
-        json.dumps(
-            {
-                "rows_in": 1,
-                "rows_out": 1,
-                "num_files": 1,
-                "seed": 0,
-                "config_hash": "x",
-                "schema": "",
-                "files": [{"name": "part-000000.parquet", "batch_index": 0, "rows_in": 1, "rows_out": 1}],
-            }
-        )
-    )
-    pq.write_table(pa.table({"x": [1, 2]}), out / "part-000000.parquet")
+    sink = SampledSink.create(str(out))
+    items = ItemTable.from_arrow(pa.table({"id": [1, 2, 3]}))
+    sampler = NegativeSampler(items, num_sample=1, item_id_field="x")
+    sink.write(sample_batch(pa.record_batch({"x": [1, 2]}), sampler, CandidateSpec()))
+    sink.finish(expected_batches=[0], describe={})
+    pq.write_table(pa.table({"x": [1]}), out / "part-000000.parquet")
     assert main(["inspect", str(out)]) == 1
     assert "manifest matches files: NO" in capsys.readouterr().out
 
@@ -164,7 +158,9 @@ def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
     evals = pq.read_table(tmp_path / "prep" / "eval.parquet").to_pylist()
     assert evals[0]["uih"] == [11, 12] and evals[0]["target"] == 13
     items = pq.read_table(tmp_path / "prep" / "items.parquet").to_pylist()
-    assert items == [{"id": i, "weight": 2.0} for i in (10, 11, 12, 13)]
+    # counts leave out the held-out eval targets (13 for both users); weight = count ** 0.75
+    counts = {10: 2, 11: 2, 12: 2, 13: 0}
+    assert items == [{"id": i, "weight": pytest.approx(c**0.75), "count": c} for i, c in counts.items()]
 
     # sample a CSV source without a header, positives as ';' strings
     (tmp_path / "pos.csv").write_text("1,10;11\n2,\n3,12\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from negseq.pipeline.io import verify_outputs
+from negseq.io.sinks import read_manifest, verify_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_WITHOUT_RAY = """
@@ -42,8 +42,8 @@ def test_the_local_executor_runs_a_job_without_ray_and_repeats_it(tmp_path):
     assert math.isfinite(result["train"]["loss"]) and result["train"]["rows"] > 0
     assert 0.0 <= result["model"]["HR@10"] <= 1.0
     samples = tmp_path / "out" / "samples"
-    assert verify_outputs(samples) == []
-    assert json.loads((samples / "_manifest.json").read_text())["sampler_stats"]["draws"] > 0
+    assert verify_outputs(str(samples)) == []
+    assert read_manifest(str(samples))["sampler_stats"]["draws"] > 0
     # [train] seed (default 0) fixes the initial weights: a second run trains and scores the same
     again = _run_without_ray(job)
     for key in ("step", "loss", "mean_loss", "rows"):

@@ -9,9 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from negseq.batch import JaggedBatch, JaggedFeature
 from negseq.model.hstu_match import HSTUMatch, STUConfig
-from negseq.model.train import train
-from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
+from negseq.train.loop import train
 
 NUM_ITEMS = 20
 
@@ -41,7 +41,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.manual_seed(0)  # the same initial weights on both ranks, as DDP also broadcasts them
     model = HSTUMatch(NUM_ITEMS, 16, num_layers=1, max_seq_len=8, stu=STUConfig(num_heads=2))
     initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    train(DistributedDataParallel(model), _batches(rank), quiet=True)
+    train(DistributedDataParallel(model), _batches(rank))
     weights = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.save({"initial": initial, "weights": weights}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()

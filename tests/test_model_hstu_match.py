@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from negseq.batch import JaggedBatch, JaggedFeature
 from negseq.errors import NegseqError
 from negseq.model.hstu_match import HSTUMatch, STUConfig
-from negseq.model.train import train
-from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
+from negseq.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -257,7 +257,7 @@ def test_overfits_a_tiny_batch(layout, objective):
             neg_per_pos=1,
         )
     first = float(m(batch)["loss"].detach())
-    report = train(m, [batch] * 150, lr=1e-2, quiet=True)
+    report = train(m, [batch] * 150, lr=1e-2)
     assert report.steps == 150 and report.rows == 150 * batch.batch_size
     assert first > 0.3
     assert report.losses[-1] < 0.01

@@ -1,5 +1,7 @@
-"""The Ray executor on a real local Ray (num_cpus=2): writes, determinism, an actor killed
-mid-run, the streaming trainer, and `ray job submit` against a `ray start --head` cluster."""
+"""The Ray path on a real local Ray (num_cpus=2): outputs written on the actor pool and from the
+training stream, byte-identical on 1 or 2 actors; an actor killed mid-run; deterministic training
+on 1 or 2 actors; whole batches through Ray Train's standard split to 2 workers; a trainer killed
+mid-run resuming from its checkpoint."""
 
 from __future__ import annotations
 
@@ -8,50 +10,43 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
-from negseq.pipeline.io import read_manifest, verify_outputs  # noqa: E402
-from negseq.pipeline.plans import SamplingPlan, TrainSettings  # noqa: E402
-from negseq.pipeline.ray_executor import (  # noqa: E402
-    BATCH_KEY,
-    ActorPool,
-    sampled_dataset,
-    split_sampled_batches,
-    write_sampled_outputs,
-)
-from negseq.pipeline.ray_trainer import fit  # noqa: E402
+from negseq.candidates import CandidateSpec  # noqa: E402
+from negseq.executors.plan import BatchWork, Collation, SamplingPlan  # noqa: E402
+from negseq.executors.ray_data import ActorPool, sampled_dataset, write_outputs  # noqa: E402
+from negseq.io.sinks import SampledSink, verify_outputs  # noqa: E402
+from negseq.io.sources import Source  # noqa: E402
 from negseq.sampler import ItemTable, NegativeSampler  # noqa: E402
+from negseq.train.ray_train import TRAINED_FILE, fit  # noqa: E402
+from negseq.train.settings import TrainSettings  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400), pytest.mark.usefixtures("local_ray")]
 NUM_ITEMS = 300
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
-
-
-def _source(rows: int, seed: int = 0) -> pa.Table:
+def _source(folder: Path, rows: int, seed: int = 0) -> Source:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 8, rows)
     uih = [rng.integers(1, NUM_ITEMS + 1, n).tolist() for n in lengths]
-    return pa.table(
+    table = pa.table(
         {
             "user_id": np.arange(rows, dtype=np.int64),
             "uih": uih,
             "next_items": [h[1:] + [int(rng.integers(1, NUM_ITEMS + 1))] for h in uih],
         }
     )
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "train.parquet", row_group_size=37)
+    return Source.open(str(folder / "train.parquet"))
 
 
 def _sampler() -> NegativeSampler:
@@ -59,15 +54,19 @@ def _sampler() -> NegativeSampler:
     return NegativeSampler(items, num_sample=4, item_id_field="next_items", seed=3)
 
 
-def _write(out: Path, source: pa.Table, actors: int, batch_size: int = 16) -> dict:
+def _work(source: Source, batch_size: int, *, sink=None, collate=False, epochs=(0,)) -> BatchWork:
     sampler = _sampler()
-    return write_sampled_outputs(
-        ray.put(sampler),
-        ray.put(source),
-        out,
-        SamplingPlan(batch_size=batch_size, layout="interleaved"),
-        ActorPool(min_size=actors, max_size=actors, num_cpus=0.5),
-        seed=sampler.seed,
+    plan = SamplingPlan(source, batch_size, CandidateSpec(), epochs=epochs)
+    collation = Collation(sampler.items, max_seq_len=8) if collate else None
+    return BatchWork(sampler, plan, sink=sink, collate=collation)
+
+
+def _write(out: Path, source: Source, actors: int, batch_size: int = 16) -> dict:
+    sink = SampledSink.create(str(out), inputs=source.roots)
+    work = _work(source, batch_size, sink=sink)
+    assert write_outputs(work, ActorPool(actors, actors, 0.5)) == work.plan.num_batches
+    return sink.finish(
+        expected_batches=range(work.plan.num_batches), describe=work.describe({"negative_sampler": {}})
     )
 
 
@@ -78,17 +77,15 @@ def _same_files(left: Path, right: Path) -> bool:
     return not mismatch and not errors
 
 
-def test_one_and_two_actors_write_byte_identical_outputs(local_ray, tmp_path):
-    source = _source(200)
+def test_one_and_two_actors_write_byte_identical_outputs(tmp_path):
+    source = _source(tmp_path / "in", 200)
     one = _write(tmp_path / "one", source, actors=1)
     two = _write(tmp_path / "two", source, actors=2)
     assert one["rows_in"] == one["rows_out"] == 200 == two["rows_out"]
-    assert len(one["files"]) == 13  # ceil(200 / 16), named by batch index
-    assert verify_outputs(tmp_path / "one") == [] and verify_outputs(tmp_path / "two") == []
+    assert one["num_files"] == 13  # ceil(200 / 16), named by batch index
+    assert verify_outputs(str(tmp_path / "one")) == [] and verify_outputs(str(tmp_path / "two")) == []
     assert _same_files(tmp_path / "one", tmp_path / "two")
-    manifest = read_manifest(tmp_path / "one")
-    assert manifest["rows_in"] == 200 and manifest["sampler_stats"]["draws"] > 0
-    assert manifest["seed"] == 3
+    assert one["sampler_stats"]["draws"] > 0 and one["seed"] == 3
 
 
 def _descendant_pids(marker: str) -> list[int]:
@@ -115,34 +112,46 @@ def _descendant_pids(marker: str) -> list[int]:
     return found
 
 
-def test_a_killed_actor_loses_and_duplicates_nothing(local_ray, tmp_path):
-    source = _source(3000, seed=1)
-    clean = _write(tmp_path / "clean", source, actors=2, batch_size=8)
-    killed: list[int] = []
+def _kill_when(marker: str, ready, killed: list[int], timeout: float = 120) -> threading.Thread:
+    """A thread that SIGKILLs the first process titled `marker` once `ready()` (what ray.kill,
+    an OOM kill or a lost node does to it)."""
 
-    def kill_one_actor() -> None:
-        deadline = time.monotonic() + 60
+    def run() -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not killed:
-            written = list((tmp_path / "faulty").glob("part-*"))
-            pids = _descendant_pids("MapWorker")
-            if pids and len(written) >= 20:
-                os.kill(pids[0], signal.SIGKILL)  # what ray.kill does to the actor's worker process
+            pids = _descendant_pids(marker)
+            if pids and ready():
+                os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_one_actor)
-    killer.start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_killed_actor_loses_and_duplicates_nothing(tmp_path):
+    source = _source(tmp_path / "in", 3000, seed=1)
+    clean = _write(tmp_path / "clean", source, actors=2, batch_size=8)
+    killed: list[int] = []
+
+    def enough_written() -> bool:
+        staging = list((tmp_path / "faulty").glob(".negseq-staging-*"))
+        return bool(staging) and len(list(staging[0].glob("part-*"))) >= 20
+
+    killer = _kill_when("MapWorker", enough_written, killed)
     faulty = _write(tmp_path / "faulty", source, actors=2, batch_size=8)
     killer.join()
     assert killed, "no pool actor was found to kill while the run was in progress"
-    assert faulty["rows_in"] == faulty["rows_out"] == 3000
-    assert verify_outputs(tmp_path / "faulty") == []
-    assert len(list((tmp_path / "faulty").glob("part-*"))) == len(clean["files"]) == 375
-    assert not list((tmp_path / "faulty").glob(".*tmp*")), "a half-written file was left behind"
+    assert (
+        faulty["rows_in"] == faulty["rows_out"] == 3000 and faulty["num_files"] == clean["num_files"] == 375
+    )
+    assert verify_outputs(str(tmp_path / "faulty")) == []
+    assert not list((tmp_path / "faulty").glob(".*")), "a temporary file or folder was left behind"
     assert _same_files(tmp_path / "clean", tmp_path / "faulty")
 
 
-def _settings(checkpoint_every: int, max_steps: int) -> TrainSettings:
+def _settings(checkpoint_every: int = 100, max_steps: int | None = None) -> TrainSettings:
     return TrainSettings(
         model={
             "num_items": NUM_ITEMS,
@@ -152,86 +161,100 @@ def _settings(checkpoint_every: int, max_steps: int) -> TrainSettings:
             "layout": "interleaved",
             "objective": "autoregressive",
         },
-        candidate_field="next_items",
         checkpoint_every=checkpoint_every,
         max_steps=max_steps,
     )
 
 
-def _dataset(rows: int, batch_size: int, seed: int):
-    source = _source(rows, seed=seed)
-    plan = SamplingPlan(batch_size=batch_size, layout="interleaved")
-    return sampled_dataset(
-        ray.put(_sampler()), ray.put(source), source.num_rows, plan, ActorPool(1, 1, 0.5), epochs=[0]
-    )
+def _trained_keys(storage: Path) -> list[list[int]]:
+    """Every worker's trained batch keys, in training order, from the run's last checkpoint."""
+    checkpoints = [p for p in storage.glob("*/checkpoint_*") if p.is_dir()]
+    latest = max(checkpoints, key=lambda p: p.stat().st_mtime)
+    files = sorted(latest.glob(TRAINED_FILE.format(rank="*")))
+    return [np.load(f).tolist() for f in files]
 
 
-def test_streaming_path_trains_and_reports_a_finite_loss(local_ray, tmp_path):
-    settings = _settings(checkpoint_every=4, max_steps=6)
-    dataset = _dataset(256, 32, seed=2)
-    items = _sampler().items
-    model, metrics = fit(settings, dataset, items, storage_path=tmp_path / "train", name="t", use_gpu=False)
-    assert metrics["step"] == 6
-    assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
-    assert 0.0 <= metrics["data_wait_fraction"] <= 1.0
-    assert model.item_embedding.weight.shape == (NUM_ITEMS + 1, 16)
-    assert metrics["resumed_from_step"] == 0
+def test_training_is_deterministic_on_one_or_two_actors_and_writes_from_its_stream(tmp_path):
+    source = _source(tmp_path / "in", 256, seed=2)
+    runs = {}
+    for actors in (1, 2):
+        sink = SampledSink.create(str(tmp_path / f"samples{actors}"), inputs=source.roots)
+        work = _work(source, 32, sink=sink, collate=True, epochs=(0, 1))
+        dataset = sampled_dataset(work, ActorPool(actors, actors, 0.5), work.plan.keys())
+        storage = tmp_path / f"train{actors}"
+        model, metrics = fit(_settings(), dataset, storage_path=storage, name="d", use_gpu=False)
+        sink.finish(expected_batches=range(work.plan.num_batches), describe={})
+        runs[actors] = (model, metrics, _trained_keys(storage))
+    (model1, metrics1, keys1), (model2, metrics2, keys2) = runs[1], runs[2]
+    assert keys1 == keys2 == [[(epoch << 32) | b for epoch in (0, 1) for b in range(8)]]  # in batch order
+    assert metrics1["step"] == metrics2["step"] == 16 and np.isfinite(metrics1["loss"])
+    assert metrics1["loss"] == metrics2["loss"] and metrics1["mean_loss"] == metrics2["mean_loss"]
+    for (name, a), b in zip(model1.state_dict().items(), model2.state_dict().values(), strict=True):
+        assert a.equal(b), name
+    # the training stream wrote epoch 0's outputs, the same bytes as the write path
+    written = _write(tmp_path / "written", source, actors=1, batch_size=32)
+    assert written["num_files"] == 8
+    assert _same_files(tmp_path / "samples1", tmp_path / "written")
+    assert _same_files(tmp_path / "samples2", tmp_path / "written")
 
 
-def _one_block_a_batch(dataset, *, reverse: bool = False) -> ray.data.Dataset:
-    """The same sampled batches materialized, one block each, by key (reversed: as another actor
-    schedule may deliver them)."""
-    blocks = ray.get(dataset.to_arrow_refs())
-    batches = [(key, table) for block in blocks for key, table in split_sampled_batches(block)]
-    return ray.data.from_arrow(
-        [
-            table.append_column(BATCH_KEY, pa.array(np.full(table.num_rows, key, np.int64)))
-            for key, table in sorted(batches, key=lambda pair: pair[0], reverse=reverse)
-        ]
-    )
-
-
-def test_a_restarted_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
-    # What a retried trainer does after a failure: the same run (name, storage) picks up its latest
-    # checkpoint, restores model and optimizer, and skips the batches it already trained on, by
-    # key: the restarted run's batches arrive in another order (two or more sampler actors).
-    storage, items = tmp_path / "train", _sampler().items
-    _, first = fit(
-        _settings(2, 6), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
-    )
-    assert first["step"] == 6 and first["resumed_from_step"] == 0
-    assert first["distinct_batches_trained"] == 6
-    _, second = fit(
-        _settings(2, 100),  # to the end of the data: 20 batches
-        _one_block_a_batch(_dataset(320, 16, 4), reverse=True),
-        items,
-        storage_path=storage,
-        name="r",
-        use_gpu=False,
-        resume=True,
-    )
-    assert second["resumed_from_step"] == 6
-    # every batch trained once: skipping the first 6 to arrive would train 6 twice and 6 never
-    assert second["step"] == 20 and second["distinct_batches_trained"] == 20
-    _, fresh = fit(
-        _settings(2, 4), _dataset(320, 16, 4), items, storage_path=storage, name="r", use_gpu=False
-    )
-    assert fresh["resumed_from_step"] == 0 and fresh["step"] == 4  # a new run starts over
-
-
-def test_two_workers_train_whole_batches_and_stop_together(local_ray, tmp_path):
-    # 7 batches for 2 workers: the shares differ, so both must stop at the shorter one's end
-    # (or one would wait for the other in DDP's all-reduce), and no batch may be cut between
-    # them (Ray Train's default split evens rows by cutting blocks: a key in both workers' files).
-    storage, items = tmp_path / "train", _sampler().items
-    dataset = _one_block_a_batch(_dataset(112, 16, 5))
+def test_two_workers_get_whole_batches_from_the_standard_split(tmp_path):
+    source = _source(tmp_path / "in", 112, seed=5)  # 7 batches of 16
+    work = _work(source, 16, collate=True)
+    dataset = sampled_dataset(work, ActorPool(1, 1, 0.5), work.plan.keys())
     _, metrics = fit(
-        _settings(100, 100), dataset, items, storage_path=storage, name="two", num_workers=2, use_gpu=False
+        _settings(),
+        dataset,
+        storage_path=tmp_path / "train",
+        name="two",
+        num_workers=2,
+        cpus_per_worker=0.5,  # two workers and the sampler actor share the 2 CPUs
+        use_gpu=False,
     )
-    checkpoints = [path for path in (storage / "two").glob("checkpoint_*") if path.is_dir()]
-    latest = max(checkpoints, key=lambda path: path.stat().st_mtime)
-    ranks = [np.load(latest / f"trained_batches_rank{rank}.npy").tolist() for rank in (0, 1)]
-    assert 1 <= metrics["step"] <= 3  # 7 batches: the shorter share has at most 3
-    assert len(ranks[0]) == len(ranks[1]) == metrics["step"]
+    ranks = _trained_keys(tmp_path / "train")
+    assert len(ranks) == 2 and len(ranks[0]) == len(ranks[1]) == metrics["step"] == 3  # equal shares
     assert not set(ranks[0]) & set(ranks[1]), f"a batch trained by both workers: {ranks}"
-    assert set(ranks[0]) | set(ranks[1]) <= set(range(7))  # epoch 0: key = batch index
+    assert set(ranks[0]) | set(ranks[1]) <= set(range(7))
+
+
+def test_a_killed_trainer_resumes_from_its_checkpoint_and_trains_every_batch_once(tmp_path):
+    source = _source(tmp_path / "in", 320, seed=4)  # 20 batches of 16
+    work = _work(source, 16, collate=True)
+    dataset = sampled_dataset(work, ActorPool(1, 1, 0.5), work.plan.keys())
+    storage = tmp_path / "train"
+    killed: list[int] = []
+    first_seen: list[float] = []
+
+    def checkpoint_registered() -> bool:
+        """A checkpoint the controller has had time to register (it polls workers every 2 s)."""
+        if not list(storage.glob("*/checkpoint_*")):
+            return False
+        first_seen.append(time.monotonic())
+        return time.monotonic() - first_seen[0] > 5
+
+    killer = _kill_when("RayTrainWorker", checkpoint_registered, killed, timeout=300)
+    _, metrics = fit(
+        _settings(checkpoint_every=3), dataset, storage_path=storage, name="k", max_failures=1, use_gpu=False
+    )
+    killer.join()
+    assert killed, "no trainer worker was found to kill while the run was in progress"
+    assert metrics["resumed_from_step"] >= 3  # restored from a checkpoint, not from scratch
+    assert metrics["step"] == 20 and metrics["distinct_batches_trained"] == 20
+    trained = _trained_keys(storage)[0]
+    assert sorted(set(trained)) == list(range(20)) and len(trained) == len(set(trained))
+
+
+def test_a_run_stopped_early_still_writes_every_batch(tmp_path):
+    source = _source(tmp_path / "in", 200, seed=6)
+    sink = SampledSink.create(str(tmp_path / "out"), inputs=source.roots)
+    work = _work(source, 16, sink=sink, collate=True)
+    dataset = sampled_dataset(work, ActorPool(1, 1, 0.5), work.plan.keys())
+    _, metrics = fit(
+        _settings(max_steps=2), dataset, storage_path=tmp_path / "train", name="s", use_gpu=False
+    )
+    assert metrics["step"] == 2
+    missing = work.unwritten()
+    write_outputs(replace(work, collate=None), ActorPool(1, 1, 0.5), missing)
+    manifest = sink.finish(expected_batches=range(work.plan.num_batches), describe={})
+    assert manifest["num_files"] == 13 and manifest["rows_in"] == 200
+    assert verify_outputs(str(tmp_path / "out")) == []

@@ -28,6 +28,9 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(600)
 def test_ray_job_submit_runs_negseq_run_on_a_started_cluster(tmp_path):
+    import ray
+
+    ray.shutdown()  # the session's embedded Ray, if an earlier module started one: one cluster at a time
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     gcs, dashboard, agent_http, agent_grpc, metrics, client = (_free_port() for _ in range(6))

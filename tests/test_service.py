@@ -20,7 +20,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
-import negseq.pipeline
+from negseq.candidates import CandidateSpec, sample_batch
 from negseq.errors import NegseqError
 from negseq.sampler import (
     EdgeTable,
@@ -192,16 +192,15 @@ def test_candidates_equal_sample_candidates(clients, kind, layout):
     )
     n = 2 if layout == "interleaved" else None  # suffix: the sampler's num_sample shared negatives
     got = clients[kind].candidates(batch, epoch=1, batch_index=9, layout=layout, neg_per_pos=n)
-    want = negseq.pipeline.sample_candidates(
-        batch, _make(kind), layout=layout, neg_per_pos=n, epoch=1, batch_index=9
-    )
+    spec = CandidateSpec(layout=layout, neg_per_pos=n)
+    want = sample_batch(batch, _make(kind), spec, epoch=1, batch_index=9).to_arrow()
     assert got.equals(want)
 
 
 def test_candidates_use_the_job_defaults(clients):
     batch = pa.record_batch({"item_id": pa.array([[1, 11], [21]]), "user_id": pa.array([1000, 1001])})
     got = clients["v1"].candidates(batch, epoch=0, batch_index=4)  # layout from CandidateDefaults
-    want = negseq.pipeline.sample_candidates(batch, _make("v1"), layout="suffix", epoch=0, batch_index=4)
+    want = sample_batch(batch, _make("v1"), CandidateSpec(layout="suffix"), epoch=0, batch_index=4).to_arrow()
     assert got.equals(want)
     # `sample(..., layout=...)` answers with the candidate sequences too
     assert clients["v1"].sample(batch, epoch=0, batch_index=4, layout="suffix").equals(want)

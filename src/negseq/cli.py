@@ -38,6 +38,7 @@ _PREPARE_DEFAULTS = {
     "time_field": "timestamp",
     "max_seq_len": 200,
     "min_len": 2,
+    "item_weight_power": 0.75,
 }
 
 
@@ -46,7 +47,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="interaction log -> train/eval sequence tables and an item table",
         description="Read an interaction log (user, item, timestamp) and write train.parquet, "
-        "eval.parquet (leave-last-out) and items.parquet (id, weight = interaction count).",
+        "eval.parquet (leave-last-out) and items.parquet (id, count, weight = count ** item_weight_power).",
     )
     p.add_argument("input", nargs="?", help="interaction file or folder (Parquet, IPC, CSV/TSV)")
     p.add_argument("--out", help="output folder")
@@ -59,6 +60,9 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-field", help="timestamp column (default timestamp)")
     p.add_argument("--max-seq-len", type=int, help="history length kept (default 200)")
     p.add_argument("--min-len", type=int, help="fewest interactions a user needs (default 2)")
+    p.add_argument(
+        "--item-weight-power", type=float, help="item sampling weight = count ** this (default 0.75)"
+    )
     p.set_defaults(handler=cmd_prepare)
 
 
@@ -87,42 +91,27 @@ def _prepare_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-
-    from negseq.pipeline import CsvOptions, prepare_sequences, read_table
+    from negseq.io.prepare import prepare
+    from negseq.io.sources import CsvOptions, Source
 
     s = _prepare_settings(args)
     csv = CsvOptions(delimiter=s["delimiter"], column_names=s["column_names"])
     out = Path(s["out"])
-    with tqdm(total=3, desc="prepare", unit="step", disable=args.quiet) as bar:
-        interactions = read_table(s["input"], format=s["format"], csv=csv)
-        bar.update()
-        train, evals = prepare_sequences(
-            interactions,
-            user_field=s["user_field"],
-            item_field=s["item_field"],
-            time_field=s["time_field"],
-            max_seq_len=int(s["max_seq_len"]),
-            min_len=int(s["min_len"]),
-        )
-        bar.update()
-        counts = interactions.column(s["item_field"]).cast(pa.int64()).value_counts()
-        items = pa.table(
-            {
-                "id": counts.field("values"),
-                "weight": counts.field("counts").cast(pa.float64()),
-            }
-        ).sort_by("id")
-        out.mkdir(parents=True, exist_ok=True)
-        for name, table in (("train", train), ("eval", evals), ("items", items)):
-            pq.write_table(table, out / f"{name}.parquet")
-        bar.update()
+    source = Source.open(s["input"], format=s["format"], csv=csv)
+    prepared, counts = prepare(
+        source.read_all(),
+        out,
+        user_field=s["user_field"],
+        item_field=s["item_field"],
+        time_field=s["time_field"],
+        max_seq_len=int(s["max_seq_len"]),
+        min_len=int(s["min_len"]),
+        item_weight_power=float(s["item_weight_power"]),
+    )
     if not args.quiet:
         print(
-            f"prepare: {interactions.num_rows} interactions -> {out}/train.parquet "
-            f"({train.num_rows} rows), eval.parquet ({evals.num_rows} rows), "
-            f"items.parquet ({items.num_rows} items)"
+            f"prepare: {counts['interactions']} interactions -> {prepared.train} ({counts['train']} rows), "
+            f"{prepared.eval.name} ({counts['eval']} rows), {prepared.items.name} ({counts['items']} items)"
         )
     return 0
 
@@ -143,7 +132,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from negseq.pipeline.sample_job import SampleJob, run_sample_job
+    from negseq.sample_job import SampleJob, run_sample_job
 
     job = SampleJob.from_toml(args.job, input_path=args.input, output_path=args.out, workers=args.workers)
     manifest = run_sample_job(job, progress=not args.quiet)
@@ -169,18 +158,20 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def inspect_path(path: Path, rows: int) -> dict[str, Any]:
-    from negseq.pipeline import open_dataset, read_manifest, verify_outputs
-    from negseq.pipeline.io import MANIFEST_NAME
+    from negseq.io.sinks import read_manifest, verify_outputs
+    from negseq.io.sources import Source
 
     report: dict[str, Any] = {"path": str(path), "manifest": None, "problems": []}
-    if path.is_dir() and (path / MANIFEST_NAME).exists():
-        manifest = read_manifest(path)
+    try:
+        manifest = read_manifest(str(path))
+    except NegseqError:
+        manifest = None
+    if manifest is not None:
         report["manifest"] = {k: v for k, v in manifest.items() if k != "files"}
-        report["problems"] = verify_outputs(path)
-        fmt = "ipc" if manifest.get("format") in ("ipc", "arrow") else "parquet"
-        dataset = open_dataset(path, format=fmt)
+        report["problems"] = verify_outputs(str(path))
+        dataset = Source.open(str(path / "part-*"), format=manifest["format"]).dataset()
     else:
-        dataset = open_dataset(path)
+        dataset = Source.open(str(path)).dataset()
     report["schema"] = dataset.schema.to_string(show_schema_metadata=False)
     report["rows"] = dataset.count_rows()
     report["head"] = dataset.head(rows).to_pylist() if rows > 0 else []
@@ -202,8 +193,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             print(
                 f"manifest: rows in {manifest['rows_in']}, rows out {manifest['rows_out']}, "
-                f"{manifest['num_files']} files, seed {manifest['seed']}, "
-                f"config {str(manifest['config_hash'])[:12]}"
+                f"{manifest['num_files']} files, seed {manifest.get('seed')}, "
+                f"config {str(manifest.get('config_hash'))[:12]}"
             )
             print("manifest matches files: " + ("yes" if report["manifest_ok"] else "NO"))
             for problem in report["problems"]:
@@ -222,13 +213,14 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="the main job: prepare -> sample -> train -> evaluate -> export (Ray or embedded)",
     )
     p.add_argument("job", type=Path, help="job file (TOML): [data] [sampler.*] [candidates] [model] ...")
+    p.add_argument("--verbose", "-v", action="store_true", help="show Ray's own logs and progress bars")
     p.set_defaults(handler=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from negseq.job import load_run_job, run_job
 
-    result = run_job(load_run_job(args.job), quiet=args.quiet)
+    result = run_job(load_run_job(args.job), quiet=args.quiet, verbose=args.verbose)
     if args.quiet:
         print(json.dumps({"model": result["model"], "most_popular": result["most_popular"]}))
     return 0

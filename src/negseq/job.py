@@ -26,17 +26,23 @@ import copy
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from negseq.candidates import CandidateSpec
 from negseq.errors import NegseqError
+from negseq.executors.plan import BatchWork, Collation, SamplingPlan
+from negseq.io.prepare import prepare
+from negseq.io.sinks import SampledSink, config_hash
+from negseq.io.sources import CsvOptions, Source
 from negseq.jobfile import checked_table, load_toml
+from negseq.sampler import ItemTable, build_sampler
+from negseq.train.settings import TrainSettings
 
 _SECTIONS: dict[str, set[str]] = {
     "data": {
@@ -80,7 +86,16 @@ _SECTIONS: dict[str, set[str]] = {
         "max_failures",
         "seed",
     },
-    "ray": {"executor", "address", "num_cpus", "min_actors", "max_actors", "actor_cpus", "local_workers"},
+    "ray": {
+        "executor",
+        "address",
+        "num_cpus",
+        "min_actors",
+        "max_actors",
+        "actor_cpus",
+        "local_workers",
+        "deterministic",
+    },
     "output": {"dir", "write_samples", "format"},
 }
 _TOP_LEVEL = {"name", "sampler", *_SECTIONS}
@@ -145,16 +160,12 @@ def load_run_job(path: str | Path) -> RunJob:
     return job
 
 
-def _prepare(job: RunJob, say: Callable[[str], None]) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Interactions -> (train, eval, item catalogue); written under <output>/prepared."""
-    from negseq.pipeline.io import CsvOptions, read_table
-    from negseq.pipeline.sequences import prepare_sequences
+def _prepare(job: RunJob, say: Callable[[str], None]) -> tuple[Any, pa.Table, ItemTable]:
+    """Interactions -> the prepared folder under <output>/prepared; returns it, the eval table and
+    the item vocabulary."""
     from negseq.synthetic import generate_interactions
 
     data = job.sections["data"]
-    user_field = data.get("user_field", "user_id")
-    item_field = data.get("item_field", "item_id")
-    time_field = data.get("time_field", "timestamp")
     if "synthetic" in data:
         interactions = generate_interactions(**data["synthetic"])
         say(f"generated {interactions.num_rows} synthetic interactions")
@@ -162,35 +173,30 @@ def _prepare(job: RunJob, say: Callable[[str], None]) -> tuple[pa.Table, pa.Tabl
         csv = None
         if "delimiter" in data or "column_names" in data:
             csv = CsvOptions(delimiter=data.get("delimiter", ","), column_names=data.get("column_names"))
-        interactions = read_table(job.path(data["interactions"]), format=data.get("format"), csv=csv)
-        say(f"read {interactions.num_rows} interactions from {job.path(data['interactions'])}")
-    train, evaluation = prepare_sequences(
+        source = Source.open(data["interactions"], format=data.get("format"), csv=csv, base_dir=job.base_dir)
+        interactions = source.read_all()
+        say(f"read {interactions.num_rows} interactions from {source.spec}")
+    prepared, counts = prepare(
         interactions,
-        user_field=user_field,
-        item_field=item_field,
-        time_field=time_field,
+        job.output_dir / "prepared",
+        user_field=data.get("user_field", "user_id"),
+        item_field=data.get("item_field", "item_id"),
+        time_field=data.get("time_field", "timestamp"),
         max_seq_len=int(data.get("max_seq_len", 200)),
         min_len=int(data.get("min_len", 2)),
+        item_weight_power=float(data.get("item_weight_power", 0.75)),
     )
-    item_ids, counts = np.unique(
-        interactions.column(item_field).to_numpy().astype(np.int64), return_counts=True
-    )
-    power = float(data.get("item_weight_power", 0.0))
-    items = pa.table({"id": item_ids, "weight": counts.astype(np.float64) ** power})
-    folder = job.output_dir / "prepared"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, table in (("train", train), ("eval", evaluation), ("items", items)):
-        pq.write_table(table, folder / f"{name}.parquet")
-    say(f"prepared {train.num_rows} training and {evaluation.num_rows} eval rows, {len(item_ids)} items")
-    return train, evaluation, items
+    say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
+    items = ItemTable.read(prepared.items)
+    return prepared, pq.read_table(prepared.eval), items
 
 
-def _sampler_config(job: RunJob) -> dict[str, Any]:
+def _sampler_config(job: RunJob, items_path: Path) -> dict[str, Any]:
     """The job's sampler table, with the prepared catalogue and the objective's positive column."""
     config = copy.deepcopy(job.sampler)
     ((kind, fields),) = config.items()
     item_key = "input_path" if kind == "negative_sampler" else "item_input_path"
-    fields.setdefault(item_key, str((job.output_dir / "prepared" / "items.parquet").resolve()))
+    fields.setdefault(item_key, str(items_path.resolve()))
     fields.setdefault("item_id_field", job.candidate_field)
     if fields["item_id_field"] != job.candidate_field:
         raise NegseqError(
@@ -202,11 +208,8 @@ def _sampler_config(job: RunJob) -> dict[str, Any]:
     return config
 
 
-def _train_settings(job: RunJob, num_items: int):
-    from negseq.pipeline.plans import TrainSettings
-
+def _train_settings(job: RunJob, num_items: int) -> TrainSettings:
     model = job.sections["model"]
-    time_buckets = int(model.get("num_time_buckets", 0))
     return TrainSettings(
         model={
             "num_items": num_items,
@@ -218,7 +221,7 @@ def _train_settings(job: RunJob, num_items: int):
             "layout": job.get("candidates", "layout", "interleaved"),
             "objective": job.objective,
             "input_dropout_ratio": float(model.get("input_dropout", 0.2)),
-            "num_time_buckets": time_buckets,
+            "num_time_buckets": int(model.get("num_time_buckets", 0)),
         },
         stu={
             "num_heads": int(model.get("num_heads", 1)),
@@ -228,8 +231,6 @@ def _train_settings(job: RunJob, num_items: int):
             "max_attn_len": int(model.get("max_attn_len", 0)),
             "kernel": model.get("kernel", "auto"),
         },
-        candidate_field=job.candidate_field,
-        timestamp_field="uih_ts" if time_buckets else None,
         lr=float(job.get("train", "lr", 1e-3)),
         weight_decay=float(job.get("train", "weight_decay", 0.0)),
         checkpoint_every=int(job.get("train", "checkpoint_every", 50)),
@@ -238,17 +239,25 @@ def _train_settings(job: RunJob, num_items: int):
     )
 
 
-def _init_ray(job: RunJob, quiet: bool) -> bool:
+def _init_ray(job: RunJob, verbose: bool) -> bool:
     """Join the configured cluster, the one `ray job submit` runs us in, or start an embedded one.
-    Returns whether this process started Ray (and so shuts it down)."""
+    Returns whether this process started Ray (and so shuts it down). Ray's own logs, warnings
+    and Ray Data's progress bars show with `verbose` only."""
     import logging
 
     import ray
 
+    from negseq.executors.ray_logs import quiet_ray
+
+    if not verbose:
+        quiet_ray()
     if ray.is_initialized():
         return False
     address = job.get("ray", "address")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+    }
     if address:
         ray.init(address=address, **kwargs)
     elif os.environ.get("RAY_ADDRESS"):
@@ -260,7 +269,7 @@ def _init_ray(job: RunJob, quiet: bool) -> bool:
             include_dashboard=False,
             **kwargs,
         )
-    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
     return True
 
 
@@ -269,33 +278,17 @@ class _Stage:
     """What both executors need once the data is prepared."""
 
     job: RunJob
-    sampler: Any
-    train_table: pa.Table
-    items: Any
-    settings: Any
-    plan: Any
-    epochs: list[int]
-    config_hash: str
-    write_samples: bool
+    work: BatchWork
+    settings: TrainSettings
     quiet: bool
+    verbose: bool
     say: Callable[[str], None]
 
-    @property
-    def samples_dir(self) -> Path:
-        return self.job.output_dir / "samples"
 
-    @property
-    def samples_format(self) -> str:
-        return self.job.get("output", "format", "parquet")
-
-
-def run_job(job: RunJob, *, quiet: bool = False) -> dict[str, Any]:
+def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run the whole job; returns {"model": ..., "most_popular": ..., "train": ..., "outputs": ...}."""
     from negseq.model.export import export, predict
     from negseq.model.metrics import evaluate
-    from negseq.pipeline.io import config_hash
-    from negseq.pipeline.plans import SamplingPlan
-    from negseq.sampler import ItemTable, build_sampler
 
     started = time.perf_counter()
 
@@ -304,31 +297,65 @@ def run_job(job: RunJob, *, quiet: bool = False) -> dict[str, Any]:
             print(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
     out = job.output_dir
-    train_table, eval_table, item_table = _prepare(job, say)
-    items = ItemTable.from_arrow(item_table)
+    prepared, eval_table, items = _prepare(job, say)
     settings = _train_settings(job, len(items))
-    stage = _Stage(
-        job=job,
-        sampler=build_sampler(_sampler_config(job), base_dir=job.base_dir),
-        train_table=train_table,
-        items=items,
-        settings=settings,
-        plan=SamplingPlan(
-            batch_size=int(job.get("candidates", "batch_size", 128)),
-            layout=settings.layout,  # type: ignore[arg-type]
-            neg_per_pos=job.get("candidates", "neg_per_pos"),
-            seq_delim=job.get("candidates", "seq_delim", ";"),
-        ),
-        epochs=list(range(int(job.get("train", "epochs", 1)))),
-        config_hash=config_hash(
-            {"sampler": job.sampler, "candidates": job.sections["candidates"], "data": job.sections["data"]}
-        ),
-        write_samples=bool(job.get("output", "write_samples", True)),
-        quiet=quiet,
-        say=say,
+    sampler = build_sampler(_sampler_config(job, prepared.items), base_dir=job.base_dir)
+    spec = CandidateSpec(
+        layout=settings.model["layout"],
+        neg_per_pos=job.get("candidates", "neg_per_pos"),
+        seq_delim=job.get("candidates", "seq_delim", ";"),
     )
+    spec.check_sampler(sampler)
+    source = Source.open(prepared.train)
+    plan = SamplingPlan(
+        source,
+        batch_size=int(job.get("candidates", "batch_size", 128)),
+        spec=spec,
+        epochs=tuple(range(int(job.get("train", "epochs", 1)))),
+    )
+    write_samples = bool(job.get("output", "write_samples", True))
+    samples_dir = out / "samples"
+    sink = (
+        SampledSink.create(
+            str(samples_dir), format=job.get("output", "format", "parquet"), inputs=[str(prepared.folder)]
+        )
+        if write_samples
+        else None
+    )
+    time_field = "uih_ts" if settings.model["num_time_buckets"] else None
+    work = BatchWork(
+        sampler,
+        plan,
+        sink=sink,
+        collate=Collation(items, settings.model["max_seq_len"], "uih", time_field),
+    )
+    stage = _Stage(job, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if job.get("ray", "executor", "ray") == "ray" else _train_locally
-    model, train_metrics = train_on(stage)
+    try:
+        model, train_metrics = train_on(stage)
+        if sink is not None:
+            manifest = sink.finish(
+                expected_batches=range(plan.num_batches),
+                describe={
+                    "seed": sampler.seed,
+                    "epoch": 0,
+                    "config_hash": config_hash(
+                        {
+                            "sampler": job.sampler,
+                            "candidates": job.sections["candidates"],
+                            "data": job.sections["data"],
+                        }
+                    ),
+                    "layout": spec.layout,
+                },
+            )
+            say(
+                f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}"
+            )
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
     say(f"trained {train_metrics.get('step')} steps, last loss {train_metrics.get('loss', float('nan')):.4f}")
 
     metrics = evaluate(model, eval_table, items, ks=tuple(job.get("train", "eval_ks", [10, 50, 200])))
@@ -342,7 +369,7 @@ def run_job(job: RunJob, *, quiet: bool = False) -> dict[str, Any]:
         "outputs": {
             "dir": str(out),
             "metrics": str(out / "metrics.json"),
-            "samples": str(stage.samples_dir) if stage.write_samples else None,
+            "samples": str(samples_dir) if write_samples else None,
             "export": {k: str(v) for k, v in export_paths.items()},
             "embeddings": str(out / "embeddings"),
         },
@@ -354,54 +381,62 @@ def run_job(job: RunJob, *, quiet: bool = False) -> dict[str, Any]:
         f"HR@10 {model_m['HR@10']:.4f} (most popular {pop_m['HR@10']:.4f}), "
         f"NDCG@10 {model_m['NDCG@10']:.4f}, MRR {model_m['MRR']:.4f}"
     )
-    samples = ", samples/" if stage.write_samples else ""
-    say(f"outputs under {out} (metrics.json, export/, embeddings/{samples})")
+    say(f"outputs under {out} (metrics.json, export/, embeddings/{', samples/' if write_samples else ''})")
     return result
 
 
+def _total_steps(stage: _Stage) -> int:
+    plan = stage.work.plan
+    total = plan.num_batches * len(plan.epochs)
+    return total if stage.settings.max_steps is None else min(total, stage.settings.max_steps)
+
+
 def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
+    import shutil
+    import tempfile
+
     import ray
 
-    from negseq.pipeline.ray_executor import ActorPool, sampled_dataset, write_sampled_outputs
-    from negseq.pipeline.ray_trainer import fit
+    from negseq.executors.ray_data import ActorPool, sampled_dataset, write_outputs
+    from negseq.train.progress import StepProgress
+    from negseq.train.ray_train import fit
 
-    job = stage.job
-    started_ray = _init_ray(job, stage.quiet)
+    job, work = stage.job, stage.work
+    started_ray = _init_ray(job, stage.verbose)
+    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=job.output_dir))
     try:
         pool = ActorPool(
             min_size=int(job.get("ray", "min_actors", 1)),
             max_size=int(job.get("ray", "max_actors", 2)),
             num_cpus=float(job.get("ray", "actor_cpus", 0.5)),
         )
-        sampler_ref, source_ref = ray.put(stage.sampler), ray.put(stage.train_table)
-        if stage.write_samples:
-            manifest = write_sampled_outputs(
-                sampler_ref,
-                source_ref,
-                stage.samples_dir,
-                stage.plan,
-                pool,
-                seed=stage.sampler.seed,
-                epoch=0,
-                out_format=stage.samples_format,
-                config_hash=stage.config_hash,
-            )
-            stage.say(f"wrote {len(manifest['files'])} sampled batches ({manifest['rows_out']} rows) on Ray")
-        num_rows = stage.train_table.num_rows
-        dataset = sampled_dataset(sampler_ref, source_ref, num_rows, stage.plan, pool, epochs=stage.epochs)
-        stage.say(f"Ray Train: {len(stage.epochs)} epoch(s) of {stage.plan.num_batches(num_rows)} batches")
-        use_gpu = job.get("train", "use_gpu")
-        return fit(
-            stage.settings,
-            dataset,
-            stage.items,
-            storage_path=job.output_dir / "ray_train",
-            name=job.name,
-            num_workers=int(job.get("train", "num_workers", 1)),
-            use_gpu=None if use_gpu in (None, "auto") else bool(use_gpu),
-            max_failures=int(job.get("train", "max_failures", 1)),
+        deterministic = bool(job.get("ray", "deterministic", True))
+        dataset = sampled_dataset(work, pool, work.plan.keys(), deterministic=deterministic)
+        stage.say(
+            f"training on Ray Train: {len(work.plan.epochs)} epoch(s) of {work.plan.num_batches} batches, "
+            f"sampled by {pool.min_size}-{pool.max_size} actor(s)"
         )
+        bar = StepProgress(_total_steps(stage), quiet=stage.quiet)
+        try:
+            use_gpu = job.get("train", "use_gpu")
+            model, metrics = fit(
+                stage.settings,
+                dataset,
+                storage_path=storage,
+                name=job.name,
+                num_workers=int(job.get("train", "num_workers", 1)),
+                use_gpu=None if use_gpu in (None, "auto") else bool(use_gpu),
+                max_failures=int(job.get("train", "max_failures", 1)),
+                deterministic=deterministic,
+                on_progress=lambda p: bar.update(p["step"], p["loss"], p["rows"]),
+            )
+        finally:
+            bar.close()
+        if work.sink is not None:
+            write_outputs(work, pool, work.unwritten())
+        return model, metrics
     finally:
+        shutil.rmtree(storage, ignore_errors=True)
         if started_ray:
             ray.shutdown()
 
@@ -409,47 +444,41 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from negseq.model.train import TrainReport, make_optimizer, train
-    from negseq.pipeline.local_executor import LocalExecutor
-    from negseq.pipeline.plans import build_model
+    from negseq.batch import JaggedBatch
+    from negseq.executors.local import LocalExecutor
+    from negseq.train.loop import make_optimizer, train
+    from negseq.train.progress import StepProgress
+    from negseq.train.settings import build_model
 
-    job, settings, plan = stage.job, stage.settings, stage.plan
+    job, settings, work = stage.job, stage.settings, stage.work
     model = build_model(settings)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     device = "cuda" if torch.cuda.is_available() and job.get("train", "use_gpu") is not False else "cpu"
     model.to(device)
-    table = stage.train_table
-    batches = [plan.batch(table, i) for i in range(plan.num_batches(table.num_rows))]
-    total = TrainReport(optimizer)  # the epochs' reports, summed
-    for epoch in stage.epochs:
-        executor = LocalExecutor(
-            stage.sampler,
-            layout=plan.layout,
-            neg_per_pos=plan.neg_per_pos,
-            seq_delim=plan.seq_delim,
-            epoch=epoch,
-            num_workers=int(job.get("ray", "local_workers", 2)),
-        )
-        if stage.write_samples and epoch == 0:
-            executor.write(
-                batches, stage.samples_dir, format=stage.samples_format, config_hash=stage.config_hash
-            )
-        remaining = None if settings.max_steps is None else settings.max_steps - total.steps
-        if remaining is not None and remaining <= 0:
-            break
-        jagged = executor.iter_jagged(
-            batches,
-            items=stage.items,
-            uih_field=settings.uih_field,
-            max_seq_len=settings.max_seq_len,
-            timestamp_field=settings.timestamp_field,
-        )
+    executor = LocalExecutor(work, num_workers=int(job.get("ray", "local_workers", 2)))
+
+    def batches() -> Iterator[JaggedBatch]:
+        for epoch in work.plan.epochs:
+            for arrays in executor.run(epoch):
+                yield JaggedBatch.from_arrays(arrays)
+
+    stream = batches()
+    bar = StepProgress(_total_steps(stage), quiet=stage.quiet)
+    try:
         report = train(
-            model, jagged, optimizer=optimizer, max_steps=remaining, device=device, quiet=stage.quiet
+            model,
+            stream,
+            optimizer=optimizer,
+            max_steps=settings.max_steps,
+            device=device,
+            on_step=bar.add_step,
         )
-        total.losses += report.losses
-        total.rows += report.rows
-        total.seconds += report.seconds
-        total.data_wait_seconds += report.data_wait_seconds
+    finally:
+        stream.close()  # lets the worker threads finish before the unwritten batches are counted
+        bar.close()
+    if work.sink is not None:  # batches of the written epoch that training stopped before
+        writer = LocalExecutor(replace(work, collate=None), num_workers=executor.num_workers)
+        for _ in writer.run(work.write_epoch, batches=work.unwritten()):
+            pass
     model.to("cpu")
-    return model, total.metrics()
+    return model, report.metrics()

@@ -1,11 +1,10 @@
-"""Jagged ops, STU layers, the HSTU match model, loss, metrics and export."""
+"""Jagged ops, STU layers, the HSTU match model, its loss, metrics and export."""
 
 from negseq.model.encoders import HSTUPositionalEncoder, L2Norm, UIHPreprocessor
 from negseq.model.export import export, load_tower, predict
 from negseq.model.hstu_match import HSTUMatch, STUConfig
 from negseq.model.metrics import evaluate
 from negseq.model.stu import STULayer, STUStack
-from negseq.model.train import TrainReport, make_optimizer, train
 
 __all__ = [
     "HSTUMatch",
@@ -14,12 +13,9 @@ __all__ = [
     "STUConfig",
     "STULayer",
     "STUStack",
-    "TrainReport",
     "UIHPreprocessor",
     "evaluate",
     "export",
     "load_tower",
-    "make_optimizer",
     "predict",
-    "train",
 ]

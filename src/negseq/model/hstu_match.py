@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from negseq.batch import JaggedBatch, JaggedFeature
 from negseq.errors import NegseqError
 from negseq.model.encoders import HSTUPositionalEncoder, L2Norm, UIHPreprocessor
 from negseq.model.jagged import row_slots
 from negseq.model.stu import STULayer, STUStack
-from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
 
 Similarity = Literal["cosine", "inner_product"]
 _DENSE_SCORE_LIMIT = 1 << 25  # most query x corpus scores computed at once (128 MiB of float32)

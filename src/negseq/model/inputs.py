@@ -1,7 +1,7 @@
 """Sequence-table columns (Arrow list<int64>) -> the model's jagged inputs.
 
 Used by `evaluate` and `predict`, which read `prepare_sequences` tables directly (training
-batches come from the pipeline's `to_jagged_batch`). Item ids become dense rows through
+batches come from `SampledBatch.to_jagged`). Item ids become dense rows through
 the item table (`items.dense_rows`, 0 for an unknown id).
 """
 
@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from negseq.batch import JaggedFeature
 from negseq.errors import NegseqError
-from negseq.pipeline.jagged_batch import JaggedFeature
 
 
 class DenseRows(Protocol):

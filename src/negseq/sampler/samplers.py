@@ -42,6 +42,7 @@ class SampleResult:
     hard_neg_indices: np.ndarray | None
     expand_factor: int
     stats: dict[str, int] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # the negatives' item-table rows (None when decoded off the wire)
 
 
 def _column(batch: Batch, name: str, role: str) -> np.ndarray:
@@ -57,7 +58,7 @@ def _column(batch: Batch, name: str, role: str) -> np.ndarray:
     if not pa.types.is_integer(column.type):
         raise NegseqError(
             f"batch: column {name!r} must hold int64 ids (one a row), found {column.type}; "
-            "flatten multi-value columns with negseq.pipeline.build_sampler_input first"
+            "flatten multi-value columns with negseq.candidates.build_sampler_input first"
         )
     if column.null_count:
         nulls = np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))
@@ -199,7 +200,13 @@ class _Sampler:
             hard_neg_indices=hard_indices,
             expand_factor=group,
             stats=stats,
+            rows=rows,
         )
+
+    def draw_probability(self, rows: np.ndarray) -> np.ndarray:
+        """float64 [len(rows)]: the probability that one draw picks each item row, before any
+        exclusion redraw (the proposal q of a sampled softmax's logQ correction)."""
+        raise NotImplementedError
 
     def _draw(
         self,
@@ -242,6 +249,10 @@ class NegativeSampler(_Sampler):
             seed=seed,
         )
         self._alias = kernels.build_alias_table(items.weights)
+        self._total_weight = float(items.weights.sum())
+
+    def draw_probability(self, rows: np.ndarray) -> np.ndarray:
+        return self.items.weights[rows] / self._total_weight
 
     def _draw(self, rows, group, positives, users, key):
         excluded = kernels.row_bitmap(self.items.rows(positives), len(self.items))
@@ -286,6 +297,12 @@ class NegativeSamplerV2(_Sampler):
             raise NegseqError(f"{pos_edges.source}: every edge item has weight 0, nothing can be drawn")
         # An empty alias table draws uniformly from the pool.
         self._alias = kernels.build_alias_table(pool_weights) if weighted else _UNIFORM
+        self._pool_weight = float(pool_weights.sum())
+
+    def draw_probability(self, rows: np.ndarray) -> np.ndarray:
+        if self.weighted:
+            return self.items.weights[rows] / self._pool_weight
+        return np.full(len(rows), 1.0 / len(self._pool))
 
     def _draw(self, rows, group, positives, users, key):
         csr = self._positives

@@ -19,7 +19,7 @@ that key. Unknown keys are refused, so a typo cannot silently fall back to a def
 
 - negatives mode: the batch holds the sampler's `item_id_field` (integer, one positive a row) and,
   for the V2 and hard samplers, its `user_id_field` (integer, aligned). Other columns are ignored.
-- candidates mode: the batch is what `negseq.pipeline.sample_candidates` takes (the item column
+- candidates mode: the batch is what `negseq.candidates.sample_batch` takes (the item column
   may be int64, delimited id strings or a list of ids).
 
 Response, negatives mode: one record batch, with rows [0, num_negatives) the simple negatives and

@@ -204,7 +204,7 @@ class SamplerServer(flight.FlightServerBase):
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
-        from negseq.pipeline import sample_candidates_and_stats  # here: clients never load the pipeline
+        from negseq.candidates import CandidateSpec, sample_batch  # here: clients never load them
 
         if request.per_positive is not None:
             raise NegseqError(
@@ -230,18 +230,16 @@ class SamplerServer(flight.FlightServerBase):
             self.limits.check_negatives(bound, f"up to {bound // max(n, 1)} positives x neg_per_pos {n}")
         else:
             self.limits.check_negatives(*_shared_negatives(sampler, request.training))
-        out, stats = sample_candidates_and_stats(
+        sampled = sample_batch(
             batch,
             sampler,
-            layout=layout,
-            neg_per_pos=neg_per_pos,
-            seq_delim=seq_delim,
+            CandidateSpec(layout=layout, neg_per_pos=neg_per_pos, seq_delim=seq_delim),
             epoch=request.epoch,
             batch_index=request.batch_index,
             training=request.training,
         )
-        meta = {"layout": layout, "stats": {k: int(v) for k, v in stats.items()}}
-        return out, meta, int(stats.get("draws", 0))
+        stats = {k: int(v) for k, v in sampled.stats.items()}
+        return sampled.to_arrow(), {"layout": layout, "stats": stats}, stats.get("draws", 0)
 
     # -- actions ---------------------------------------------------------------------------
 

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from negseq.errors import NegseqError
-from negseq.pipeline import (
+from negseq.candidates import (
     build_sampler_input,
     combine_neg_as_candidate_sequence,
     combine_negs_to_candidate_suffix,
     flatten_id_column,
 )
+from negseq.errors import NegseqError
 
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(0, 10**6)
 rows = st.lists(st.none() | st.lists(ids, max_size=6), max_size=12)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from negseq.candidates import id_strings
+from negseq.candidates.flatten import flatten_id_column, is_id_string_type
 from negseq.errors import NegseqError
-from negseq.pipeline import id_strings
-from negseq.pipeline.sampler_input import flatten_id_column, is_id_string_type
 
 
 def _as_array(data: pa.Array | pa.ChunkedArray) -> pa.Array:

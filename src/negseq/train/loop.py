@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
+from negseq.batch import JaggedBatch
 from negseq.model.device import training_autocast
 from negseq.model.hstu_match import HSTUMatch
-from negseq.pipeline.jagged_batch import JaggedBatch
 
 
 @dataclass
@@ -67,20 +66,19 @@ def train(
     weight_decay: float = 0.0,
     max_steps: int | None = None,
     device: torch.device | str = "cpu",
-    on_step: Callable[[int, float], None] | None = None,
-    quiet: bool = False,
+    on_step: Callable[[int, float, int], None] | None = None,
 ) -> TrainReport:
     """One pass over `batches` (or `max_steps` of them): forward, loss, backward, AdamW step.
 
     The model must already be on `device`; on CUDA the forward runs under bf16 autocast
     (pick the attention kernel with `negseq.model.device.select_kernel` in `STUConfig`).
+    `on_step(step, loss, rows)` follows every step (progress bars, checkpoints).
     """
     optimizer = optimizer or make_optimizer(model, lr, weight_decay)
     report = TrainReport(optimizer)
     model.train()
     start = time.perf_counter()
     iterator = iter(batches)
-    progress = tqdm(total=max_steps, disable=quiet, desc="train", unit="batch")
     while max_steps is None or report.steps < max_steps:
         wait_start = time.perf_counter()
         try:
@@ -98,10 +96,7 @@ def train(
         report.losses.append(loss)
         report.rows += batch.batch_size
         report.queries += out["logits"].shape[0]
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss:.4f}")
         if on_step is not None:
-            on_step(report.steps, loss)
-    progress.close()
+            on_step(report.steps, loss, batch.batch_size)
     report.seconds = time.perf_counter() - start
     return report

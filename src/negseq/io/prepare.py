@@ -1,4 +1,5 @@
-"""Interaction log -> per-user training and evaluation sequences (leave-last-out, as HSTU).
+"""Interaction log -> per-user training and evaluation sequences (leave-last-out, as HSTU),
+and the item catalogue the samplers and the model share.
 
 Each user's interactions are ordered by time, ties broken by item id, so the split is
 deterministic. With items i_1..i_K (K >= min_len):
@@ -12,9 +13,13 @@ positive of every history position for the autoregressive objective.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
 
@@ -78,6 +83,55 @@ def _rows(users, items, times, first, target_pos, max_seq_len) -> pa.Table:
     )
 
 
+@dataclass(frozen=True)
+class _Split:
+    """The log sorted by user, time, item; and each kept user's [first, last) rows."""
+
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+
+def _split(
+    interactions: pa.Table | pa.RecordBatch, user_field: str, item_field: str, time_field: str, min_len: int
+) -> _Split:
+    if min_len < 2:
+        raise NegseqError(f"min_len must be >= 2 (a history and a target), got {min_len}")
+    if isinstance(interactions, pa.RecordBatch):
+        interactions = pa.Table.from_batches([interactions])
+    users = _int64_column(interactions, user_field)
+    items = _int64_column(interactions, item_field)
+    times = _int64_column(interactions, time_field)
+    order = np.lexsort((items, times, users))
+    users, items, times = users[order], items[order], times[order]
+    boundary = np.flatnonzero(np.diff(users)) + 1 if len(users) else np.empty(0, np.int64)
+    first = np.concatenate([[0], boundary]).astype(np.int64) if len(users) else boundary
+    last = np.concatenate([boundary, [len(users)]]).astype(np.int64) if len(users) else boundary
+    keep = (last - first) >= min_len
+    return _Split(users, items, times, first[keep], last[keep])
+
+
+def _sequences(split: _Split, max_seq_len: int) -> tuple[pa.Table, pa.Table]:
+    if max_seq_len < 1:
+        raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
+    u, i, t = split.users, split.items, split.times
+    eval_table = _rows(u, i, t, split.first, split.last - 1, max_seq_len)
+    train_table = _rows(u, i, t, split.first, split.last - 2, max_seq_len)
+    return train_table, eval_table
+
+
+def _catalogue(split: _Split, weight_power: float) -> pa.Table:
+    """`id` (every item of the log, sorted), `count` (its interactions outside the evaluation
+    targets: nothing leaks from the held-out items) and `weight` = count ** weight_power."""
+    ids = np.unique(split.items)
+    held_out = np.zeros(len(split.items), bool)
+    held_out[split.last - 1] = True
+    counts = np.bincount(np.searchsorted(ids, split.items[~held_out]), minlength=len(ids)).astype(np.int64)
+    return pa.table({"id": ids, "weight": counts.astype(np.float64) ** weight_power, "count": counts})
+
+
 def prepare_sequences(
     interactions: pa.Table | pa.RecordBatch,
     *,
@@ -92,24 +146,53 @@ def prepare_sequences(
     Columns: user_id, uih, uih_ts, target, target_ts, next_items (see the module docstring).
     Users with fewer than `min_len` interactions are left out of both tables.
     """
-    if max_seq_len < 1:
-        raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
-    if min_len < 2:
-        raise NegseqError(f"min_len must be >= 2 (a history and a target), got {min_len}")
-    if isinstance(interactions, pa.RecordBatch):
-        interactions = pa.Table.from_batches([interactions])
-    users = _int64_column(interactions, user_field)
-    items = _int64_column(interactions, item_field)
-    times = _int64_column(interactions, time_field)
-    order = np.lexsort((items, times, users))
-    users, items, times = users[order], items[order], times[order]
+    return _sequences(_split(interactions, user_field, item_field, time_field, min_len), max_seq_len)
 
-    boundary = np.flatnonzero(np.diff(users)) + 1 if len(users) else np.empty(0, np.int64)
-    first = np.concatenate([[0], boundary]).astype(np.int64) if len(users) else boundary
-    last = np.concatenate([boundary, [len(users)]]).astype(np.int64) if len(users) else boundary
-    keep = (last - first) >= min_len
-    first, last = first[keep], last[keep]
 
-    eval_table = _rows(users, items, times, first, last - 1, max_seq_len)
-    train_table = _rows(users, items, times, first, last - 2, max_seq_len)
-    return train_table, eval_table
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared folder: `train.parquet`, `eval.parquet` (leave-last-out) and `items.parquet`."""
+
+    folder: Path
+
+    @property
+    def train(self) -> Path:
+        return self.folder / "train.parquet"
+
+    @property
+    def eval(self) -> Path:
+        return self.folder / "eval.parquet"
+
+    @property
+    def items(self) -> Path:
+        return self.folder / "items.parquet"
+
+
+def prepare(
+    interactions: pa.Table,
+    out: Path,
+    *,
+    user_field: str = "user_id",
+    item_field: str = "item_id",
+    time_field: str = "timestamp",
+    max_seq_len: int = 200,
+    min_len: int = 2,
+    item_weight_power: float = 0.75,
+) -> tuple[Prepared, dict[str, int]]:
+    """Write the prepared folder for an interaction log; returns it and its row counts. The one
+    prepare of `negseq prepare` and `negseq run`. Item weights are count ** `item_weight_power`
+    (0: uniform; 1: by popularity; 0.75: word2vec's unigram^0.75)."""
+    split = _split(interactions, user_field, item_field, time_field, min_len)
+    train, evaluation = _sequences(split, max_seq_len)
+    items = _catalogue(split, item_weight_power)
+    prepared = Prepared(Path(out))
+    prepared.folder.mkdir(parents=True, exist_ok=True)
+    for path, table in ((prepared.train, train), (prepared.eval, evaluation), (prepared.items, items)):
+        pq.write_table(table, path)
+    counts = {
+        "interactions": interactions.num_rows,
+        "train": train.num_rows,
+        "eval": evaluation.num_rows,
+        "items": items.num_rows,
+    }
+    return prepared, counts

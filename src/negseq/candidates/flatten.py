@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
+from negseq.candidates import id_strings
 from negseq.errors import NegseqError
-from negseq.pipeline import id_strings
 
 BatchLike = pa.RecordBatch | pa.Table | Mapping[str, pa.Array | pa.ChunkedArray]
 

@@ -9,16 +9,25 @@ The candidate group holds the candidate sequences exactly as the layout builds t
 - suffix: row i holds its `cand_pos_lengths[i]` positives; the last row then holds
   `num_shared_negatives` shared negatives, then `num_hard_negatives` hard negatives whose
   owners are given by `hard_neg_indices` [H, 2] = (query row, offset in that row's hard list).
+
+`neg_probability` (optional) is the probability with which the sampler drew each sampled
+negative on one draw, in candidate order: [Q * neg_per_pos] or [num_shared_negatives].
+Training batches come from `JaggedBatch.from_arrays(sampled.to_jagged(...))`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
+import numpy as np
 import torch
 
-Layout = Literal["interleaved", "suffix"]
+from negseq.candidates.jagged_arrays import JaggedArrays, Layout, candidate_count
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over `array`'s memory, or over a copy when the buffer is read-only (Arrow's)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class JaggedBatch:
     num_hard_negatives: int = 0
     hard_neg_indices: torch.Tensor | None = None
     contextual: JaggedFeature | None = None
+    neg_probability: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in ("interleaved", "suffix"):
@@ -85,16 +95,34 @@ class JaggedBatch:
                 f"JaggedBatch rows disagree: uih {batch}, candidate {self.candidate.batch_size}, "
                 f"cand_pos_lengths {self.cand_pos_lengths.numel()}"
             )
-        num_pos = int(self.cand_pos_lengths.sum())
-        if self.layout == "interleaved":
-            expected = num_pos * (1 + self.neg_per_pos)
-        else:
-            expected = num_pos + self.num_shared_negatives + self.num_hard_negatives
+        expected = candidate_count(
+            self.layout,
+            int(self.cand_pos_lengths.sum()),
+            self.neg_per_pos,
+            self.num_shared_negatives,
+            self.num_hard_negatives,
+        )
         if expected != self.candidate.values.numel():
             raise ValueError(
                 f"JaggedBatch candidate holds {self.candidate.values.numel()} ids, "
                 f"the {self.layout} layout needs {expected}"
             )
+
+    @classmethod
+    def from_arrays(cls, arrays: JaggedArrays) -> JaggedBatch:
+        """A collated sampled batch as tensors (no copy where numpy owns the memory)."""
+        timestamps = None if arrays.uih_timestamps is None else _tensor(arrays.uih_timestamps)
+        return cls(
+            uih=JaggedFeature(_tensor(arrays.uih_values), _tensor(arrays.uih_offsets), timestamps),
+            candidate=JaggedFeature(_tensor(arrays.candidate_values), _tensor(arrays.candidate_offsets)),
+            cand_pos_lengths=_tensor(arrays.cand_pos_lengths),
+            layout=arrays.layout,
+            neg_per_pos=arrays.neg_per_pos,
+            num_shared_negatives=arrays.num_shared_negatives,
+            num_hard_negatives=arrays.num_hard_negatives,
+            hard_neg_indices=None if arrays.hard_neg_indices is None else _tensor(arrays.hard_neg_indices),
+            neg_probability=None if arrays.neg_probability is None else _tensor(arrays.neg_probability),
+        )
 
     @property
     def batch_size(self) -> int:
@@ -110,4 +138,7 @@ class JaggedBatch:
             if self.hard_neg_indices is None
             else self.hard_neg_indices.to(device, non_blocking=non_blocking),
             contextual=None if self.contextual is None else self.contextual.to(device, non_blocking),
+            neg_probability=None
+            if self.neg_probability is None
+            else self.neg_probability.to(device, non_blocking=non_blocking),
         )

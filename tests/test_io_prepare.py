@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from negseq.errors import NegseqError
-from negseq.pipeline import SEQUENCE_SCHEMA, prepare_sequences
+from negseq.io.prepare import SEQUENCE_SCHEMA, prepare_sequences
 
 events = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 20), st.integers(0, 10)), max_size=60)
 

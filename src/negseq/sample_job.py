@@ -37,10 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from negseq.candidates import LAYOUTS, CandidateSpec
 from negseq.errors import NegseqError
+from negseq.executors.local import LocalExecutor
+from negseq.executors.plan import BatchWork, SamplingPlan
+from negseq.io.sinks import OUTPUT_FORMATS, SampledSink
+from negseq.io.sources import CsvOptions, Source
 from negseq.jobfile import checked_table, load_toml
-from negseq.pipeline.candidates import LAYOUTS
-from negseq.pipeline.io import OUTPUT_FORMATS, CsvOptions
+from negseq.sampler import build_sampler
 
 _KEYS = {
     "input": {"path", "format", "batch_size", "delimiter", "column_names"},
@@ -138,48 +144,34 @@ class SampleJob:
             )
         return result
 
-    def config_for_hash(self) -> dict[str, Any]:
-        """What decides the outputs: the sampler, candidate and run settings and the input."""
-        return {
-            "input": str(self.input_path),
-            "batch_size": self.batch_size,
-            "sampler": self.sampler_config,
-            "layout": self.layout,
-            "neg_per_pos": self.neg_per_pos,
-            "seq_delim": self.seq_delim,
-            "output_format": self.output_format,
-            "epoch": self.epoch,
-        }
-
 
 def run_sample_job(job: SampleJob, *, progress: bool = False) -> dict[str, Any]:
-    """Run a sample job on the local executor; returns the manifest it wrote."""
-    from negseq.pipeline.io import config_hash, detect_format, iter_batches, open_dataset
-    from negseq.pipeline.local_executor import LocalExecutor
-    from negseq.sampler import build_sampler
-
+    """Run a sample job on the local executor; returns the manifest it wrote. Every check (input
+    columns, output folder, layout) runs before anything is written."""
     sampler = build_sampler(job.sampler_config, base_dir=job.base_dir)
-    executor = LocalExecutor(
-        sampler,
-        layout=job.layout,  # type: ignore[arg-type]
-        neg_per_pos=job.neg_per_pos,
-        seq_delim=job.seq_delim,
-        epoch=job.epoch,
-        num_workers=job.workers,
-        max_in_flight=job.max_in_flight,
-    )
-    required = [f for f in (sampler.item_id_field, sampler.user_id_field) if f is not None]
-    total_rows = None
-    if progress and (job.input_format or detect_format(job.input_path)) != "csv":
-        total_rows = open_dataset(job.input_path, format=job.input_format).count_rows()  # metadata only
-    batches = iter_batches(
-        job.input_path, batch_size=job.batch_size, format=job.input_format, csv=job.csv, require=required
-    )
-    return executor.write(
-        batches,
-        job.output_path,
-        format=job.output_format,
-        config_hash=config_hash(job.config_for_hash()),
-        progress=progress,
-        total_rows=total_rows,
-    )
+    spec = CandidateSpec(layout=job.layout, neg_per_pos=job.neg_per_pos, seq_delim=job.seq_delim)  # type: ignore[arg-type]
+    spec.check_sampler(sampler)
+    source = Source.open(job.input_path, format=job.input_format, csv=job.csv)
+    source.require([f for f in (sampler.item_id_field, sampler.user_id_field) if f is not None])
+    clash = sorted(set(spec.output_columns(sampler)) & set(source.schema.names))
+    if clash:
+        raise NegseqError(
+            f"{source.spec}: input column(s) {clash} are negseq output columns (is this a sampled "
+            "output?); sample the original input instead"
+        )
+    plan = SamplingPlan(source, job.batch_size, spec, epochs=(job.epoch,))
+    sink = SampledSink.create(str(job.output_path), format=job.output_format, inputs=source.roots)
+    work = BatchWork(sampler, plan, sink=sink, write_epoch=job.epoch)
+    executor = LocalExecutor(work, num_workers=job.workers, max_in_flight=job.max_in_flight)
+    try:
+        with tqdm(
+            total=source.num_rows, unit="rows", unit_scale=True, desc="sample", disable=not progress
+        ) as bar:
+            for summary in executor.run(job.epoch):
+                bar.update(summary["rows_in"])
+        return sink.finish(
+            expected_batches=range(plan.num_batches), describe=work.describe(job.sampler_config)
+        )
+    except BaseException:
+        sink.abort()
+        raise

@@ -1,0 +1,284 @@
+"""`SampledBatch`: what sampling one keyed batch returns, typed and checked once where it is built.
+
+`sample_batch` flattens a batch's positives, draws their negatives keyed by
+(seed, epoch, batch_index), and keeps everything apart: the source columns, the positives
+(ids and per-row counts), the negatives (ids, attribute columns, draw probabilities), the hard
+negatives with `hard_neg_indices`, the layout and the key. Two encoders read it and nothing
+else does:
+
+- `to_arrow()`: TorchEasyRec's columns (the candidate column in the input's type,
+  `cand_pos_lengths`, `hard_neg_indices`) for files and the service;
+- `to_jagged()`: numpy arrays of dense item rows (`JaggedArrays`) for training, built from the
+  ids directly: training never parses a string or list column back into ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from negseq.candidates.combine import (
+    combine_neg_as_candidate_sequence,
+    combine_negs_to_candidate_suffix,
+)
+from negseq.candidates.flatten import build_sampler_input, column_of, flatten_id_column
+from negseq.candidates.jagged_arrays import (
+    LAYOUTS,
+    BatchKey,
+    JaggedArrays,
+    Layout,
+    offsets_of,
+    truncate_recent,
+)
+from negseq.errors import NegseqError
+
+CAND_POS_LENGTHS = "cand_pos_lengths"
+HARD_NEG_INDICES = "hard_neg_indices"
+
+
+class DenseRows(Protocol):
+    """An item vocabulary: id -> 1-based embedding row, 0 for an unknown id."""
+
+    def dense_rows(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """How a batch's candidates are laid out (DESIGN §4): `layout`, the negatives a positive
+    gets in the interleaved layout (`neg_per_pos`; None: the sampler's num_sample) and the
+    delimiter of string id sequences."""
+
+    layout: Layout = "interleaved"
+    neg_per_pos: int | None = None
+    seq_delim: str = ";"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise NegseqError(f"[candidates] layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.neg_per_pos is not None and self.layout != "interleaved":
+            raise NegseqError(
+                "[candidates] neg_per_pos applies to the 'interleaved' layout; the 'suffix' layout "
+                "appends the sampler's num_sample shared negatives"
+            )
+        if self.neg_per_pos is not None and self.neg_per_pos < 0:
+            raise NegseqError(f"[candidates] neg_per_pos must be >= 0, got {self.neg_per_pos}")
+        if not self.seq_delim:
+            raise NegseqError("[candidates] seq_delim must not be empty")
+
+    def check_sampler(self, sampler: Any) -> None:
+        """Refuse a sampler this layout cannot carry (before anything is read or written)."""
+        if self.layout == "interleaved" and sampler.is_hard:
+            raise NegseqError(
+                "hard negatives are shared by a batch, so they need the 'suffix' layout, not 'interleaved'"
+            )
+
+    def output_columns(self, sampler: Any) -> list[str]:
+        """The columns `to_arrow` adds beside the source's (an input holding one is an error)."""
+        return [CAND_POS_LENGTHS] + ([HARD_NEG_INDICES] if sampler.is_hard else [])
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """One sampled batch (see the module docstring); built by `sample_batch`, checked here."""
+
+    key: BatchKey
+    spec: CandidateSpec
+    source: pa.RecordBatch
+    item_field: str
+    positives: np.ndarray
+    pos_lengths: np.ndarray
+    negatives: np.ndarray
+    neg_per_pos: int
+    neg_attributes: pa.RecordBatch
+    neg_probability: np.ndarray
+    has_hard: bool
+    hard_negatives: np.ndarray
+    hard_attributes: pa.RecordBatch | None
+    hard_neg_indices: np.ndarray | None
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.pos_lengths) != self.source.num_rows or int(self.pos_lengths.sum()) != len(
+            self.positives
+        ):
+            raise AssertionError("SampledBatch: positives disagree with their per-row counts")
+        sampled = len(self.positives) * self.neg_per_pos if self.spec.layout == "interleaved" else None
+        if sampled is not None and len(self.negatives) != sampled:
+            raise AssertionError(f"SampledBatch: {len(self.negatives)} negatives, the layout needs {sampled}")
+        if len(self.neg_probability) != len(self.negatives) or self.neg_attributes.num_rows != len(
+            self.negatives
+        ):
+            raise AssertionError("SampledBatch: negatives, their attributes and probabilities disagree")
+        if len(self.hard_negatives) and (
+            self.hard_neg_indices is None or self.hard_neg_indices.shape != (len(self.hard_negatives), 2)
+        ):
+            raise AssertionError("SampledBatch: hard negatives need hard_neg_indices [H, 2]")
+
+    @property
+    def num_rows(self) -> int:
+        return self.source.num_rows
+
+    # ---- encoders --------------------------------------------------------------------
+
+    def to_arrow(self) -> pa.RecordBatch:
+        """The source columns with the item column replaced by the candidate sequences (same
+        type family: strings stay strings, lists stay lists, an int64 column becomes
+        list<int64>), then `cand_pos_lengths` (int32) and, for a hard sampler,
+        `hard_neg_indices` (list<int32>: flattened (query row, offset) pairs on the last row)."""
+        positives = column_of(self.source, self.item_field)
+        if self.spec.layout == "interleaved":
+            candidates, _ = combine_neg_as_candidate_sequence(
+                positives, self.negatives, self.neg_per_pos, self.spec.seq_delim
+            )
+        else:
+            candidates, _ = combine_negs_to_candidate_suffix(
+                positives, self.negatives, self.spec.seq_delim, hard_negs=self.hard_negatives
+            )
+        names = self.source.schema.names
+        arrays = [candidates if name == self.item_field else self.source.column(name) for name in names]
+        fields = [pa.field(name, array.type) for name, array in zip(names, arrays, strict=True)]
+        arrays.append(pa.array(self.pos_lengths, type=pa.int32()))
+        fields.append(pa.field(CAND_POS_LENGTHS, pa.int32()))
+        if self.has_hard:
+            arrays.append(_hard_indices_column(self.num_rows, self.hard_neg_indices))
+            fields.append(pa.field(HARD_NEG_INDICES, pa.list_(pa.int32())))
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def to_jagged(
+        self,
+        vocab: DenseRows,
+        *,
+        uih_field: str,
+        max_seq_len: int,
+        timestamp_field: str | None = None,
+    ) -> JaggedArrays:
+        """The batch as `JaggedArrays`: the `uih_field` history (its most recent `max_seq_len`
+        items, with `timestamp_field` beside it) and the candidates, as dense item rows."""
+        if max_seq_len < 1:
+            raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        uih_ids, uih_counts = _id_lists(self.source, uih_field)
+        uih_ids, uih_counts = truncate_recent(uih_ids, uih_counts, max_seq_len)
+        timestamps = None
+        if timestamp_field is not None:
+            ts, ts_counts = _id_lists(self.source, timestamp_field)
+            ts, ts_counts = truncate_recent(ts, ts_counts, max_seq_len)
+            if not np.array_equal(ts_counts, uih_counts):
+                row = int(np.flatnonzero(ts_counts != uih_counts)[0])
+                raise NegseqError(
+                    f"batch {self.key.batch_index}, row {row}: {timestamp_field!r} and {uih_field!r} "
+                    "differ in length"
+                )
+            timestamps = ts
+        lengths = self.pos_lengths.astype(np.int64)
+        if self.spec.layout == "interleaved":
+            block = np.empty((len(self.positives), 1 + self.neg_per_pos), np.int64)
+            block[:, 0] = self.positives
+            block[:, 1:] = self.negatives.reshape(len(self.positives), self.neg_per_pos)
+            candidates = block.reshape(-1)
+            offsets = offsets_of(lengths * (1 + self.neg_per_pos))
+            num_shared = num_hard = 0
+        else:
+            candidates = np.concatenate([self.positives, self.negatives, self.hard_negatives])
+            offsets = offsets_of(lengths)
+            num_shared, num_hard = len(self.negatives), len(self.hard_negatives)
+            if self.num_rows:
+                offsets[-1] += num_shared + num_hard
+        return JaggedArrays(
+            key=self.key,
+            layout=self.spec.layout,
+            uih_values=np.asarray(vocab.dense_rows(uih_ids), np.int64),
+            uih_offsets=offsets_of(uih_counts),
+            uih_timestamps=timestamps,
+            candidate_values=np.asarray(vocab.dense_rows(candidates), np.int64),
+            candidate_offsets=offsets,
+            cand_pos_lengths=self.pos_lengths.astype(np.int32),
+            neg_per_pos=self.neg_per_pos if self.spec.layout == "interleaved" else 0,
+            num_shared_negatives=num_shared,
+            num_hard_negatives=num_hard,
+            hard_neg_indices=self.hard_neg_indices if num_hard else None,
+            neg_probability=self.neg_probability,
+        )
+
+
+def _id_lists(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    return flatten_id_column(column_of(batch, name), column=name)
+
+
+def _hard_indices_column(num_rows: int, hard_neg_indices: np.ndarray | None) -> pa.Array:
+    """list<int32>: the last row holds the flattened (query row, offset) pairs, others empty."""
+    pairs = np.empty(0, np.int32) if hard_neg_indices is None else hard_neg_indices.reshape(-1)
+    offsets = np.zeros(num_rows + 1, dtype=np.int32)
+    if num_rows:
+        offsets[-1] = len(pairs)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(pairs.astype(np.int32)))
+
+
+def _as_record_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    if isinstance(batch, pa.RecordBatch):
+        return batch
+    return pa.RecordBatch.from_arrays([column_of(batch, n) for n in batch.schema.names], schema=batch.schema)
+
+
+def sample_batch(
+    batch: pa.RecordBatch | pa.Table,
+    sampler: Any,
+    spec: CandidateSpec,
+    *,
+    epoch: int = 0,
+    batch_index: int = 0,
+    training: bool = True,
+) -> SampledBatch:
+    """Flatten the batch's positives, draw their negatives keyed by (sampler.seed, epoch,
+    batch_index), and return them typed. Interleaved: `spec.neg_per_pos` (default: the
+    sampler's num_sample, or num_eval_sample out of training when set) negatives a positive;
+    suffix: the sampler's shared negatives, then the hard ones. No positives, no negatives."""
+    spec.check_sampler(sampler)
+    source = _as_record_batch(batch)
+    clash = sorted(set(spec.output_columns(sampler)) & set(source.schema.names))
+    if clash:
+        raise NegseqError(
+            f"batch {batch_index}: input column(s) {clash} are negseq output columns; an input "
+            "that was already sampled cannot be sampled again into the same names"
+        )
+    item_field = sampler.item_id_field
+    flat, counts = build_sampler_input(source, item_field, sampler.user_id_field, spec.seq_delim)
+    positives = np.asarray(flat[item_field].to_numpy(), np.int64)
+    n = sampler.shared_sample_num(training) if spec.neg_per_pos is None else spec.neg_per_pos
+    per_positive = n if spec.layout == "interleaved" else None
+    key = BatchKey(int(sampler.seed), epoch, batch_index)
+    if len(positives):
+        result = sampler.get(
+            flat, epoch=epoch, batch_index=batch_index, per_positive=per_positive, training=training
+        )
+        negatives, attributes, stats = result.ids, result.negatives, dict(result.stats)
+        probability = sampler.draw_probability(result.rows)
+        hard_ids, hard_attributes, hard_indices = (
+            result.hard_ids,
+            result.hard_negatives,
+            result.hard_neg_indices,
+        )
+    else:
+        negatives, stats, probability = np.empty(0, np.int64), {}, np.empty(0, np.float64)
+        attributes = sampler.items.attributes(np.empty(0, np.int64), sampler.attr_fields, item_field)
+        hard_ids, hard_attributes, hard_indices = np.empty(0, np.int64), None, None
+    return SampledBatch(
+        key=key,
+        spec=spec,
+        source=source,
+        item_field=item_field,
+        positives=positives,
+        pos_lengths=counts.astype(np.int32),
+        negatives=negatives,
+        neg_per_pos=n if spec.layout == "interleaved" else 0,
+        neg_attributes=attributes,
+        neg_probability=probability,
+        has_hard=bool(sampler.is_hard),
+        hard_negatives=hard_ids,
+        hard_attributes=hard_attributes,
+        hard_neg_indices=hard_indices,
+        stats=stats,
+    )

@@ -1,0 +1,116 @@
+"""What an executor runs, as plain data, and the one function of a batch both executors apply.
+
+`SamplingPlan`: the source's batch descriptors (planned from metadata), how each batch is
+sampled, and for which epochs. `BatchWork`: sample a descriptor's rows keyed by
+(seed, epoch, batch_index), write the batch's part when the epoch is the one being written,
+and collate it for training. The local executor calls it on threads, the Ray executor on
+actors: both produce the same files and the same arrays for the same key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from negseq.candidates import CandidateSpec, JaggedArrays, SampledBatch, sample_batch
+from negseq.candidates.sampled import DenseRows
+from negseq.io.sinks import SampledSink, config_hash
+from negseq.io.sources import BatchDescriptor, Source
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """The batches of `source` (`batch_size` rows each), sampled as `spec` says, over `epochs`."""
+
+    source: Source
+    batch_size: int
+    spec: CandidateSpec
+    epochs: tuple[int, ...] = (0,)
+    training: bool = True
+    descriptors: tuple[BatchDescriptor, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "descriptors", tuple(self.source.plan(self.batch_size)))
+
+    @property
+    def num_batches(self) -> int:
+        """Batches an epoch."""
+        return len(self.descriptors)
+
+    def keys(self) -> list[tuple[int, int]]:
+        """(epoch, batch_index) of every batch of the run, epoch-major."""
+        return [(epoch, d.batch_index) for epoch in self.epochs for d in self.descriptors]
+
+
+@dataclass(frozen=True)
+class Collation:
+    """How a sampled batch becomes training arrays: the item vocabulary (dense rows), the history
+    column, its timestamps and the history length kept."""
+
+    vocab: DenseRows
+    max_seq_len: int
+    uih_field: str = "uih"
+    timestamp_field: str | None = None
+
+    def __call__(self, sampled: SampledBatch) -> JaggedArrays:
+        return sampled.to_jagged(
+            self.vocab,
+            uih_field=self.uih_field,
+            max_seq_len=self.max_seq_len,
+            timestamp_field=self.timestamp_field,
+        )
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    """One keyed batch's rows: sample, write (`write_epoch` only), collate (when `collate` is set).
+
+    Returns the collated arrays, or the batch's summary (the written part's, when it was
+    written) when there is nothing to collate.
+    """
+
+    sampler: Any
+    plan: SamplingPlan
+    sink: SampledSink | None = None
+    write_epoch: int = 0
+    collate: Collation | None = None
+
+    def describe(self, sampler_config: dict[str, Any]) -> dict[str, Any]:
+        """What decides the written outputs, for their manifest; `config_hash` hashes the rest."""
+        sampler, spec = self.sampler, self.plan.spec
+        ((kind, fields),) = sampler_config.items()
+        hard = getattr(sampler, "hard", None)
+        fields = {
+            "sampler": {"type": kind, "config": fields},
+            "num_sample": sampler.shared_sample_num(self.plan.training),
+            "num_hard_sample": None if hard is None else hard.num_hard_sample,
+            "layout": spec.layout,
+            "neg_per_pos": spec.neg_per_pos,
+            "seq_delim": spec.seq_delim,
+            "seed": int(sampler.seed),
+            "epoch": self.write_epoch,
+            "batch_size": self.plan.batch_size,
+            "input": self.plan.source.spec,
+        }
+        return {**fields, "config_hash": config_hash(fields)}
+
+    def unwritten(self) -> list[int]:
+        """Batches of the written epoch whose part is not staged yet (training stopped early)."""
+        written = set() if self.sink is None else {s["batch_index"] for s in self.sink.written()}
+        return [i for i in range(self.plan.num_batches) if i not in written]
+
+    def __call__(self, rows: pa.RecordBatch, epoch: int, batch_index: int) -> JaggedArrays | dict[str, Any]:
+        sampled = sample_batch(
+            rows,
+            self.sampler,
+            self.plan.spec,
+            epoch=epoch,
+            batch_index=batch_index,
+            training=self.plan.training,
+        )
+        summary: dict[str, Any] = {"batch_index": batch_index, "rows_in": sampled.num_rows}
+        if self.sink is not None and epoch == self.write_epoch:
+            summary = self.sink.write(sampled)
+        return summary if self.collate is None else self.collate(sampled)

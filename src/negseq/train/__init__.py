@@ -1,0 +1,1 @@
+"""Training: the loop over `JaggedBatch`es, checkpoints, and the in-process and Ray Train runners."""
