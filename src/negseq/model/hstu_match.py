@@ -29,6 +29,7 @@ from torch import nn
 from negseq.errors import NegseqError
 from negseq.model.encoders import HSTUPositionalEncoder, L2Norm, UIHPreprocessor
 from negseq.model.jagged import row_slots
+from negseq.model.ops import Kernel
 from negseq.model.stu import STULayer, STUStack
 from negseq.pipeline.jagged_batch import JaggedBatch, JaggedFeature
 
@@ -51,7 +52,7 @@ class STUConfig:
     attn_alpha: float | None = None
     max_attn_len: int = 0
     scaling_seqlen: int = -1
-    kernel: str = "auto"  # Triton on CUDA, the PyTorch reference on CPU
+    kernel: Kernel | str = "auto"  # Triton on CUDA (when triton imports), the PyTorch reference elsewhere
 
 
 def _rows_of(lengths: torch.Tensor) -> torch.Tensor:
