@@ -9,6 +9,11 @@ The candidate group holds the candidate sequences exactly as the layout builds t
 - suffix: row i holds its `cand_pos_lengths[i]` positives; the last row then holds
   `num_shared_negatives` shared negatives, then `num_hard_negatives` hard negatives whose
   owners are given by `hard_neg_indices` [H, 2] = (query row, offset in that row's hard list).
+
+`neg_probability` (optional, float32/float64): the probability with which the sampler drew
+each sampled negative on one draw, in candidate order: interleaved [Q * neg_per_pos]
+(row-major per positive), suffix [num_shared_negatives]. Hard negatives are not sampled
+and have none. The model's logQ correction (`negseq.model.sampled_softmax`) reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+
+from negseq.errors import NegseqError
 
 Layout = Literal["interleaved", "suffix"]
 
@@ -75,6 +82,7 @@ class JaggedBatch:
     num_hard_negatives: int = 0
     hard_neg_indices: torch.Tensor | None = None
     contextual: JaggedFeature | None = None
+    neg_probability: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in ("interleaved", "suffix"):
@@ -95,6 +103,33 @@ class JaggedBatch:
                 f"JaggedBatch candidate holds {self.candidate.values.numel()} ids, "
                 f"the {self.layout} layout needs {expected}"
             )
+        if self.neg_probability is not None:
+            self._check_neg_probability(self.neg_probability, num_pos)
+
+    def _check_neg_probability(self, p: torch.Tensor, num_pos: int) -> None:
+        """Shape and dtype always; values (0 < p <= 1) where that costs no device sync (CPU)."""
+        if self.layout == "interleaved":
+            expected, what = (
+                num_pos * self.neg_per_pos,
+                f"{num_pos} positives x neg_per_pos {self.neg_per_pos}",
+            )
+        else:
+            expected, what = self.num_shared_negatives, "num_shared_negatives"
+        if p.dim() != 1 or p.numel() != expected:
+            raise NegseqError(
+                f"JaggedBatch neg_probability has shape {tuple(p.shape)}, the {self.layout} layout "
+                f"has {expected} sampled negatives ({what})"
+            )
+        if p.dtype not in (torch.float32, torch.float64):
+            raise NegseqError(f"JaggedBatch neg_probability must be float32 or float64, got {p.dtype}")
+        if p.device.type == "cpu":
+            bad = torch.nonzero(~((p > 0) & (p <= 1))).flatten()
+            if bad.numel():
+                index = int(bad[0])
+                raise NegseqError(
+                    f"JaggedBatch neg_probability[{index}] = {float(p[index])}: a drawn negative's "
+                    "probability must lie in (0, 1]"
+                )
 
     @property
     def batch_size(self) -> int:
@@ -110,4 +145,7 @@ class JaggedBatch:
             if self.hard_neg_indices is None
             else self.hard_neg_indices.to(device, non_blocking=non_blocking),
             contextual=None if self.contextual is None else self.contextual.to(device, non_blocking),
+            neg_probability=None
+            if self.neg_probability is None
+            else self.neg_probability.to(device, non_blocking=non_blocking),
         )
