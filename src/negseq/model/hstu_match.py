@@ -209,8 +209,11 @@ class HSTUMatch(nn.Module):
     ) -> torch.Tensor:
         """The user tower on a right-padded batch (item_rows [B, N], lengths [B]) -> [B, D].
 
-        Plain static-shape tensor ops, so `torch.export` handles a dynamic B and N.
+        A row longer than `max_seq_len` keeps its most recent `max_seq_len` items (the jagged
+        tower refuses it instead). Plain static-shape tensor ops, so `torch.export` handles a
+        dynamic B and any N.
         """
+        lengths, (item_rows, timestamps, actions) = self._most_recent(lengths, item_rows, timestamps, actions)
         x, total = self.preprocessor.forward_padded(
             self.item_embedding(item_rows), lengths, actions=actions, contextual_ids=contextual_ids
         )
@@ -221,6 +224,18 @@ class HSTUMatch(nn.Module):
         last = torch.clamp(total - 1, min=0).view(-1, 1, 1).expand(-1, 1, x.shape[-1])
         out = torch.gather(x, 1, last).squeeze(1)
         return out * (lengths > 0).to(out.dtype).unsqueeze(1)
+
+    def _most_recent(
+        self, lengths: torch.Tensor, *padded: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """(lengths cut at max_seq_len, each right-padded [B, N] tensor as [B, max_seq_len] holding
+        the row's last max_seq_len values). The width is max_seq_len whatever N is: a width of
+        min(N, max_seq_len) would be a symbolic min that torch.export cannot trace through."""
+        width = self.max_seq_len
+        start = torch.clamp(lengths - width, min=0).view(-1, 1)
+        index = start + torch.arange(width, device=lengths.device).view(1, -1)
+        cut = [None if x is None else torch.gather(F.pad(x, (0, width)), 1, index) for x in padded]
+        return torch.clamp(lengths, max=width), cut
 
     # ----- training -----------------------------------------------------------------------
     def set_item_prior(self, counts: np.ndarray | torch.Tensor) -> None:
