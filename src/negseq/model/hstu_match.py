@@ -20,6 +20,10 @@ other query. Entries that do not exist, and negatives equal to the query's posit
 `logq_correction`, sampled and in-batch negatives are corrected by their sampling
 probability (`negseq.model.sampled_softmax`: the batch's `neg_probability`, the model's
 `item_log_prior`). Loss: softmax cross-entropy, label 0.
+
+The padded user tower (`user_embeddings_padded`, what export traces) keeps each row's most
+recent `max_seq_len` items of a longer history; the jagged tower refuses a longer row (the
+batch builder truncates).
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ def _rows_of(lengths: torch.Tensor) -> torch.Tensor:
 
 class HSTUMatch(nn.Module):
     """Two-tower HSTU retrieval model. Item rows are dense: 1..num_items, 0 = unknown / padding."""
+
+    item_log_prior: torch.Tensor
 
     def __init__(
         self,
@@ -213,7 +219,10 @@ class HSTUMatch(nn.Module):
         tower refuses it instead). Plain static-shape tensor ops, so `torch.export` handles a
         dynamic B and any N.
         """
-        lengths, (item_rows, timestamps, actions) = self._most_recent(lengths, item_rows, timestamps, actions)
+        item_rows = self._most_recent(item_rows, lengths)
+        timestamps = None if timestamps is None else self._most_recent(timestamps, lengths)
+        actions = None if actions is None else self._most_recent(actions, lengths)
+        lengths = torch.clamp(lengths, max=self.max_seq_len)
         x, total = self.preprocessor.forward_padded(
             self.item_embedding(item_rows), lengths, actions=actions, contextual_ids=contextual_ids
         )
@@ -225,17 +234,14 @@ class HSTUMatch(nn.Module):
         out = torch.gather(x, 1, last).squeeze(1)
         return out * (lengths > 0).to(out.dtype).unsqueeze(1)
 
-    def _most_recent(
-        self, lengths: torch.Tensor, *padded: torch.Tensor | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """(lengths cut at max_seq_len, each right-padded [B, N] tensor as [B, max_seq_len] holding
-        the row's last max_seq_len values). The width is max_seq_len whatever N is: a width of
-        min(N, max_seq_len) would be a symbolic min that torch.export cannot trace through."""
+    def _most_recent(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded x [B, N] -> [B, max_seq_len]: each row's last max_seq_len values (of its
+        `lengths`), then padding. The width is max_seq_len whatever N is: min(N, max_seq_len)
+        would be a symbolic min that torch.export cannot trace through."""
         width = self.max_seq_len
         start = torch.clamp(lengths - width, min=0).view(-1, 1)
-        index = start + torch.arange(width, device=lengths.device).view(1, -1)
-        cut = [None if x is None else torch.gather(F.pad(x, (0, width)), 1, index) for x in padded]
-        return torch.clamp(lengths, max=width), cut
+        index = start + torch.arange(width, device=x.device).view(1, -1)
+        return torch.gather(F.pad(x, (0, width)), 1, index)
 
     # ----- training -----------------------------------------------------------------------
     def set_item_prior(self, counts: np.ndarray | torch.Tensor) -> None:
