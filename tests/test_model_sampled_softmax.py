@@ -285,3 +285,35 @@ def test_jagged_batch_checks_neg_probability():
         NegseqError, match=r"the suffix layout has 2 sampled negatives \(num_shared_negatives\)"
     ):
         JaggedBatch(uih, suffix, t([1, 1]), "suffix", num_shared_negatives=2, neg_probability=t([0.5]))
+
+
+@pytest.mark.parametrize(
+    "layout,objective", [("interleaved", "autoregressive"), ("suffix", "last"), ("suffix", "autoregressive")]
+)
+def test_in_batch_negatives_in_every_layout_and_objective(layout, objective):
+    m = model(layout=layout, objective=objective, in_batch_negatives=True)
+    m.set_item_prior(np.ones(NUM_ITEMS + 1))
+    uih = jf([[1, 2], [3]])
+    if objective == "autoregressive":  # one positive a history item: 3, 4 | 4
+        positives, pos_lengths = [3, 4, 4], t([2, 1])
+    else:  # the last position scores 5, 6 | 5
+        positives, pos_lengths = [5, 6, 5], t([2, 1])
+    rows = [positives[:2], positives[2:]]
+    if layout == "interleaved":
+        cand = jf([[rows[0][0], 9, rows[0][1], 9], [rows[1][0], 10]])  # one negative each
+        batch = JaggedBatch(uih, cand, pos_lengths, layout, neg_per_pos=1, neg_probability=t([0.1, 0.2, 0.3]))
+        width = 2
+    else:
+        cand = jf([rows[0], rows[1] + [9, 11]])
+        batch = JaggedBatch(
+            uih, cand, pos_lengths, layout, num_shared_negatives=2, neg_probability=t([0.25, 0.5])
+        )
+        width = 3
+    out = m(batch)
+    assert out["logits"].shape == (3, width + 3)
+    in_batch = out["mask"][:, width:]
+    expected = [[positives[j] != positives[q] for j in range(3)] for q in range(3)]
+    assert in_batch.tolist() == expected
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert m.item_embedding.weight.grad is not None
