@@ -1,9 +1,9 @@
 """Model ops, laid out as generative-recommenders' `ops/`: one dispatcher per op with a
 `Kernel` enum, the PyTorch reference in `ops.pytorch`, the GPU kernels in `ops.triton`.
 
-The STU math lives here once: `padded_hstu_attention` is the reference core (the jagged
-reference pads into it; `STULayer.forward_padded` and export call it directly), and the
-Triton kernel is tested against it.
+The attention math lives here once: `padded_hstu_attention` is the reference core (the
+jagged reference pads into it; `STULayer.forward_padded`, hence export, calls it directly),
+and the Triton kernel is tested against it. The rest of the layer is `STULayer._layer`.
 """
 
 from negseq.model.ops.dispatch import hstu_attention
