@@ -5,7 +5,8 @@ TFLOP/s (causal FLOPs on the real lengths: fwd = H * D * 2 * sum(L_i^2); fwd+bwd
 then one summary line per shape with the Triton kernel's ratios to the baselines:
 - `sdpa`: torch scaled_dot_product_attention(is_causal=True) on padded [B, H, N, D]
   (softmax attention, FlashAttention path);
-- `eager`: padded PyTorch HSTU attention (SiLU(alpha q k^T) / N, masked, @ v).
+- `eager`: the PyTorch reference core, `padded_hstu_attention` on padded [B, N, H, D]
+  (SiLU(alpha q k^T) / N, masked, @ v; it builds its mask on every call).
 
     PYTHONPATH=src python3 benchmarks/attention_bench.py [--shapes 128x1024,32x4096,8x8192]
 """
@@ -19,8 +20,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from negseq.model.attention import hstu_attention, valid_attention_mask
 from negseq.model.jagged import torch_jagged_to_padded_dense
+from negseq.model.ops import hstu_attention, padded_hstu_attention
 
 
 def _median_ms(fn, reps: int, warmup: int) -> float:
@@ -44,13 +45,8 @@ def _lengths(batch: int, max_len: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _jagged_to_padded(x: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
-    """[L, H, D] -> [B, H, N, D] (baselines only; the Triton kernel stays jagged)."""
-    return torch_jagged_to_padded_dense(x, offsets, max_len).transpose(1, 2).contiguous()
-
-
-def _eager_padded_hstu(q, k, v, mask, alpha: float, scaling_n: int) -> torch.Tensor:
-    scores = F.silu(alpha * torch.matmul(q, k.transpose(-1, -2))) / scaling_n
-    return torch.matmul(scores * mask, v)
+    """[L, H, D] -> [B, N, H, D] (baselines only; the Triton kernel stays jagged)."""
+    return torch_jagged_to_padded_dense(x, offsets, max_len)
 
 
 def bench_shape(
@@ -75,22 +71,24 @@ def bench_shape(
             )
 
         cases["triton"] = (triton_fwd, grad, (jq, jk, jv))
-    if "sdpa" in impls or "eager" in impls:
-        pq, pk, pv = (_jagged_to_padded(t, offsets, max_len).requires_grad_() for t in (q, k, v))
-        pgrad = _jagged_to_padded(grad, offsets, max_len)
-    if "sdpa" in impls:
+    if "sdpa" in impls:  # [B, H, N, D], as SDPA's FlashAttention path wants
+        sq, sk, sv = (
+            _jagged_to_padded(t, offsets, max_len).transpose(1, 2).contiguous().requires_grad_()
+            for t in (q, k, v)
+        )
 
         def sdpa_fwd():
-            return F.scaled_dot_product_attention(pq, pk, pv, is_causal=True)
+            return F.scaled_dot_product_attention(sq, sk, sv, is_causal=True)
 
-        cases["sdpa"] = (sdpa_fwd, pgrad, (pq, pk, pv))
+        sgrad = _jagged_to_padded(grad, offsets, max_len).transpose(1, 2).contiguous()
+        cases["sdpa"] = (sdpa_fwd, sgrad, (sq, sk, sv))
     if "eager" in impls:
-        mask = valid_attention_mask(lengths, max_len).unsqueeze(1).to(dtype)
+        pq, pk, pv = (_jagged_to_padded(t, offsets, max_len).requires_grad_() for t in (q, k, v))
 
         def eager_fwd():
-            return _eager_padded_hstu(pq, pk, pv, mask, alpha, max_len)
+            return padded_hstu_attention(pq, pk, pv, lengths, alpha=alpha, scaling_n=max_len)
 
-        cases["eager"] = (eager_fwd, pgrad, (pq, pk, pv))
+        cases["eager"] = (eager_fwd, _jagged_to_padded(grad, offsets, max_len), (pq, pk, pv))
 
     rows = []
     for name, (fwd, g, inputs) in cases.items():

@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-import negseq.model.triton_attention as triton_attention
-from negseq.model.attention import hstu_attention
+import negseq.model.ops.triton.hstu_attention as triton_attention
+from negseq.model.ops import hstu_attention
 
 REL_TOL = 2e-2
 

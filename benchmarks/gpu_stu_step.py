@@ -1,9 +1,9 @@
-"""A short bf16-autocast training run of an STU-like layer stack on CUDA, Triton vs PyTorch kernel.
+"""A short bf16-autocast training run of negseq's STU stack on CUDA, Triton vs PyTorch kernel.
 
-Uses negseq.model.device (training_autocast, select_kernel). The layer follows DESIGN §6
-(LN -> fused u,v,q,k projection -> SiLU(u) -> HSTU attention -> cat[u, a, u * LN(a)] @ W_o,
-residual). Prints JSON lines: the first-step loss for both kernels (they should agree to
-bf16 precision), the loss after `--steps` Adam steps, and median step time.
+Uses negseq.model.device (training_autocast, select_kernel) and `negseq.model.stu.STUStack`,
+the layer the model trains with (DESIGN §6). Prints JSON lines: the first-step loss for
+both kernels (they should agree to bf16 precision), the loss after `--steps` Adam steps,
+and median step time.
 
     PYTHONPATH=src python3 benchmarks/gpu_stu_step.py
 """
@@ -18,52 +18,33 @@ import time
 import torch
 import torch.nn.functional as F
 
-from negseq.model.attention import hstu_attention
 from negseq.model.device import select_kernel, training_autocast
-
-
-class STULikeLayer(torch.nn.Module):
-    def __init__(self, dim: int, heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        self.norm = torch.nn.LayerNorm(dim)
-        self.uvqk = torch.nn.Linear(dim, 4 * heads * head_dim)
-        self.attn_norm = torch.nn.LayerNorm(heads * head_dim)
-        self.out = torch.nn.Linear(3 * heads * head_dim, dim)
-
-    def forward(self, x, offsets, max_len, kernel):
-        u, v, q, k = self.uvqk(self.norm(x)).chunk(4, dim=-1)
-        shape = (x.shape[0], self.heads, self.head_dim)
-        a = hstu_attention(
-            q.reshape(shape),
-            k.reshape(shape),
-            v.reshape(shape),
-            offsets,
-            max_len,
-            alpha=self.head_dim**-0.5,
-            scaling_n=max_len,
-            kernel=kernel,
-        )
-        a = a.reshape(x.shape[0], -1)
-        u = F.silu(u)
-        return x + self.out(torch.cat([u, a, u * self.attn_norm(a)], dim=-1))
+from negseq.model.stu import STULayer, STUStack
 
 
 def train(kernel: str, args, x, target, offsets) -> dict:
     torch.manual_seed(0)
-    layers = torch.nn.ModuleList(
-        STULikeLayer(args.dim, args.heads, args.head_dim) for _ in range(args.layers)
+    stack = STUStack(
+        [
+            STULayer(
+                args.dim,
+                args.heads,
+                args.head_dim,
+                args.head_dim,
+                output_dropout_ratio=0.0,
+                scaling_seqlen=args.max_len,
+                kernel=kernel,
+            )
+            for _ in range(args.layers)
+        ]
     ).cuda()
-    opt = torch.optim.Adam(layers.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(stack.parameters(), lr=1e-3)
     losses, times = [], []
     for _ in range(args.steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
         with training_autocast(x.device):
-            h = x
-            for layer in layers:
-                h = layer(h, offsets, args.max_len, kernel)
-            loss = F.mse_loss(h.float(), target)
+            loss = F.mse_loss(stack(x, offsets, args.max_len).float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -71,7 +52,7 @@ def train(kernel: str, args, x, target, offsets) -> dict:
         times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
     return {
-        "bench": "stu_like_train",
+        "bench": "stu_train",
         "kernel": kernel,
         "first_loss": round(losses[0], 6),
         "last_loss": round(losses[-1], 6),
@@ -104,7 +85,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "bench": "stu_like_train_agreement",
+                "bench": "stu_train_agreement",
                 "kernels": [r["kernel"] for r in rows],
                 "first_loss_rel_diff": round(abs(first[0] - first[1]) / abs(first[0]), 5),
                 "both_decrease": all(r["last_loss"] < r["first_loss"] for r in rows),

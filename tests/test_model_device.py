@@ -25,7 +25,7 @@ def test_cuda_picks_triton_when_installed():
 
 
 def test_auto_kernel_is_the_pytorch_reference_on_cpu():
-    from negseq.model.attention import hstu_attention
+    from negseq.model.ops import hstu_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(7, 2, 8, generator=gen) for _ in range(3))

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from negseq.batch import JaggedFeature
 from negseq.errors import NegseqError
 from negseq.model.export import export, load_tower, padded_history, predict
 from negseq.model.hstu_match import HSTUMatch, STUConfig
@@ -116,13 +117,53 @@ def trained_like_model(num_time_buckets=0):
     return model.eval()
 
 
+FRESH_SERVER = """
+import json, sys
+import pyarrow as pa
+import torch
+
+meta = json.load(open("towers.json"))
+user = torch.export.load("user_tower.pt2").module()
+item = torch.export.load("item_tower.pt2").module()
+vocab = pa.ipc.open_file(meta["item_vocabulary"]["file"]).read_all()
+row_of = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("row").to_pylist()))
+request = json.load(open("request.json"))
+args = torch.load("inputs.pt")["args"]
+
+
+def padded(rows, width):
+    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int64)
+
+
+histories = request["histories"]  # item ids, oldest first; the first is longer than max_seq_len
+width = max(map(len, histories))
+long_args = [padded([[row_of.get(i, 0) for i in h] for h in histories], width),
+             torch.tensor([len(h) for h in histories])]
+if "timestamps" in meta["user_tower_inputs"]:
+    long_args.append(padded(request["timestamps"], width))
+out = {
+    "users": user(*args),
+    "one": user(args[0][:1, :1], args[1][:1].clamp(max=1), *[a[:1, :1] for a in args[2:]]),
+    "long": user(*long_args),
+    "items": item(torch.arange(7)),
+    "items_by_id": item(torch.tensor([row_of.get(i, meta["item_vocabulary"]["unknown_row"])
+                                      for i in request["item_ids"]])),
+}
+torch.save({k: v.detach() for k, v in out.items()}, "out.pt")
+assert not any(m.startswith("negseq") for m in sys.modules), "negseq was imported"
+"""
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("num_time_buckets", [0, 16])
 def test_export_round_trip_without_negseq(tmp_path, items, num_time_buckets):
     model = trained_like_model(num_time_buckets)
-    paths = export(model, tmp_path)
+    paths = export(model, tmp_path, item_ids=items.ids)
     meta = json.loads(paths["meta"].read_text())
-    assert meta["embedding_dim"] == 8
+    assert meta["embedding_dim"] == 8 and meta["max_seq_len"] == 5
+    vocab = pa.ipc.open_file(paths["item_ids"]).read_all()
+    assert vocab.column("item_id").to_pylist() == items.ids.tolist()
+    assert vocab.column("row").to_pylist() == items.dense_rows(items.ids).tolist()
     table = sequences([[100, 200, 300], [], [600], [100, 200, 300, 400, 500]], [400, 100, 200, 600])
     uih = history_feature(table, items, with_timestamps=bool(num_time_buckets))
     expected_users = model.user_embeddings(uih)
@@ -131,26 +172,46 @@ def test_export_round_trip_without_negseq(tmp_path, items, num_time_buckets):
     args = [rows, lengths]
     if num_time_buckets:
         args.append(padded_history(uih.timestamps, uih.offsets)[0])
-    inputs = tmp_path / "inputs.pt"
-    torch.save({"args": args}, inputs)
+    torch.save({"args": args}, tmp_path / "inputs.pt")
+    # a history of 8 (max_seq_len 5) next to a short and an empty one; an unknown id 999
+    histories = [[600, 500, 400, 300, 200, 100, 600, 200], [400, 100], []]
+    timestamps = [[7 * k * k for k in range(len(h))] for h in histories]
+    request = {"histories": histories, "timestamps": timestamps, "item_ids": [600, 100, 999]}
+    (tmp_path / "request.json").write_text(json.dumps(request))
     # a fresh interpreter that never imports negseq loads and runs the towers
-    script = (
-        "import sys, torch\n"
-        f"u = torch.export.load({str(paths['user_tower'])!r}).module()\n"
-        f"i = torch.export.load({str(paths['item_tower'])!r}).module()\n"
-        f"args = torch.load({str(inputs)!r})['args']\n"
-        "out = {'users': u(*args), 'items': i(torch.arange(7)), 'one': u(*[a[:1, :1] for a in args[:1]],"
-        " args[1][:1].clamp(max=1), *[a[:1, :1] for a in args[2:]])}\n"
-        f"torch.save({{k: v.detach() for k, v in out.items()}}, {str(tmp_path / 'out.pt')!r})\n"
-        "assert not any(m.startswith('negseq') for m in sys.modules), 'negseq was imported'\n"
-    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, timeout=200)
+    subprocess.run([sys.executable, "-c", FRESH_SERVER], check=True, cwd=tmp_path, env=env, timeout=200)
     out = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(out["users"], expected_users, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["items"], expected_items, atol=1e-5, rtol=1e-5)
     assert torch.equal(out["users"][1], torch.zeros(8))
+    one = JaggedFeature(
+        torch.tensor([1]), torch.tensor([0, 1]), torch.tensor([0]) if num_time_buckets else None
+    )
+    torch.testing.assert_close(out["one"], model.user_embeddings(one), atol=1e-5, rtol=1e-5)
+    # the long history is scored on its most recent max_seq_len items, as the model would
+    kept = [h[-5:] for h in histories]
+    kept_ts = [ts[-5:] for ts in timestamps]
+    recent = JaggedFeature(
+        torch.tensor(items.dense_rows(np.array([i for h in kept for i in h], dtype=np.int64))),
+        torch.tensor([0, *np.cumsum([len(h) for h in kept]).tolist()]),
+        torch.tensor([x for ts in kept_ts for x in ts]) if num_time_buckets else None,
+    )
+    torch.testing.assert_close(out["long"], model.user_embeddings(recent), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out["long"][0], out["users"][0])
+    torch.testing.assert_close(
+        out["items_by_id"], model.item_embeddings(torch.tensor([6, 1, 0])), atol=1e-5, rtol=1e-5
+    )
     assert load_tower(paths["item_tower"])(torch.tensor([2])).shape == (1, 8)
+
+
+def test_export_needs_the_item_ids_in_row_order(tmp_path, items):
+    model = trained_like_model()
+    with pytest.raises(NegseqError, match="must list the model's 6 items in embedding-row order, got shape"):
+        export(model, tmp_path, item_ids=items.ids[:5])
+    with pytest.raises(NegseqError, match=r"item id 100 is listed twice \(rows \[1, 6\]\)"):
+        export(model, tmp_path, item_ids=np.array([100, 200, 300, 400, 500, 100]))
+    assert not list(tmp_path.iterdir())  # nothing written before the check
 
 
 def test_predict_writes_arrow_embeddings(tmp_path, items):
@@ -173,4 +234,4 @@ def test_predict_writes_arrow_embeddings(tmp_path, items):
 def test_export_refuses_contextual_models(tmp_path):
     model = HSTUMatch(6, 8, contextual_vocab_size=3, contextual_seq_len=1)
     with pytest.raises(NegseqError, match="history-only user towers"):
-        export(model, tmp_path)
+        export(model, tmp_path, item_ids=np.arange(6))

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from negseq.errors import NegseqError
 from negseq.model.stu import STULayer, STUStack
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -123,14 +124,18 @@ def test_jagged_stu_matches_dense_reference(lengths, options):
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
-    # the padded twin (used by export and the benchmark) computes the same thing
+    # the padded twin (used by export and the benchmark) computes the same thing, gradients too
     lengths_t = torch.tensor(lengths)
+    x_padded = x.clone().requires_grad_()
     padded = torch.zeros(len(lengths), max_len, D)
     for i, n in enumerate(lengths):
-        padded[i, :n] = x[offsets[i] : offsets[i] + n]
+        padded[i, :n] = x_padded[offsets[i] : offsets[i] + n]
     padded_out = stack.forward_padded(padded, lengths_t)
     got = torch.cat([padded_out[i, :n] for i, n in enumerate(lengths)])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    padded_grads = torch.autograd.grad((got * weights).sum(), [x_padded, *stack.parameters()])
+    for got_grad, want in zip(padded_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got_grad, want, atol=1e-5, rtol=1e-5)
 
 
 def test_defaults_follow_the_design():
@@ -152,10 +157,9 @@ def test_dropout_only_in_training():
     assert not torch.equal(first, layer(x, offsets, 3))
 
 
-def test_unknown_kernel_is_an_error():
-    layer = STULayer(D, HEADS, HIDDEN, ATTN, kernel="nope")
-    with pytest.raises(ValueError, match="unknown attention kernel 'nope'"):
-        layer(torch.randn(2, D), torch.tensor([0, 2]), 2)
+def test_unknown_kernel_is_an_error_when_the_layer_is_built():
+    with pytest.raises(NegseqError, match="unknown attention kernel 'nope'; known: auto, pytorch, triton"):
+        STULayer(D, HEADS, HIDDEN, ATTN, kernel="nope")
 
 
 def test_causality_future_tokens_do_not_change_the_past():

@@ -1,7 +1,7 @@
 """The Triton HSTU attention kernels against the PyTorch reference, on CPU via the interpreter.
 
 TRITON_INTERPRET=1 is read when the kernels are decorated, so it is set before
-negseq.model.triton_attention is imported. It stays set for the rest of the process:
+negseq.model.ops.triton.hstu_attention is imported. It stays set for the rest of the process:
 triton's interpreter imports more of triton lazily and checks the flag again then. (Only
 Triton reads it; torch.compile on CPU generates C++, not Triton.)
 bf16 is not checked here: the interpreter's bf16 tl.dot is wrong (triton 3.9); the GPU
@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from negseq.errors import NegseqError
-from negseq.model.attention import hstu_attention, pytorch_hstu_attention
+from negseq.model.ops import hstu_attention, pytorch_hstu_attention
 
 os.environ["TRITON_INTERPRET"] = "1"
-import negseq.model.triton_attention as triton_attention  # noqa: E402
+import negseq.model.ops.triton.hstu_attention as triton_attention  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _interpreted():
     assert triton_attention.INTERPRETING, (
-        "negseq.model.triton_attention was imported before this module set TRITON_INTERPRET=1"
+        "negseq.model.ops.triton.hstu_attention was imported before this module set TRITON_INTERPRET=1"
     )
 
 
@@ -177,3 +177,33 @@ def test_export_keeps_the_kernel_as_one_op():
     targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     assert "negseq.hstu_attention_fwd.default" in targets
     torch.testing.assert_close(exported.module()(q, k, v, offsets), Attend()(q, k, v, offsets))
+
+
+def test_stu_layer_on_triton_matches_its_padded_reference():
+    """The whole STU layer: jagged on the Triton kernel against `forward_padded` (the PyTorch
+    core export uses), values and gradients."""
+    from negseq.model.ops import Kernel
+    from negseq.model.stu import STULayer
+
+    torch.manual_seed(3)
+    layer = STULayer(
+        16, 2, 8, 16, output_dropout_ratio=0.0, max_attn_len=5, scaling_seqlen=20, kernel=Kernel.TRITON
+    )
+    lengths = [9, 0, 17]
+    offsets = _offsets(lengths)
+    x = torch.randn(sum(lengths), 16, requires_grad=True)
+    out = layer(x, offsets, 17)
+    padded = torch.zeros(3, 17, 16).index_put(
+        (torch.repeat_interleave(torch.arange(3), torch.tensor(lengths)),
+         torch.cat([torch.arange(n) for n in lengths])),
+        x,
+    )  # fmt: skip
+    ref = layer.forward_padded(padded, torch.tensor(lengths))
+    ref = torch.cat([ref[i, :n] for i, n in enumerate(lengths)])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    grad = torch.randn_like(out)
+    params = [x, *layer.parameters()]
+    for got, want in zip(
+        torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad), strict=True
+    ):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -10,8 +10,10 @@ The candidate group holds the candidate sequences exactly as the layout builds t
   `num_shared_negatives` shared negatives, then `num_hard_negatives` hard negatives whose
   owners are given by `hard_neg_indices` [H, 2] = (query row, offset in that row's hard list).
 
-`neg_probability` (optional) is the probability with which the sampler drew each sampled
-negative on one draw, in candidate order: [Q * neg_per_pos] or [num_shared_negatives].
+`neg_probability` (optional, float32/float64): the probability with which the sampler drew
+each sampled negative on one draw, in candidate order: interleaved [Q * neg_per_pos]
+(row-major per positive), suffix [num_shared_negatives]. Hard negatives are not sampled
+and have none. The model's logQ correction (`negseq.model.sampled_softmax`) reads it.
 Training batches come from `JaggedBatch.from_arrays(sampled.to_jagged(...))`.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from negseq.candidates.jagged_arrays import JaggedArrays, Layout, candidate_count
+from negseq.errors import NegseqError
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -95,9 +98,10 @@ class JaggedBatch:
                 f"JaggedBatch rows disagree: uih {batch}, candidate {self.candidate.batch_size}, "
                 f"cand_pos_lengths {self.cand_pos_lengths.numel()}"
             )
+        num_pos = int(self.cand_pos_lengths.sum())
         expected = candidate_count(
             self.layout,
-            int(self.cand_pos_lengths.sum()),
+            num_pos,
             self.neg_per_pos,
             self.num_shared_negatives,
             self.num_hard_negatives,
@@ -107,6 +111,33 @@ class JaggedBatch:
                 f"JaggedBatch candidate holds {self.candidate.values.numel()} ids, "
                 f"the {self.layout} layout needs {expected}"
             )
+        if self.neg_probability is not None:
+            self._check_neg_probability(self.neg_probability, num_pos)
+
+    def _check_neg_probability(self, p: torch.Tensor, num_pos: int) -> None:
+        """Shape and dtype always; values (0 < p <= 1) where that costs no device sync (CPU)."""
+        if self.layout == "interleaved":
+            expected, what = (
+                num_pos * self.neg_per_pos,
+                f"{num_pos} positives x neg_per_pos {self.neg_per_pos}",
+            )
+        else:
+            expected, what = self.num_shared_negatives, "num_shared_negatives"
+        if p.dim() != 1 or p.numel() != expected:
+            raise NegseqError(
+                f"JaggedBatch neg_probability has shape {tuple(p.shape)}, the {self.layout} layout "
+                f"has {expected} sampled negatives ({what})"
+            )
+        if p.dtype not in (torch.float32, torch.float64):
+            raise NegseqError(f"JaggedBatch neg_probability must be float32 or float64, got {p.dtype}")
+        if p.device.type == "cpu":
+            bad = torch.nonzero(~((p > 0) & (p <= 1))).flatten()
+            if bad.numel():
+                index = int(bad[0])
+                raise NegseqError(
+                    f"JaggedBatch neg_probability[{index}] = {float(p[index])}: a drawn negative's "
+                    "probability must lie in (0, 1]"
+                )
 
     @classmethod
     def from_arrays(cls, arrays: JaggedArrays) -> JaggedBatch:

@@ -359,7 +359,7 @@ def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[
     say(f"trained {train_metrics.get('step')} steps, last loss {train_metrics.get('loss', float('nan')):.4f}")
 
     metrics = evaluate(model, eval_table, items, ks=tuple(job.get("train", "eval_ks", [10, 50, 200])))
-    export_paths = export(model, out / "export")
+    export_paths = export(model, out / "export", item_ids=items.ids)
     predict(model, eval_table, items, out / "embeddings", item_ids=items.ids)
     result = {
         "model": metrics["model"],

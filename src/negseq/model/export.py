@@ -1,11 +1,16 @@
 """Serving artefacts: the user and item towers as `torch.export` programs, and `predict`.
 
-`export` writes `user_tower.pt2`, `item_tower.pt2` and `towers.json` (inputs and dims).
-The programs hold their weights and need only torch to run (`load_tower(path)` is
-`torch.export.load(path).module()`), not negseq. The user tower takes a right-padded
-batch, `item_rows` int64 [B, N] and `lengths` int64 [B] (+ `timestamps` [B, N] when the
-model has time buckets), with B and N dynamic, and returns [B, D]; the item tower takes
-`item_rows` [N] and returns [N, D]. Rows are dense item rows (`items.dense_rows`).
+`export` writes `user_tower.pt2`, `item_tower.pt2`, `item_ids.arrow` and `towers.json`
+(inputs, dims, the vocabulary's file and columns). The programs hold their weights and
+need only torch to run (`load_tower(path)` is `torch.export.load(path).module()`), not
+negseq. The user tower takes a right-padded batch, `item_rows` int64 [B, N] and `lengths`
+int64 [B] (+ `timestamps` [B, N] when the model has time buckets), B and N dynamic, any
+N >= 1, and returns [B, D]; a history longer than `max_seq_len` keeps its most recent
+`max_seq_len` items. The item tower takes `item_rows` [N] and returns [N, D].
+
+Both towers speak dense item rows: row r (1..num_items) is the embedding row of item id
+`item_ids[r - 1]`, row 0 the unknown item. `item_ids.arrow` (Arrow IPC file, columns
+`item_id`, `row`, both int64) is that map, so a server turns ids into rows without negseq.
 
 `predict` writes `user_embeddings.arrow` (user_id, embedding) and `item_embeddings.arrow`
 (item_id, embedding) as Arrow IPC files, embedding a fixed_size_list<float32>[D].
@@ -52,19 +57,40 @@ class _ItemTower(nn.Module):
         return self.model.item_embeddings(item_rows)
 
 
-def export(model: HSTUMatch, out_dir: str | Path) -> dict[str, Path]:
-    """Export the towers of `model` (in eval mode) to `out_dir`; returns the written paths."""
+def _vocabulary(model: HSTUMatch, item_ids: np.ndarray) -> pa.Table:
+    """The id -> row map of `item_ids` (row order), checked against the model's table."""
+    ids = np.asarray(item_ids)
+    if ids.ndim != 1 or ids.shape[0] != model.num_items:
+        raise NegseqError(
+            f"export: item_ids must list the model's {model.num_items} items in embedding-row order, "
+            f"got shape {ids.shape}"
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise NegseqError(f"export: item_ids must be integers, got {ids.dtype}")
+    ids = ids.astype(np.int64)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = int(np.argmax(counts > 1))
+        rows = np.flatnonzero(ids == uniq[dup])[:2] + 1
+        raise NegseqError(f"export: item id {int(uniq[dup])} is listed twice (rows {rows.tolist()})")
+    return pa.table({"item_id": ids, "row": np.arange(1, len(ids) + 1, dtype=np.int64)})
+
+
+def export(model: HSTUMatch, out_dir: str | Path, *, item_ids: np.ndarray) -> dict[str, Path]:
+    """Export the towers of `model` (in eval mode) and the item vocabulary to `out_dir`.
+
+    `item_ids`: the item ids in embedding-row order (`items.ids`: id `item_ids[r - 1]` is row
+    r). Returns the written paths.
+    """
     if model.contextual_seq_len or model.preprocessor.action_emb is not None:
         raise NegseqError("export supports history-only user towers (no contextual prefix, no actions)")
+    vocabulary = _vocabulary(model, item_ids)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     timed = model.positional.time_emb is not None
-    batch, seq = (
-        torch.export.Dim("batch", min=1),
-        torch.export.Dim("seq", min=1, max=model.max_seq_len),
-    )
+    batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
     rows = torch.ones(3, 5, dtype=torch.int64)
     lengths = torch.tensor([5, 2, 0])
     user_args: tuple[torch.Tensor, ...] = (rows, lengths)
@@ -73,7 +99,11 @@ def export(model: HSTUMatch, out_dir: str | Path) -> dict[str, Path]:
         user_args += (torch.zeros(3, 5, dtype=torch.int64),)
         user_dims += ({0: batch, 1: seq},)
     user_tower = (_TimedUserTower if timed else _UserTower)(model)
-    paths = {"user_tower": out / "user_tower.pt2", "item_tower": out / "item_tower.pt2"}
+    paths = {
+        "user_tower": out / "user_tower.pt2",
+        "item_tower": out / "item_tower.pt2",
+        "item_ids": out / "item_ids.arrow",
+    }
     with torch.no_grad():
         user_program = torch.export.export(user_tower, user_args, dynamic_shapes=user_dims)
         item_program = torch.export.export(
@@ -83,13 +113,22 @@ def export(model: HSTUMatch, out_dir: str | Path) -> dict[str, Path]:
         )
     torch.export.save(user_program, paths["user_tower"])
     torch.export.save(item_program, paths["item_tower"])
+    _write_ipc(vocabulary, paths["item_ids"])
     meta = {
         "embedding_dim": model.embedding_dim,
         "num_items": model.num_items,
         "max_seq_len": model.max_seq_len,
+        "history": "a row longer than max_seq_len keeps its most recent max_seq_len items",
         "similarity": model.similarity,
         "user_tower_inputs": ["item_rows", "lengths"] + (["timestamps"] if timed else []),
         "item_tower_inputs": ["item_rows"],
+        "item_vocabulary": {
+            "file": paths["item_ids"].name,
+            "format": "arrow_ipc_file",
+            "id_column": "item_id",
+            "row_column": "row",
+            "unknown_row": 0,
+        },
     }
     paths["meta"] = out / "towers.json"
     paths["meta"].write_text(json.dumps(meta, indent=2))

@@ -12,9 +12,18 @@ Who scores what (the query embedding of each positive):
 
 Which negatives: interleaved -> each positive's own n negatives, logits [Q, 1+n]; suffix ->
 the M shared negatives for every query plus its hard negatives scattered by
-`hard_neg_indices` (query = positive index in [0, Q)), logits [Q, 1+M+Hmax]. Entries
-that do not exist, and negatives equal to the query's positive (accidental hits), are
-masked to -inf; `mask` says which entries are real. Loss: softmax cross-entropy, label 0.
+`hard_neg_indices` (query = positive index in [0, Q)), logits [Q, 1+M+Hmax]. With
+`in_batch_negatives`, Q more columns: column j is query j's positive, a negative for every
+other query. Entries that do not exist, and negatives equal to the query's positive
+(accidental hits, the query's own column among the in-batch ones included), are masked to
+-inf; `mask` says which entries are real. Logits are divided by the temperature and, with
+`logq_correction`, sampled and in-batch negatives are corrected by their sampling
+probability (`negseq.model.sampled_softmax`: the batch's `neg_probability`, the model's
+`item_log_prior`). Loss: softmax cross-entropy, label 0.
+
+The padded user tower (`user_embeddings_padded`, what export traces) keeps each row's most
+recent `max_seq_len` items of a longer history; the jagged tower refuses a longer row (the
+batch builder truncates).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +40,8 @@ from negseq.batch import JaggedBatch, JaggedFeature
 from negseq.errors import NegseqError
 from negseq.model.encoders import HSTUPositionalEncoder, L2Norm, UIHPreprocessor
 from negseq.model.jagged import row_slots
+from negseq.model.ops import Kernel
+from negseq.model.sampled_softmax import LogitBlock, sampled_softmax_logits
 from negseq.model.stu import STULayer, STUStack
 
 Similarity = Literal["cosine", "inner_product"]
@@ -51,7 +63,7 @@ class STUConfig:
     attn_alpha: float | None = None
     max_attn_len: int = 0
     scaling_seqlen: int = -1
-    kernel: str = "auto"  # Triton on CUDA, the PyTorch reference on CPU
+    kernel: Kernel | str = "auto"  # Triton on CUDA (when triton imports), the PyTorch reference elsewhere
 
 
 def _rows_of(lengths: torch.Tensor) -> torch.Tensor:
@@ -60,6 +72,8 @@ def _rows_of(lengths: torch.Tensor) -> torch.Tensor:
 
 class HSTUMatch(nn.Module):
     """Two-tower HSTU retrieval model. Item rows are dense: 1..num_items, 0 = unknown / padding."""
+
+    item_log_prior: torch.Tensor
 
     def __init__(
         self,
@@ -77,6 +91,8 @@ class HSTUMatch(nn.Module):
         num_action_types: int = 0,
         contextual_vocab_size: int = 0,
         contextual_seq_len: int = 0,
+        logq_correction: bool = True,
+        in_batch_negatives: bool = False,
     ) -> None:
         super().__init__()
         if similarity not in ("cosine", "inner_product"):
@@ -99,6 +115,12 @@ class HSTUMatch(nn.Module):
         self.layout = layout
         self.objective = objective
         self.contextual_seq_len = contextual_seq_len
+        self.logq_correction = logq_correction
+        self.in_batch_negatives = in_batch_negatives
+        # log training frequency of each item row (in-batch negatives' logQ); NaN until set
+        self.register_buffer("item_log_prior", torch.full((num_items + 1,), float("nan")))
+        # every rank sets the same prior: DDP need not broadcast it (num_items floats) each step
+        self._ddp_params_and_buffers_to_ignore = ["item_log_prior"]
         self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
         nn.init.normal_(self.item_embedding.weight[1:], std=0.02)
         self.preprocessor = UIHPreprocessor(
@@ -193,8 +215,14 @@ class HSTUMatch(nn.Module):
     ) -> torch.Tensor:
         """The user tower on a right-padded batch (item_rows [B, N], lengths [B]) -> [B, D].
 
-        Plain static-shape tensor ops, so `torch.export` handles a dynamic B and N.
+        A row longer than `max_seq_len` keeps its most recent `max_seq_len` items (the jagged
+        tower refuses it instead). Plain static-shape tensor ops, so `torch.export` handles a
+        dynamic B and any N.
         """
+        item_rows = self._most_recent(item_rows, lengths)
+        timestamps = None if timestamps is None else self._most_recent(timestamps, lengths)
+        actions = None if actions is None else self._most_recent(actions, lengths)
+        lengths = torch.clamp(lengths, max=self.max_seq_len)
         x, total = self.preprocessor.forward_padded(
             self.item_embedding(item_rows), lengths, actions=actions, contextual_ids=contextual_ids
         )
@@ -206,11 +234,42 @@ class HSTUMatch(nn.Module):
         out = torch.gather(x, 1, last).squeeze(1)
         return out * (lengths > 0).to(out.dtype).unsqueeze(1)
 
+    def _most_recent(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded x [B, N] -> [B, max_seq_len]: each row's last max_seq_len values (of its
+        `lengths`), then padding. The width is max_seq_len whatever N is: min(N, max_seq_len)
+        would be a symbolic min that torch.export cannot trace through."""
+        width = self.max_seq_len
+        start = torch.clamp(lengths - width, min=0).view(-1, 1)
+        index = start + torch.arange(width, device=x.device).view(1, -1)
+        return torch.gather(F.pad(x, (0, width)), 1, index)
+
     # ----- training -----------------------------------------------------------------------
+    def set_item_prior(self, counts: np.ndarray | torch.Tensor) -> None:
+        """Set `item_log_prior` from training interaction counts per dense item row
+        ([num_items + 1], row 0 the unknown item; e.g. `metrics.item_counts` of the training
+        table): the probability q_j with which a batch's positive is item j, used by the
+        in-batch negatives' logQ correction."""
+        counts_t = torch.as_tensor(counts).to("cpu", torch.float64)
+        if counts_t.shape != (self.num_items + 1,):
+            raise NegseqError(
+                f"set_item_prior: counts must hold num_items + 1 = {self.num_items + 1} entries "
+                f"(one per dense item row, row 0 the unknown item), got shape {tuple(counts_t.shape)}"
+            )
+        bad = torch.nonzero(~torch.isfinite(counts_t) | (counts_t < 0)).flatten()
+        if bad.numel():
+            row = int(bad[0])
+            raise NegseqError(f"set_item_prior: counts[{row}] = {float(counts_t[row])} is not a count >= 0")
+        total = float(counts_t.sum())
+        if total <= 0:
+            raise NegseqError("set_item_prior: every count is 0, there is no training frequency")
+        with torch.no_grad():
+            self.item_log_prior.copy_(torch.log(counts_t / total).to(self.item_log_prior.dtype))
+
     def forward(
         self, batch: JaggedBatch, sample_weights: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """user_emb [B, D], logits [Q, K] / temperature, mask [Q, K], query_rows [Q], loss."""
+        """user_emb [B, D], logits [Q, K] (float32: / temperature, logQ-corrected, -inf off the
+        mask), mask [Q, K], query_rows [Q], loss."""
         if batch.layout != self.layout:
             raise NegseqError(f"batch layout {batch.layout!r} but the model was built for {self.layout!r}")
         cand_pos_lengths = batch.cand_pos_lengths.to(torch.int64)
@@ -231,11 +290,12 @@ class HSTUMatch(nn.Module):
                 )
             query = seq
         if self.layout == "interleaved":
-            table = batch.candidate.values.view(query.shape[0], 1 + batch.neg_per_pos)
-            logits, mask = self._interleaved_logits(query, table[:, 0], table[:, 1:])
+            pos_ids, blocks = self._interleaved_blocks(batch, query)
         else:
-            logits, mask = self._suffix_logits(batch, query, query_rows, cand_pos_lengths)
-        logits = logits / self.temperature
+            pos_ids, blocks = self._suffix_blocks(batch, query, query_rows, cand_pos_lengths)
+        if self.in_batch_negatives:
+            blocks.append(self._in_batch_block(query, pos_ids))
+        logits, mask = sampled_softmax_logits(blocks, self.temperature, logq_correction=self.logq_correction)
         loss = self.loss(logits, cand_pos_lengths, sample_weights)
         return {
             "user_emb": user_emb,
@@ -251,30 +311,46 @@ class HSTUMatch(nn.Module):
             return self.item_embeddings(torch.arange(self.num_items + 1, device=ids.device))[ids]
         return self.item_embeddings(ids)
 
-    def _interleaved_logits(
-        self, query: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's own negatives neg_ids [Q, n] -> logits, mask [Q, 1+n]."""
-        cand = torch.cat([pos_ids.unsqueeze(1), neg_ids], dim=1)
+    @staticmethod
+    def _sampled_log_prob(batch: JaggedBatch, shape: tuple[int, int]) -> torch.Tensor | None:
+        """log p of the batch's sampled negatives as a [Q, n] (interleaved) or [1, M] block."""
+        if batch.neg_probability is None:
+            return None
+        return torch.log(batch.neg_probability.to(torch.float64)).view(shape)
+
+    def _interleaved_blocks(
+        self, batch: JaggedBatch, query: torch.Tensor
+    ) -> tuple[torch.Tensor, list[LogitBlock]]:
+        """(positive ids [Q], [positive, sampled negatives]): each query's own n negatives."""
+        num_queries, n = query.shape[0], batch.neg_per_pos
+        cand = batch.candidate.values.view(num_queries, 1 + n)
         corpus = self.num_items + 1
-        if cand.numel() > corpus and cand.shape[0] * corpus <= _DENSE_SCORE_LIMIT:
+        if cand.numel() > corpus and num_queries * corpus <= _DENSE_SCORE_LIMIT:
             # small corpus: one GEMM against every item, then pick the candidates' columns
             # (several times faster on CPU than gathering Q*(1+n) embedding rows)
             all_items = self.item_embeddings(torch.arange(corpus, device=cand.device))
-            logits = (query @ all_items.T).gather(1, cand)
+            scores = (query @ all_items.T).gather(1, cand)
         else:
-            logits = torch.einsum("qd,qkd->qk", query, self._item_lookup(cand))
-        mask = torch.ones_like(cand, dtype=torch.bool)
-        mask[:, 1:] = neg_ids != pos_ids.unsqueeze(1)
-        return logits.masked_fill(~mask, float("-inf")), mask
+            scores = torch.einsum("qd,qkd->qk", query, self._item_lookup(cand))
+        pos_ids, neg_ids = cand[:, 0], cand[:, 1:]
+        return pos_ids, [
+            LogitBlock(scores[:, :1], torch.ones_like(scores[:, :1], dtype=torch.bool)),
+            LogitBlock(
+                scores[:, 1:],
+                neg_ids != pos_ids.unsqueeze(1),
+                self._sampled_log_prob(batch, (num_queries, n)),
+                n,
+            ),
+        ]
 
-    def _suffix_logits(
+    def _suffix_blocks(
         self,
         batch: JaggedBatch,
         query: torch.Tensor,
         query_rows: torch.Tensor,
         cand_pos_lengths: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, list[LogitBlock]]:
+        """(positive ids [Q], [positive, shared negatives, hard negatives])."""
         values, offsets = batch.candidate.values, batch.candidate.offsets
         num_shared, num_hard = batch.num_shared_negatives, batch.num_hard_negatives
         expected = cand_pos_lengths.clone()
@@ -296,23 +372,26 @@ class HSTUMatch(nn.Module):
         pos_ids = values[pos_index]
         shared_ids = values[values.numel() - num_hard - num_shared : values.numel() - num_hard]
         hard_ids = values[values.numel() - num_hard :]
-        pos_emb = self._item_lookup(pos_ids)
-        pos_logit = (query * pos_emb).sum(-1, keepdim=True)
-        shared_logit = query @ self._item_lookup(shared_ids).T
-        shared_mask = shared_ids.unsqueeze(0) != pos_ids.unsqueeze(1)
-        hard_logit, hard_mask = self._hard_logits(batch, query, pos_ids, hard_ids)
-        logits = torch.cat([pos_logit, shared_logit, hard_logit], dim=1)
-        mask = torch.cat([torch.ones_like(pos_ids, dtype=torch.bool).unsqueeze(1), shared_mask, hard_mask], 1)
-        return logits.masked_fill(~mask, float("-inf")), mask
+        pos_score = (query * self._item_lookup(pos_ids)).sum(-1, keepdim=True)
+        return pos_ids, [
+            LogitBlock(pos_score, torch.ones_like(pos_score, dtype=torch.bool)),
+            LogitBlock(
+                query @ self._item_lookup(shared_ids).T,
+                shared_ids.unsqueeze(0) != pos_ids.unsqueeze(1),
+                self._sampled_log_prob(batch, (1, num_shared)),
+                num_shared,
+            ),
+            self._hard_block(batch, query, pos_ids, hard_ids),
+        ]
 
-    def _hard_logits(
+    def _hard_block(
         self, batch: JaggedBatch, query: torch.Tensor, pos_ids: torch.Tensor, hard_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> LogitBlock:
         """Hard negatives scattered to [Q, Hmax] by (query, offset); absent entries masked."""
         num_queries = query.shape[0]
         if hard_ids.numel() == 0:
             empty = query.new_zeros(num_queries, 0)
-            return empty, empty.to(torch.bool)
+            return LogitBlock(empty, empty.to(torch.bool))
         index = batch.hard_neg_indices
         if index is None or index.shape != (hard_ids.numel(), 2):
             raise NegseqError(
@@ -327,10 +406,35 @@ class HSTUMatch(nn.Module):
             )
         width = int(index[:, 1].max()) + 1
         score = (query[index[:, 0]] * self._item_lookup(hard_ids)).sum(-1)
-        logits = query.new_zeros(num_queries, width).index_put((index[:, 0], index[:, 1]), score)
+        scores = query.new_zeros(num_queries, width).index_put((index[:, 0], index[:, 1]), score)
         mask = torch.zeros(num_queries, width, dtype=torch.bool, device=query.device)
         mask[index[:, 0], index[:, 1]] = hard_ids != pos_ids[index[:, 0]]
-        return logits, mask
+        return LogitBlock(scores, mask)
+
+    def _in_batch_block(self, query: torch.Tensor, pos_ids: torch.Tensor) -> LogitBlock:
+        """Every query's positive as a negative of every other query: [Q, Q], column j = query
+        j's positive, masked where it equals the row's own positive (the diagonal included)."""
+        log_prob = None
+        if self.logq_correction:
+            log_prob = self.item_log_prior[pos_ids].unsqueeze(0)
+            bad = torch.nonzero(~torch.isfinite(log_prob[0])).flatten()
+            if bad.numel():
+                row = int(pos_ids[bad[0]])
+                if bool(torch.isnan(self.item_log_prior).all()):
+                    raise NegseqError(
+                        "in_batch_negatives with logq_correction needs the item prior: call "
+                        "HSTUMatch.set_item_prior(training counts per item row) before training"
+                    )
+                raise NegseqError(
+                    f"in-batch negatives: item row {row} is a positive of this batch but has count 0 "
+                    "in the item prior (set_item_prior): the prior must count the training data"
+                )
+        return LogitBlock(
+            query @ self._item_lookup(pos_ids).T,
+            pos_ids.unsqueeze(0) != pos_ids.unsqueeze(1),
+            log_prob,
+            max(pos_ids.numel() - 1, 0),
+        )
 
     @staticmethod
     def loss(

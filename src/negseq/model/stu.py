@@ -1,24 +1,28 @@
-"""STU layers (generative-recommenders' production STU) over jagged sequences.
+"""STU layers (generative-recommenders' production STU) over jagged or padded sequences.
 
 One layer: `x_n = LN(x)`; `u, v, q, k = split(x_n @ W + b)`; `u = SiLU(u)`;
 per head `A = SiLU(alpha q k^T) / N`, causal with the diagonal, no softmax; `a = A v`;
 `out = x + dropout(cat[u, a, u * LN(a)]) @ W_o`.
 
-`forward` works on jagged values [L, D] with offsets [B+1] and calls the attention
-dispatcher (`kernel="pytorch"` or `"triton"`). `forward_padded` runs the same math on a
-padded [B, N, D] batch with plain tensor ops only; it is what `export` traces (static-shape
-ops export cleanly with a dynamic N) and what the benchmark compares the jagged path with.
+`STULayer._layer` is that math, once; only the attention call differs between the two
+entry points. `forward` works on jagged values [L, D] with offsets [B+1] and calls the
+attention dispatcher (`kernel` "auto", "pytorch" or "triton"). `forward_padded` works on a
+padded [B, N, D] batch and calls the PyTorch reference core (`padded_hstu_attention`)
+directly: static-shape ops that `export` traces with a dynamic N.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from negseq.model.attention import hstu_attention, valid_attention_mask
+from negseq.model.ops import Kernel, check_kernel, hstu_attention, padded_hstu_attention
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class STULayer(nn.Module):
@@ -35,7 +39,7 @@ class STULayer(nn.Module):
         max_attn_len: int = 0,
         contextual_seq_len: int = 0,
         scaling_seqlen: int = -1,
-        kernel: str = "pytorch",
+        kernel: Kernel | str = Kernel.PYTORCH,
     ) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
@@ -47,7 +51,7 @@ class STULayer(nn.Module):
         self.max_attn_len = max_attn_len
         self.contextual_seq_len = contextual_seq_len
         self.scaling_seqlen = scaling_seqlen
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
         uvqk_dim = (2 * hidden_dim + 2 * attention_dim) * num_heads
         self.input_norm = nn.LayerNorm(embedding_dim)
         self.uvqk = nn.Linear(embedding_dim, uvqk_dim)
@@ -57,11 +61,18 @@ class STULayer(nn.Module):
         nn.init.zeros_(self.uvqk.bias)
         nn.init.xavier_uniform_(self.output.weight)
 
-    def _scaling_n(self, max_len: int) -> int:
-        return self.scaling_seqlen if self.scaling_seqlen > 0 else max(max_len, 1)
+    def _attention_options(self, max_len: int) -> dict:
+        scaling_n = self.scaling_seqlen if self.scaling_seqlen > 0 else max(max_len, 1)
+        return {
+            "alpha": self.alpha,
+            "scaling_n": scaling_n,
+            "max_attn_len": self.max_attn_len,
+            "contextual_seq_len": self.contextual_seq_len,
+        }
 
-    def _split_uvqk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Projections for x [..., D]: u (SiLU'd) [..., H*Dh], v [..., H, Dh], q, k [..., H, Da]."""
+    def _layer(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """The STU math on x [..., D]; `attend(q, k, v)` is the attention: q, k [..., H, Da],
+        v [..., H, Dh] -> [..., H, Dh]."""
         heads, hidden, attn = self.num_heads, self.hidden_dim, self.attention_dim
         u, v, q, k = torch.split(
             self.uvqk(self.input_norm(x)),
@@ -69,47 +80,25 @@ class STULayer(nn.Module):
             -1,
         )
         lead = x.shape[:-1]
-        return (
-            F.silu(u),
-            v.reshape(*lead, heads, hidden),
-            q.reshape(*lead, heads, attn),
-            k.reshape(*lead, heads, attn),
-        )
-
-    def _output(self, x: torch.Tensor, u: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        u = F.silu(u)
+        a = attend(
+            q.reshape(*lead, heads, attn), k.reshape(*lead, heads, attn), v.reshape(*lead, heads, hidden)
+        ).flatten(-2)
         y = torch.cat([u, a, u * self.output_norm(a)], dim=-1)
         y = F.dropout(y, p=self.output_dropout_ratio, training=self.training)
         return x + self.output(y)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
         """x: jagged values [L, D]; offsets [B+1]; max_len >= every row's length. Returns [L, D]."""
-        u, v, q, k = self._split_uvqk(x)
-        a = hstu_attention(
-            q,
-            k,
-            v,
-            offsets,
-            max_len,
-            alpha=self.alpha,
-            scaling_n=self._scaling_n(max_len),
-            max_attn_len=self.max_attn_len,
-            contextual_seq_len=self.contextual_seq_len,
-            kernel=self.kernel,
+        options = self._attention_options(max_len)
+        return self._layer(
+            x, lambda q, k, v: hstu_attention(q, k, v, offsets, max_len, kernel=self.kernel, **options)
         )
-        return self._output(x, u, a.reshape(x.shape[0], -1))
 
     def forward_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: padded [B, N, D]; lengths [B]. Returns [B, N, D]; padded positions hold junk."""
-        n = x.shape[1]
-        u, v, q, k = self._split_uvqk(x)
-        scores = torch.einsum("bihd,bjhd->bhij", q, k)
-        mask = valid_attention_mask(
-            lengths, n, max_attn_len=self.max_attn_len, contextual_seq_len=self.contextual_seq_len
-        )
-        scaling = float(self.scaling_seqlen) if self.scaling_seqlen > 0 else n
-        scores = F.silu(self.alpha * scores) / scaling * mask.unsqueeze(1).to(scores.dtype)
-        a = torch.einsum("bhij,bjhd->bihd", scores, v)
-        return self._output(x, u, a.reshape(*x.shape[:2], -1))
+        options = self._attention_options(x.shape[1])
+        return self._layer(x, lambda q, k, v: padded_hstu_attention(q, k, v, lengths, **options))
 
 
 class STUStack(nn.Module):

@@ -1,6 +1,6 @@
 """Triton jagged HSTU attention, forward and backward (the GPU kernel of DESIGN §6).
 
-Same math and mask as `negseq.model.attention.pytorch_hstu_attention`:
+Same math and mask as the PyTorch reference (`negseq.model.ops.pytorch.hstu_attention`):
 `A = SiLU(alpha q k^T) / N`, causal with the diagonal, optional `max_attn_len` window and
 `contextual_seq_len` prefix; `out = A v`. Inputs stay jagged (`[L, H, D]` with `offsets`);
 no padded copy is built. One program handles one (sequence, head, row block); sequences
@@ -13,8 +13,8 @@ so nothing is accumulated atomically and the result is deterministic.
 
 The kernels are torch.library custom ops (`negseq::hstu_attention_fwd` / `_bwd`) so
 torch.compile and torch.export treat them as opaque nodes; `TritonHSTUAttention` is the
-autograd.Function that ties them together. Importing this module registers it as
-`hstu_attention(..., kernel="triton")`.
+autograd.Function that ties them together. The dispatcher
+(`negseq.model.ops.hstu_attention(..., kernel=Kernel.TRITON)`) imports this module on first use.
 
 On CPU the kernels run only under the Triton interpreter (`TRITON_INTERPRET=1` set before
 this module is imported), with one fixed small block size instead of autotuning.
@@ -30,7 +30,6 @@ import os
 import torch
 
 from negseq.errors import NegseqError
-from negseq.model.attention import register_kernel
 
 try:
     import triton
@@ -1006,7 +1005,7 @@ def _check_inputs(q, k, v, offsets, max_len, scaling_n, max_attn_len, contextual
     if q.device.type != "cuda" and not INTERPRETING:
         raise NegseqError(
             f"{where}: tensors on {q.device} need CUDA, or TRITON_INTERPRET=1 set "
-            "before negseq.model.triton_attention is imported"
+            "before negseq.model.ops.triton.hstu_attention is imported"
         )
     if max_len < 0 or scaling_n <= 0 or max_attn_len < 0 or contextual_seq_len < 0:
         raise NegseqError(
@@ -1036,7 +1035,7 @@ def triton_hstu_attention(
     max_attn_len: int = 0,
     contextual_seq_len: int = 0,
 ) -> torch.Tensor:
-    """Jagged HSTU attention on the Triton kernels; same contract as pytorch_hstu_attention.
+    """Jagged HSTU attention on the Triton kernels; same contract as `pytorch_hstu_attention`.
 
     `max_len` must be at least the longest sequence; it is checked only when offsets live
     on the CPU (on the GPU the check would cost a device sync on every call).
@@ -1054,6 +1053,3 @@ def triton_hstu_attention(
         int(max_attn_len),
         int(contextual_seq_len),
     )
-
-
-register_kernel("triton", triton_hstu_attention)
