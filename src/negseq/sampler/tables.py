@@ -111,9 +111,9 @@ def _cast_strings(
         raise
 
 
-def _read_strings(path: Path, delimiter: str, names: Sequence[str]) -> pa.Table:
+def _read_strings(path: Path, delimiter: str, names: Sequence[str], *, use_threads: bool = True) -> pa.Table:
     """A delimited text file after its header line, every value a string; a row with the wrong
-    number of fields names its row."""
+    number of fields names its row (found again single-threaded, where Arrow numbers rows)."""
     bad_rows: list[tuple[int | None, int]] = []
 
     def invalid_row(row: pacsv.InvalidRow) -> str:
@@ -123,7 +123,7 @@ def _read_strings(path: Path, delimiter: str, names: Sequence[str]) -> pa.Table:
     try:
         return pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(column_names=list(names), skip_rows=1, use_threads=False),
+            read_options=pacsv.ReadOptions(column_names=list(names), skip_rows=1, use_threads=use_threads),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, quote_char=False, invalid_row_handler=invalid_row
             ),
@@ -134,8 +134,10 @@ def _read_strings(path: Path, delimiter: str, names: Sequence[str]) -> pa.Table:
             ),
         )
     except pa.ArrowInvalid as exc:
-        if bad_rows and bad_rows[0][0] is not None:
-            line, count = bad_rows[0]
+        line, count = bad_rows[0] if bad_rows else (None, 0)
+        if bad_rows and line is None and use_threads:
+            return _read_strings(path, delimiter, names, use_threads=False)
+        if line is not None:
             raise NegseqError(
                 f"{path}: row {line - 2}: {count} field(s) split by {delimiter!r}, the header has "
                 f"{len(names)} ({', '.join(names)})"
