@@ -522,3 +522,67 @@ def test_text_format_values():
 def test_text_format_syntax_errors_name_line_and_column(text, message):
     with pytest.raises(NegseqError, match=message):
         parse(text)
+
+
+def test_csv_dataset_odps_paths_and_globs(tmp_path):
+    from negseq.import_config import import_pipeline_config
+
+    config = _minimal_config(
+        'train_input_path: "data/train/*.csv"\n',
+        "dataset_type: CsvDataset\n"
+        '    delimiter: "\\t"\n'
+        '    input_fields { input_name: "user_id" }\n'
+        '    input_fields { input_name: "item_ids" input_type: STRING }\n',
+        'input_path: "odps://proj/tables/items_gl"',
+    )
+    (tmp_path / "pipeline.config").write_text(config)
+    imported = import_pipeline_config(tmp_path / "pipeline.config", base_dir=tmp_path)
+    assert imported.tables["input"] == {
+        "path": str(tmp_path / "data" / "train"),  # the folder the glob reads
+        "batch_size": 1024,  # TorchEasyRec's default
+        "format": "csv",
+        "delimiter": "\t",
+        "column_names": ["user_id", "item_ids"],
+    }
+    assert imported.tables["sampler.negative_sampler"]["input_path"] == "odps://proj/tables/items_gl"
+    assert dict(imported.not_carried)["data_config.negative_sampler.input_path"].startswith("odps:// tables")
+
+    (tmp_path / "header.config").write_text(
+        _minimal_config(
+            'train_input_path: "t.csv"\n', "dataset_type: CsvDataset\n    with_header: true\n", ""
+        )
+    )
+    table = import_pipeline_config(tmp_path / "header.config", base_dir=tmp_path).tables["input"]
+    assert table == {"path": str(tmp_path / "t.csv"), "batch_size": 1024, "format": "csv", "delimiter": ","}
+
+
+def test_absent_required_sampler_fields_are_reported(tmp_path):
+    from negseq.import_config import import_pipeline_config
+
+    (tmp_path / "pipeline.config").write_text(
+        "data_config {\n  hard_negative_sampler {\n    num_sample: 4\n    item_id_field: 'i'\n  }\n}\n"
+    )
+    imported = import_pipeline_config(tmp_path / "pipeline.config", base_dir=tmp_path)
+    absent = [name for name, why in imported.not_carried if why.startswith("required by TorchEasyRec")]
+    assert absent == [
+        f"data_config.hard_negative_sampler.{name}"
+        for name in (
+            "hard_neg_edge_input_path",
+            "item_input_path",
+            "num_hard_sample",
+            "user_id_field",
+            "user_input_path",
+        )
+    ]
+    assert "train_input_path" in dict(imported.not_carried)
+
+
+def _minimal_config(top: str, data: str, sampler_path: str) -> str:
+    return (
+        top
+        + "data_config {\n    "
+        + data
+        + "    negative_sampler {\n        "
+        + (sampler_path or 'input_path: "items_gl"')
+        + '\n        num_sample: 2\n        item_id_field: "item_ids"\n    }\n}\n'
+    )
