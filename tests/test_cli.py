@@ -188,3 +188,139 @@ def test_prepare_job_file_errors_are_one_line(tmp_path, capsys, table, message):
     assert main(["prepare", "--job", str(tmp_path / "prepare.toml"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# ---- --version, --help, inspect (issue 16 item 6, issue 15 item 7) --------------------------
+
+
+def test_version(capsys):
+    from negseq import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"negseq {__version__}\n"
+
+
+def test_help_lists_each_command_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "add_<name>" not in out and "subcommand" not in out  # no developer notes
+    commands = ["prepare", "sample", "inspect", "run", "serve", "import-config"]
+    for name in commands:
+        assert any(
+            line.startswith(f"    {name} ") and line.split(maxsplit=1)[1:] for line in out.splitlines()
+        ), name
+    for name in commands:  # each command's own help has a description or an example for users
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: negseq {name}") and (
+            "example:" in text or name in ("serve", "prepare")
+        )
+
+
+def _sampled_folder(out: Path, *, manifest: bool, sampler: dict | None = None) -> None:
+    """A folder as `negseq sample` writes it: part files, then the manifest."""
+    out.mkdir()
+    table = pa.table(
+        {
+            "user_id": [7],
+            "uih": [list(range(300))],  # a long history: it must not hide the candidates
+            "target": [[5, 1001, 1002]],
+            "title": ["我们" * 3],
+            "cand_pos_lengths": pa.array([1], pa.int32()),
+        }
+    )
+    pq.write_table(table, out / "part-000000.parquet")
+    if manifest:
+        files = [{"name": "part-000000.parquet", "batch_index": 0, "rows_in": 1, "rows_out": 1}]
+        body = {"rows_in": 1, "rows_out": 1, "num_files": 1, "seed": 0, "config_hash": "c", "files": files}
+        body["format"] = "parquet"
+        if sampler is not None:
+            body["sampler"] = sampler
+        metadata = {b"negseq.manifest": json.dumps(body)}
+        pq.write_table(
+            table.schema.empty_table().replace_schema_metadata(metadata), out / "_manifest.parquet"
+        )
+
+
+def test_inspect_candidate_columns_first_unicode_and_per_column_cuts(tmp_path, capsys):
+    sampler = {"negative_sampler": {"item_id_field": "target", "attr_fields": ["target", "title"]}}
+    _sampled_folder(tmp_path / "out", manifest=True, sampler=sampler)
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    row = out[out.index("row 0:") :].splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in row] == [
+        "target",
+        "title",
+        "cand_pos_lengths",
+        "user_id",
+        "uih",
+    ]
+    assert row[0] == "  target: [5, 1001, 1002]"
+    assert row[1] == '  title: "我们我们我们"'  # readable, not \u6211
+    assert row[4].startswith("  uih: [0, 1, 2") and row[4].endswith("… (300 items)")
+    assert len(row[4]) < 160
+    assert main(["inspect", str(tmp_path / "out"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["columns"][:3] == ["target", "title", "cand_pos_lengths"]
+    assert list(report["head"][0]) == report["columns"] and report["head"][0]["uih"] == list(range(300))
+
+
+def test_inspect_json_keeps_unicode(tmp_path, capsys):
+    _sampled_folder(tmp_path / "out", manifest=True)
+    assert main(["inspect", str(tmp_path / "out"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "我们我们我们" in out and "\\u6211" not in out
+    assert json.loads(out)["columns"][0] == "cand_pos_lengths"
+
+
+def test_inspect_reads_a_graphlearn_table_as_the_sampler_does(tmp_path, capsys):
+    # TorchEasyRec's item table (tzrec/datasets/sampler_test.py), under a name with a .txt suffix
+    path = tmp_path / "item-gl.txt"
+    with path.open("w") as f:
+        f.write("id:int64\tweight:float\tattrs:string\n")
+        for i in range(3):
+            f.write(f"{i}\t{1}\t{i}:{i + 1000}:我们{i}\n")
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["columns"] == ["id", "weight", "attrs"]
+    assert report["rows"] == 3
+    assert report["head"][2] == {"id": 2, "weight": 1.0, "attrs": "2:1002:我们2"}
+
+
+@pytest.mark.parametrize(
+    "manifest, staged, message",
+    [
+        (
+            False,
+            False,
+            "no _manifest.parquet or _manifest.arrow: the run that wrote this folder did not finish",
+        ),
+        (False, True, "(1 part file(s); staging folder .negseq-staging-0123456789ab;"),
+        (True, True, ".negseq-staging-0123456789ab: left over from an unfinished run"),
+    ],
+)
+def test_inspect_unfinished_folder_exits_nonzero(tmp_path, capsys, manifest, staged, message):
+    _sampled_folder(tmp_path / "out", manifest=manifest)
+    if staged:
+        (tmp_path / "out" / ".negseq-staging-0123456789ab").mkdir()
+    assert main(["inspect", str(tmp_path / "out")]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem: ")]
+    assert any(message in line for line in problems), problems
+
+
+def test_inspect_a_staging_folder_alone_exits_nonzero(tmp_path, capsys):
+    (tmp_path / "out" / ".negseq-staging-0123456789ab").mkdir(parents=True)
+    assert main(["inspect", str(tmp_path / "out")]) == 1
+    assert "(0 part file(s); staging folder .negseq-staging-0123456789ab;" in capsys.readouterr().out
+
+
+def test_inspect_plain_data_folder_is_not_unfinished(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "data" / "train.parquet")
+    assert main(["inspect", str(tmp_path / "data")]) == 0
+    assert "rows: 2" in capsys.readouterr().out

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from negseq import __version__
 from negseq.errors import NegseqError
 from negseq.service.cli import add_serve
 
@@ -45,9 +47,11 @@ _PREPARE_DEFAULTS = {
 def add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
-        help="interaction log -> train/eval sequence tables and an item table",
+        help="interaction log -> train/eval sequences and an item table",
         description="Read an interaction log (user, item, timestamp) and write train.parquet, "
         "eval.parquet (leave-last-out) and items.parquet (id, count, weight = count ** item_weight_power).",
+        epilog="example: negseq prepare u.data --out prepared/ --delimiter tab "
+        "--column-names user_id,item_id,rating,timestamp",
     )
     p.add_argument("input", nargs="?", help="interaction file or folder (Parquet, IPC, CSV/TSV)")
     p.add_argument("--out", help="output folder")
@@ -122,12 +126,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample",
-        help="sample negatives and write candidate sequences (one file a batch + manifest)",
+        help="draw negatives and write candidate sequences",
+        description="Read the [input] table in batches, draw negatives for each batch's positives "
+        "with the [sampler.<type>] sampler, and write the candidate sequences to [output] path: one "
+        "file a batch, then _manifest.json once every batch is written. The same job, seed and "
+        "input always give the same files.",
+        epilog="example: negseq sample job.toml --out sampled/",
     )
     p.add_argument("job", help="TOML job file ([input], [sampler.<type>], [candidates], [output])")
-    p.add_argument("--input", help="override [input] path")
-    p.add_argument("--out", help="override [output] path")
-    p.add_argument("--workers", type=int, help="override [run] workers")
+    p.add_argument("--input", metavar="PATH", help="read this table instead of [input] path")
+    p.add_argument("--out", metavar="FOLDER", help="write here instead of [output] path")
+    p.add_argument("--workers", type=int, metavar="N", help="sampling threads instead of [run] workers")
     p.set_defaults(handler=cmd_sample)
 
 
@@ -146,61 +155,155 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # ---- inspect -------------------------------------------------------------------------------
 
+CELL_WIDTH = 120
+
 
 def add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "inspect", help="schema, row count, a few rows, and whether the manifest matches the files"
+        "inspect",
+        help="show a table or sampled folder: columns, rows, status",
+        description="Show a table (Parquet, Arrow IPC, CSV, graph-learn TSV) or a folder `negseq "
+        "sample` wrote: its columns (candidate columns first), row count and first rows. For a "
+        "sampled folder, also whether its manifest matches the files. Exits 1 when a sampled "
+        "folder is unfinished or does not match its manifest, 2 when it cannot be read.",
+        epilog="example: negseq inspect sampled/ --rows 5",
     )
-    p.add_argument("path", help="a sampled-output folder, or any Parquet/IPC/CSV file or folder")
-    p.add_argument("--rows", type=int, default=3, help="rows to show (default 3)")
+    p.add_argument("path", help="a sampled folder, or any Parquet/IPC/CSV/graph-learn file or folder")
+    p.add_argument("--rows", type=int, default=3, metavar="N", help="rows to show (default 3)")
+    p.add_argument(
+        "--field-delimiter",
+        type=_delimiter,
+        default="\t",
+        metavar="CHAR",
+        help="field delimiter of a graph-learn TSV (default tab)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_inspect)
 
 
-def inspect_path(path: Path, rows: int) -> dict[str, Any]:
-    from negseq.io.sinks import read_manifest, verify_outputs
+def _candidate_columns(names: Sequence[str], manifest: dict[str, Any] | None) -> list[str]:
+    """The candidate columns among `names`, in this order: the sampler's item_id_field and
+    attr_fields when the manifest records the sampler's config, then cand_pos_lengths and
+    hard_neg_indices."""
+    from negseq.candidates import CAND_POS_LENGTHS, HARD_NEG_INDICES
+
+    def sampler_configs(value: Any, depth: int) -> Iterator[dict[str, Any]]:
+        if isinstance(value, dict) and depth >= 0:
+            if isinstance(value.get("item_id_field"), str):
+                yield value
+            for inner in value.values():
+                yield from sampler_configs(inner, depth - 1)
+
+    wanted: list[str] = []
+    for config in sampler_configs(manifest, 3):
+        attrs = config.get("attr_fields")
+        wanted += [config["item_id_field"], *(attrs if isinstance(attrs, list) else [])]
+    wanted += [CAND_POS_LENGTHS, HARD_NEG_INDICES]
+    return [name for name in dict.fromkeys(wanted) if name in names]
+
+
+def _unfinished(folder: Path) -> list[str]:
+    """What a sampled folder without a manifest shows of an unfinished run: part files written
+    (the manifest is written last) or a staging folder."""
+    from negseq.io.sinks import PART_RE, STAGING_PREFIX
+
+    names = [p.name for p in folder.iterdir()]
+    parts = [n for n in names if PART_RE.match(n)]
+    staged = sorted(n for n in names if n.startswith(STAGING_PREFIX))
+    if not parts and not staged:
+        return []
+    where = f"; staging folder {staged[0]}" if staged else ""
+    return [
+        f"no _manifest.parquet or _manifest.arrow: the run that wrote this folder did not finish "
+        f"({len(parts)} part file(s){where}; the manifest is written last)"
+    ]
+
+
+def _read_for_inspect(path: Path, field_delimiter: str, manifest: dict[str, Any] | None) -> Any:
+    """A pyarrow dataset or table over `path`, as negseq reads it: a graph-learn TSV through the
+    sampler's own reader (columns by position), a sampled folder as its part files."""
     from negseq.io.sources import Source
+    from negseq.sampler.tables import read_table, table_format
+
+    if path.is_file() and table_format(path, field_delimiter) == "graphlearn":
+        return read_table(path, field_delimiter=field_delimiter)
+    if manifest is not None:
+        return Source.open(str(path / "part-*"), format=manifest["format"]).dataset()
+    return Source.open(str(path)).dataset()
+
+
+def inspect_path(path: Path, rows: int, field_delimiter: str = "\t") -> dict[str, Any]:
+    from negseq.io.sinks import PART_RE, read_manifest, verify_outputs
 
     report: dict[str, Any] = {"path": str(path), "manifest": None, "problems": []}
-    try:
-        manifest = read_manifest(str(path))
-    except NegseqError:
-        manifest = None
-    if manifest is not None:
-        report["manifest"] = {k: v for k, v in manifest.items() if k != "files"}
-        report["problems"] = verify_outputs(str(path))
-        dataset = Source.open(str(path / "part-*"), format=manifest["format"]).dataset()
-    else:
-        dataset = Source.open(str(path)).dataset()
-    report["schema"] = dataset.schema.to_string(show_schema_metadata=False)
-    report["rows"] = dataset.count_rows()
-    report["head"] = dataset.head(rows).to_pylist() if rows > 0 else []
-    report["manifest_ok"] = report["manifest"] is not None and not report["problems"]
+    manifest = None
+    if path.is_dir():
+        try:
+            manifest = read_manifest(str(path))
+        except NegseqError:
+            report["problems"] = _unfinished(path)
+        if manifest is not None:
+            report["manifest"] = {k: v for k, v in manifest.items() if k != "files"}
+            report["problems"] = verify_outputs(str(path))
+        elif report["problems"] and not any(PART_RE.match(p.name) for p in path.iterdir()):
+            report.update(schema=None, columns=[], rows=0, head=[], manifest_ok=False)
+            return report
+    data = _read_for_inspect(path, field_delimiter, manifest)
+    names = list(data.schema.names)
+    candidates = _candidate_columns(names, manifest)
+    columns = candidates + [n for n in names if n not in candidates]
+    head = data.select(columns).slice(0, rows) if isinstance(data, pa.Table) else data.head(rows, columns)
+    report["schema"] = pa.schema([data.schema.field(n) for n in columns]).to_string(
+        show_schema_metadata=False
+    )
+    report["columns"] = columns
+    report["candidate_columns"] = candidates
+    report["rows"] = data.num_rows if isinstance(data, pa.Table) else data.count_rows()
+    report["head"] = head.to_pylist() if rows > 0 else []
+    report["manifest_ok"] = manifest is not None and not report["problems"]
     return report
 
 
+def _cell(value: Any) -> str:
+    """One value as JSON (Unicode as is), cut at CELL_WIDTH characters with an ellipsis and the
+    value's length, so one long column never hides the others."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= CELL_WIDTH:
+        return text
+    if isinstance(value, list | dict):
+        size = f"{len(value)} items"
+    elif isinstance(value, str):
+        size = f"{len(value)} characters"
+    else:
+        size = f"{len(text)} characters"
+    return f"{text[:CELL_WIDTH]}… ({size})"
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    report = inspect_path(Path(args.path), args.rows)
+    report = inspect_path(Path(args.path), args.rows, args.field_delimiter)
     if args.json:
-        print(json.dumps(report, default=str))
+        print(json.dumps(report, default=str, ensure_ascii=False))
     else:
         print(f"path: {report['path']}")
         print(f"rows: {report['rows']}")
-        print("schema:\n  " + report["schema"].replace("\n", "\n  "))
+        if report["schema"] is not None:
+            print("schema:\n  " + report["schema"].replace("\n", "\n  "))
         manifest = report["manifest"]
         if manifest is None:
             print("manifest: none")
         else:
             print(
-                f"manifest: rows in {manifest['rows_in']}, rows out {manifest['rows_out']}, "
-                f"{manifest['num_files']} files, seed {manifest.get('seed')}, "
+                f"manifest: rows in {manifest.get('rows_in')}, rows out {manifest.get('rows_out')}, "
+                f"{manifest.get('num_files')} files, seed {manifest.get('seed')}, "
                 f"config {str(manifest.get('config_hash'))[:12]}"
             )
             print("manifest matches files: " + ("yes" if report["manifest_ok"] else "NO"))
-            for problem in report["problems"]:
-                print(f"  {problem}")
-        for row in report["head"]:
-            print(json.dumps(row, default=str)[:300])
+        for problem in report["problems"]:
+            print(f"problem: {problem}")
+        for index, row in enumerate(report["head"]):
+            print(f"row {index}:")
+            for name, value in row.items():
+                print(f"  {name}: {_cell(value)}")
     return EXIT_MISMATCH if report["problems"] else 0
 
 
@@ -210,7 +313,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="the main job: prepare -> sample -> train -> evaluate -> export (Ray or embedded)",
+        help="prepare, sample, train, evaluate and export a model",
+        description="Prepare the [data] interactions, sample candidates with [sampler.<type>], train "
+        'the [model] (on Ray, or in this process with [ray] executor = "local"), evaluate it '
+        "against every item, and export it to [output] dir.",
+        epilog="example: negseq run examples/ml100k.toml",
     )
     p.add_argument("job", type=Path, help="job file (TOML): [data] [sampler.*] [candidates] [model] ...")
     p.add_argument("--verbose", "-v", action="store_true", help="show Ray's own logs and progress bars")
@@ -226,6 +333,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- import-config -------------------------------------------------------------------------
+
+
+def add_import_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-config",
+        help="TorchEasyRec pipeline.config -> negseq sample job",
+        description="Read a TorchEasyRec pipeline config (protobuf text format) and write the negseq "
+        "job that samples as it does: its sampler message (fields unchanged), batch_size, input "
+        "paths and dataset type, and the delimiter and length of its candidate sequence. Every "
+        "field that cannot be carried over is listed, with why, on stderr and in the job file.",
+        epilog="example: negseq import-config pipeline.config --out job.toml && negseq sample job.toml",
+    )
+    p.add_argument("config", type=Path, help="TorchEasyRec pipeline config (pipeline.config)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the job here (default: print it)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument(
+        "--base-dir",
+        type=Path,
+        metavar="FOLDER",
+        help="resolve the config's relative paths against FOLDER, the folder TorchEasyRec ran in "
+        "(default: the current folder)",
+    )
+    p.set_defaults(handler=cmd_import_config)
+
+
+def cmd_import_config(args: argparse.Namespace) -> int:
+    from negseq.import_config import import_pipeline_config, to_toml
+
+    if args.out is not None and args.out.exists() and not args.force:
+        raise NegseqError(f"{args.out}: exists; pass --force to replace it")
+    imported = import_pipeline_config(args.config, base_dir=args.base_dir)
+    text = to_toml(imported, args.config, __version__)
+    if args.out is None:
+        print(text, end="")
+    else:
+        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, args.out)
+    if not args.quiet:
+        lines = [f"  {name}: {why}" for name, why in imported.not_carried]
+        print(f"import-config: {len(lines)} field(s) not carried over", file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
+    return 0
+
+
 # ---- entry ---------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -234,11 +387,31 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_inspect,
     add_run,
     add_serve,
+    add_import_config,
 ]
 
 
+class _CommandsFormatter(argparse.HelpFormatter):
+    """Keeps each command's help on its name's line: argparse measures the command names
+    without the indent it prints them with, so a long name (import-config) would push its help
+    to the next line."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(len(name) for name in action.choices)
+            self._action_max_length = max(self._action_max_length, longest + self._current_indent + 4)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="negseq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="negseq",
+        description="Negative sampling and candidate sequences for training generative "
+        "recommenders, from the tables and sampler configs TorchEasyRec uses.",
+        epilog="Run `negseq COMMAND --help` for a command's options.",
+        formatter_class=_CommandsFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"negseq {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

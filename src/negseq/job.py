@@ -130,6 +130,13 @@ class RunJob:
         return self.get("model", "objective", "autoregressive")
 
     @property
+    def seq_delim(self) -> str:
+        """[candidates] seq_delim, or the sampler's item_id_delim (TorchEasyRec's name for it)."""
+        from negseq.sampler.config import sequence_delimiter
+
+        return sequence_delimiter(self.sampler, self.sections["candidates"], self.source)
+
+    @property
     def candidate_field(self) -> str:
         return "next_items" if self.objective == "autoregressive" else "target"
 
@@ -148,6 +155,7 @@ def load_run_job(path: str | Path) -> RunJob:
             f"{source}: needs exactly one [sampler.<type>] table, e.g. [sampler.negative_sampler]"
         )
     job = RunJob(source, str(raw.get("name", source.stem)), sections, sampler)
+    job.seq_delim  # noqa: B018  (checked now, before anything is written)
     if ("interactions" in sections["data"]) == ("synthetic" in sections["data"]):
         raise NegseqError(f"{source}: [data] needs exactly one of 'interactions' or 'synthetic'")
     if job.objective not in ("autoregressive", "last"):
@@ -303,7 +311,7 @@ def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[
     spec = CandidateSpec(
         layout=settings.model["layout"],
         neg_per_pos=job.get("candidates", "neg_per_pos"),
-        seq_delim=job.get("candidates", "seq_delim", ";"),
+        seq_delim=job.seq_delim,
     )
     spec.check_sampler(sampler)
     source = Source.open(prepared.train)

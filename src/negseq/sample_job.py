@@ -16,7 +16,7 @@ item_id_field = "target"
 [candidates]
 layout = "interleaved"       # or "suffix"
 neg_per_pos = 32             # interleaved; default: the sampler's num_sample
-seq_delim = ";"
+seq_delim = ";"              # or the sampler's item_id_delim (TorchEasyRec's name)
 
 [output]
 path = "sampled"
@@ -47,6 +47,7 @@ from negseq.io.sinks import OUTPUT_FORMATS, SampledSink
 from negseq.io.sources import CsvOptions, Source
 from negseq.jobfile import checked_table, load_toml
 from negseq.sampler import build_sampler
+from negseq.sampler.config import sequence_delimiter
 
 _KEYS = {
     "input": {"path", "format", "batch_size", "delimiter", "column_names"},
@@ -129,7 +130,7 @@ class SampleJob:
             csv=csv,
             layout=layout,
             neg_per_pos=None if cand.get("neg_per_pos") is None else int(cand["neg_per_pos"]),
-            seq_delim=str(cand.get("seq_delim", ";")),
+            seq_delim=sequence_delimiter(sampler, cand, source),
             output_format=str(out.get("format", "parquet")),
             epoch=int(run.get("epoch", 0)),
             workers=int(workers if workers is not None else run.get("workers", 2)),

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from negseq.candidates import id_strings
 from negseq.errors import NegseqError
+from negseq.sampler.arrow_numpy import check_int64_ids
 
 BatchLike = pa.RecordBatch | pa.Table | Mapping[str, pa.Array | pa.ChunkedArray]
 
@@ -55,6 +56,7 @@ def flatten_id_column(
     if pa.types.is_null(typ):  # an all-null column (e.g. read from an empty CSV field)
         return np.empty(0, dtype=np.int64), np.zeros(len(arr), dtype=np.int64)
     if pa.types.is_integer(typ):
+        check_int64_ids(arr, lambda row: f"column {column!r}, row {row}")
         valid = id_strings.validity(arr)
         # drop nulls in Arrow: to_numpy would turn a nullable int column into lossy float64
         ids = arr.drop_null().cast(pa.int64()).to_numpy()
@@ -67,9 +69,11 @@ def flatten_id_column(
     if is_id_list_type(typ):
         counts = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         values = arr.flatten()
+        ends = np.cumsum(counts)
+        check_int64_ids(values, lambda i: f"column {column!r}, row {np.searchsorted(ends, i, side='right')}")
         if values.null_count:
             flat_row = int(np.flatnonzero(~id_strings.validity(values))[0])
-            row = int(np.searchsorted(np.cumsum(counts), flat_row, side="right"))
+            row = int(np.searchsorted(ends, flat_row, side="right"))
             raise NegseqError(f"column {column!r}, row {row}: list holds a null id")
         ids = values.cast(pa.int64()).to_numpy(zero_copy_only=False)
         return np.ascontiguousarray(ids, dtype=np.int64), counts

@@ -50,7 +50,7 @@ STAGING_PREFIX = ".negseq-staging-"
 PART_KEY = b"negseq.batch"
 MANIFEST_KEY = b"negseq.manifest"
 _STAGED_MANIFESTS = (MANIFEST_STEM, PREVIOUS_MANIFEST_STEM)
-_PART_RE = re.compile(r"^part-(\d{6,})\.(parquet|arrow)$")
+PART_RE = re.compile(r"^part-(\d{6,})\.(parquet|arrow)$")
 _TMP_RE = re.compile(r"^\.part-\d{6,}\.(parquet|arrow)\.tmp-[0-9a-f]+$")
 
 
@@ -196,7 +196,7 @@ class SampledSink:
         """The summaries of the parts staged so far, by batch index (read from their footers)."""
         summaries = []
         for entry in _entries(self.filesystem, self.staging):
-            if _PART_RE.match(entry.base_name):
+            if PART_RE.match(entry.base_name):
                 schema, rows = _read_schema(self.filesystem, entry.path)
                 summary = json.loads((schema.metadata or {})[PART_KEY])
                 summaries.append({"name": entry.base_name, **summary, "rows_out": rows, "_schema": schema})
@@ -325,7 +325,7 @@ def verify_outputs(spec: str, base_dir: Any = None) -> list[str]:
             problems.append(f"{entry['name']}: {rows} rows, manifest says {entry['rows_out']}")
     listed = _named_by(manifest)
     for entry in _entries(fs, out):
-        if _PART_RE.match(entry.base_name) and entry.base_name not in listed:
+        if PART_RE.match(entry.base_name) and entry.base_name not in listed:
             problems.append(f"{entry.base_name}: not listed in the manifest")
         if entry.base_name.startswith(STAGING_PREFIX) or _TMP_RE.match(entry.base_name):
             problems.append(f"{entry.base_name}: left over from an unfinished run")

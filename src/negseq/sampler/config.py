@@ -30,7 +30,11 @@ _V2 = {"user_input_path", "item_input_path", "pos_edge_input_path", "user_id_fie
 _HARD = {"user_input_path", "item_input_path", "hard_neg_edge_input_path", "num_hard_sample", "user_id_field"}
 # Keys each sampler message accepts (TorchEasyRec's names, plus negseq's seed/max_retries/weighted).
 _KEYS = {
-    "negative_sampler": _COMMON | {"input_path", "user_id_field"},
+    # item_id_delim: str, default ";": the delimiter of item ids in a sequence item column
+    # ("1;2;3"), TorchEasyRec's NegativeSampler field 8 (that message only), negseq's
+    # [candidates] seq_delim by another name. The job files read it (`sequence_delimiter`);
+    # the sampler itself takes flattened ids.
+    "negative_sampler": _COMMON | {"input_path", "user_id_field", "item_id_delim"},
     "negative_sampler_v2": _COMMON | _V2,
     "hard_negative_sampler": _COMMON | _HARD,
     "hard_negative_sampler_v2": _COMMON | _V2 | _HARD,
@@ -45,6 +49,31 @@ _REQUIRED = {
     "hard_negative_sampler_v2": _REQUIRED_COMMON | _REQUIRED_V2 | _REQUIRED_HARD,
 }
 SAMPLER_TYPES = tuple(_KEYS)
+
+
+DEFAULT_SEQ_DELIM = ";"
+
+
+def sequence_delimiter(sampler: Mapping[str, Any], candidates: Mapping[str, Any], source: str | Path) -> str:
+    """The delimiter of ids in a sequence item column: `[candidates] seq_delim`, or the sampler's
+    `item_id_delim` (TorchEasyRec's name for it), else ";". Both set and different is an error
+    naming both, as is an empty or non-string delimiter."""
+    delims = {
+        f"[sampler.{kind}] item_id_delim": fields["item_id_delim"]
+        for kind, fields in sampler.items()
+        if isinstance(fields, Mapping) and "item_id_delim" in fields
+    }
+    if "seq_delim" in candidates:
+        delims["[candidates] seq_delim"] = candidates["seq_delim"]
+    for key, value in delims.items():
+        if not isinstance(value, str) or not value:
+            raise NegseqError(f"{source}: {key} must be a non-empty string, got {value!r}")
+    if len(set(delims.values())) > 1:
+        raise NegseqError(
+            f"{source}: {' and '.join(f'{key} = {value!r}' for key, value in delims.items())} "
+            "disagree; they name the same delimiter (set one)"
+        )
+    return next(iter(delims.values()), DEFAULT_SEQ_DELIM)
 
 
 def _split_attr_fields(value: Any) -> list[str] | None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from negseq.errors import NegseqError
 from negseq.sampler import gather, kernels
-from negseq.sampler.arrow_numpy import numeric_values
+from negseq.sampler.arrow_numpy import check_int64_ids, numeric_values
 from negseq.sampler.csr import UserItemsCSR, distinct_rows, hard_items_csr, positive_items_csr
 from negseq.sampler.tables import EdgeTable, ItemTable
 
@@ -46,7 +46,8 @@ class SampleResult:
 
 
 def _column(batch: Batch, name: str, role: str) -> np.ndarray:
-    """An int64 numpy view of a batch column; missing, non-integer or null values name the problem."""
+    """An int64 numpy view of a batch column; missing, non-integer, null or out-of-int64 values
+    (an unsigned id >= 2**63, which would wrap negative) name the problem."""
     names = batch.schema.names if isinstance(batch, pa.RecordBatch) else list(batch)
     if name not in names:
         raise NegseqError(f"batch: missing {role} column {name!r}; found {names}")
@@ -54,15 +55,18 @@ def _column(batch: Batch, name: str, role: str) -> np.ndarray:
     if isinstance(column, np.ndarray):
         if not np.issubdtype(column.dtype, np.integer):
             raise NegseqError(f"batch: column {name!r} must hold int64 ids, found {column.dtype}")
+    else:
+        if not pa.types.is_integer(column.type):
+            raise NegseqError(
+                f"batch: column {name!r} must hold int64 ids (one a row), found {column.type}; "
+                "flatten multi-value columns with negseq.candidates.build_sampler_input first"
+            )
+        if column.null_count:
+            nulls = np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))
+            raise NegseqError(f"batch: column {name!r}, row {int(nulls[0])}: null id")
+    check_int64_ids(column, lambda row: f"batch: column {name!r}, row {row}")
+    if isinstance(column, np.ndarray):
         return column.astype(np.int64, copy=False)
-    if not pa.types.is_integer(column.type):
-        raise NegseqError(
-            f"batch: column {name!r} must hold int64 ids (one a row), found {column.type}; "
-            "flatten multi-value columns with negseq.candidates.build_sampler_input first"
-        )
-    if column.null_count:
-        nulls = np.flatnonzero(np.asarray(column.is_null().to_numpy(zero_copy_only=False)))
-        raise NegseqError(f"batch: column {name!r}, row {int(nulls[0])}: null id")
     return numeric_values(column).astype(np.int64, copy=False)  # to_numpy would import pandas
 
 

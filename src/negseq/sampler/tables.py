@@ -6,6 +6,7 @@ Every bad table fails here, naming file, column and row, so a sampler never sees
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
 from negseq.sampler import gather
-from negseq.sampler.arrow_numpy import arrow_int64, numeric_values
+from negseq.sampler.arrow_numpy import arrow_int64, check_int64_ids, numeric_values
 from negseq.sampler.id_index import IdIndex
 
 FORMATS = ("parquet", "ipc", "csv", "graphlearn")
@@ -30,25 +31,57 @@ _EXTENSIONS = {
     ".feather": "ipc",
     ".csv": "csv",
 }
-# graph-learn's header types -> Arrow types.
-_GL_TYPES = {"int64": pa.int64(), "int32": pa.int64(), "float": pa.float64(), "string": pa.string()}
+# graph-learn's header type names -> the Arrow type negseq parses the column as. graph-learn
+# treats int/int32/long/int64 as one integer kind and float/double as one float kind.
+GL_TYPES = {
+    "int": pa.int64(),
+    "int32": pa.int64(),
+    "long": pa.int64(),
+    "int64": pa.int64(),
+    "float": pa.float64(),
+    "double": pa.float64(),
+    "string": pa.string(),
+}
+# graph-learn reads a table's columns by position, whatever its header calls them: a node table
+# (items, users) is id, weight, attributes; an edge table is source, destination, weight.
+NODE_COLUMNS = ("id", "weight", "attrs")
+EDGE_COLUMNS = ("userid", "itemid", "weight")
+_ROLE_COLUMNS = {"node": NODE_COLUMNS, "edge": EDGE_COLUMNS}
+_MIN_COLUMNS = {"node": 1, "edge": 2}
+_GL_FIELD = re.compile(r"^([^:]+):\s*([A-Za-z0-9_]+)\s*$")
 # Rows a Parquet file is read in (and an edge table validated and streamed in): batches this
 # small keep a pass's buffers (Arrow's and numpy's) to a few MiB whatever the table's size.
 # 16K rather than 64K rows: 10 MiB less peak on the benchmark's load, 0.1 s more.
 EDGE_BATCH_ROWS = 1 << 14
 
 
-def _detect_format(path: Path, field_delimiter: str) -> str:
+def _gl_header(path: Path, field_delimiter: str) -> list[tuple[str, str]] | None:
+    """The (name, type) fields of a graph-learn header, or None when the first line is not one
+    (a field without exactly one `name:type`). An unknown type name is an error, not a CSV."""
+    with path.open("r", encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n")
+    matches = [_GL_FIELD.match(field) for field in header.split(field_delimiter)]
+    if not header or not all(matches):
+        return None
+    fields = [(m.group(1), m.group(2)) for m in matches if m]
+    unknown = [f"{name}:{kind}" for name, kind in fields if kind not in GL_TYPES]
+    if unknown:
+        raise NegseqError(
+            f"{path}: header field(s) {', '.join(map(repr, unknown))}: unknown graph-learn type; "
+            f"known: {', '.join(GL_TYPES)}"
+        )
+    return fields
+
+
+def table_format(path: Path, field_delimiter: str = "\t") -> str:
+    """The format a sampler reads `path` as: from its suffix, else graph-learn when its first line
+    is a typed header (`id:int64<TAB>weight:double...`), else CSV with `field_delimiter`."""
     if path.is_dir():
         return "parquet"
     fmt = _EXTENSIONS.get(path.suffix.lower())
     if fmt:
         return fmt
-    with path.open("r", encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\r\n")
-    fields = header.split(field_delimiter)
-    typed = all(":" in f and f.rsplit(":", 1)[1] in _GL_TYPES for f in fields)
-    return "graphlearn" if typed else "csv"
+    return "graphlearn" if _gl_header(path, field_delimiter) is not None else "csv"
 
 
 def _first_row(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
@@ -78,20 +111,22 @@ def _cast_strings(
         raise
 
 
-def _read_text(path: Path, delimiter: str, typed_header: bool) -> pa.Table:
-    """CSV, or graph-learn's TSV whose header is `name:type` fields; values read as strings first."""
-    with path.open("r", encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\r\n").split(delimiter)
-    if typed_header:
-        names = [f.rsplit(":", 1)[0] for f in header]
-        types = {n: _GL_TYPES[f.rsplit(":", 1)[1]] for n, f in zip(names, header, strict=True)}
-    else:
-        names, types = header, {}
+def _read_strings(path: Path, delimiter: str, names: Sequence[str], *, use_threads: bool = True) -> pa.Table:
+    """A delimited text file after its header line, every value a string; a row with the wrong
+    number of fields names its row (found again single-threaded, where Arrow numbers rows)."""
+    bad_rows: list[tuple[int | None, int]] = []
+
+    def invalid_row(row: pacsv.InvalidRow) -> str:
+        bad_rows.append((row.number, row.actual_columns))
+        return "error"
+
     try:
-        table = pacsv.read_csv(
+        return pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
+            read_options=pacsv.ReadOptions(column_names=list(names), skip_rows=1, use_threads=use_threads),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char=False, invalid_row_handler=invalid_row
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
                 strings_can_be_null=False,
@@ -99,12 +134,69 @@ def _read_text(path: Path, delimiter: str, typed_header: bool) -> pa.Table:
             ),
         )
     except pa.ArrowInvalid as exc:
+        line, count = bad_rows[0] if bad_rows else (None, 0)
+        if bad_rows and line is None and use_threads:
+            return _read_strings(path, delimiter, names, use_threads=False)
+        if line is not None:
+            raise NegseqError(
+                f"{path}: row {line - 2}: {count} field(s) split by {delimiter!r}, the header has "
+                f"{len(names)} ({', '.join(names)})"
+            ) from None
         raise NegseqError(f"{path}: {exc}") from None
-    for name, target in types.items():
-        if not pa.types.is_string(target):
-            idx = table.schema.get_field_index(name)
-            table = table.set_column(idx, name, _cast_strings(table[name], target, str(path), name))
-    return table
+
+
+def _read_csv(path: Path, delimiter: str) -> pa.Table:
+    """A CSV with a header of column names; values stay strings (cast where they are used)."""
+    with path.open("r", encoding="utf-8") as handle:
+        names = handle.readline().rstrip("\r\n").split(delimiter)
+    return _read_strings(path, delimiter, names)
+
+
+def _gl_role(kinds: Sequence[str]) -> str:
+    """'edge' when the second column is declared an integer (a destination id), else 'node'."""
+    return "edge" if len(kinds) > 1 and GL_TYPES[kinds[1]] == pa.int64() else "node"
+
+
+def _gl_kind_fits(column: str, declared: pa.DataType) -> bool:
+    """Whether a column declared `declared` can hold what graph-learn reads at its position:
+    ids are integers (or strings of digits), a weight a number, attributes a string."""
+    if column == "weight":
+        return declared != pa.string()
+    if column == "attrs":
+        return declared == pa.string()
+    return declared != pa.float64()
+
+
+def _read_graphlearn(path: Path, delimiter: str, role: str | None) -> tuple[pa.Table, list[str]]:
+    """graph-learn's typed TSV, its columns named by position (`NODE_COLUMNS` or `EDGE_COLUMNS`
+    for `role`, inferred from the header's types when None); ids parsed as int64 and weights as
+    float64, an unparsable value naming file, header column and row. Also returns the header's
+    names (which graph-learn ignores)."""
+    fields = _gl_header(path, delimiter)
+    if fields is None:
+        raise NegseqError(f"{path}: not a graph-learn table: its first line is not `name:type` fields")
+    header_names = [name for name, _ in fields]
+    role = role or _gl_role([kind for _, kind in fields])
+    columns = _ROLE_COLUMNS[role]
+    if not _MIN_COLUMNS[role] <= len(fields) <= len(columns):
+        raise NegseqError(
+            f"{path}: header has {len(fields)} column(s) ({', '.join(header_names)}); graph-learn "
+            f"reads a {role} table by position as {', '.join(columns)} (at least "
+            f"{_MIN_COLUMNS[role]})"
+        )
+    for position, ((header, kind), column) in enumerate(zip(fields, columns, strict=False)):
+        if not _gl_kind_fits(column, GL_TYPES[kind]):
+            raise NegseqError(
+                f"{path}: header column {position + 1} '{header}:{kind}' is read by position as "
+                f"the {role} table's {column!r} ({', '.join(columns)}), which cannot be a {kind}"
+            )
+    table = _read_strings(path, delimiter, columns[: len(fields)])
+    for name, header in zip(table.column_names, header_names, strict=True):
+        if name != "attrs":
+            target = pa.float64() if name == "weight" else pa.int64()
+            column = _cast_strings(table[name], target, str(path), header)
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table, header_names
 
 
 def _parquet_reader(source: Path | pa.NativeFile, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
@@ -139,24 +231,33 @@ def _read_parquet_file(path: Path) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=parquet.schema_arrow)
 
 
-def read_table(path: str | Path, *, format: str | None = None, field_delimiter: str = "\t") -> pa.Table:
-    """Read a whole table from any supported format (graph-learn TSV keeps its `feature` string)."""
-    path = Path(path)
+def read_table(
+    path: str | Path, *, format: str | None = None, field_delimiter: str = "\t", role: str | None = None
+) -> pa.Table:
+    """Read a whole table from any supported format, as a sampler reads it: a graph-learn TSV's
+    columns named by position (`role` 'node' or 'edge'; None: inferred from the header's types),
+    its attribute string kept whole as `attrs`."""
+    return _read_source(Path(path), format, field_delimiter, role)[0]
+
+
+def _read_source(
+    path: Path, format: str | None, field_delimiter: str, role: str | None
+) -> tuple[pa.Table, list[str] | None]:
+    """The table, and a graph-learn TSV's header names (None for other formats)."""
     if not path.exists():
         raise NegseqError(f"{path}: no such file or directory")
-    fmt = format or _detect_format(path, field_delimiter)
+    fmt = format or table_format(path, field_delimiter)
     if fmt not in FORMATS:
         raise NegseqError(f"{path}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "parquet":
         # One file: the plain Parquet reader (pq.read_table goes through Arrow Dataset, whose
         # code and buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s).
-        return _read_parquet_file(path) if path.is_file() else pq.read_table(path)
+        return (_read_parquet_file(path) if path.is_file() else pq.read_table(path)), None
     if fmt == "ipc":
-        return feather.read_table(path)
+        return feather.read_table(path), None
     if fmt == "csv":
-        delimiter = "," if path.suffix.lower() == ".csv" else field_delimiter
-        return _read_text(path, delimiter, typed_header=False)
-    return _read_text(path, field_delimiter, typed_header=True)
+        return _read_csv(path, "," if path.suffix.lower() == ".csv" else field_delimiter), None
+    return _read_graphlearn(path, field_delimiter, role)
 
 
 def _require_columns(table: pa.Table | pa.Schema, names: Sequence[str], source: str) -> None:
@@ -180,14 +281,17 @@ def _edge_arrays(table: pa.Table, source: str, row_offset: int) -> tuple[np.ndar
 
 
 def _int64_column(table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:
+    """An id column as int64: strings parsed, an empty value, a null or an unsigned id above
+    int64's range (which would wrap negative) an error naming its row."""
     column = table[name]
-    if column.null_count:
-        row = _first_row(pc.is_null(column)) + row_offset
-        raise NegseqError(f"{source}: column {name!r}, row {row}: null id")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         column = _cast_strings(column, pa.int64(), source, name, row_offset)
     elif not pa.types.is_integer(column.type):
         raise NegseqError(f"{source}: column {name!r} must hold integer ids, found {column.type}")
+    if column.null_count:
+        row = _first_row(pc.is_null(column)) + row_offset
+        raise NegseqError(f"{source}: column {name!r}, row {row}: null id")
+    check_int64_ids(column, lambda row: f"{source}: column {name!r}, row {row + row_offset}")
     return numeric_values(column).astype(np.int64, copy=False)
 
 
@@ -217,23 +321,28 @@ def _weight_column(
     return weights
 
 
-def _split_features(
-    table: pa.Table,
-    attr_fields: Sequence[str],
-    attr_delimiter: str,
-    source: str,
+def _split_attributes(
+    table: pa.Table, attr_fields: Sequence[str], attr_delimiter: str, source: str, header: str
 ) -> pa.Table:
-    """Expand graph-learn's `feature` string into one string column per attr field."""
-    parts = pc.split_pattern(table["feature"], attr_delimiter)
+    """Expand a graph-learn node table's attribute string (`attrs`, named `header` in the file)
+    into one string column per attr field: it holds their values in order, `attr_delimiter`
+    between them, as TorchEasyRec writes it."""
+    taken = [name for name in attr_fields if name in ("id", "weight")]
+    if taken:
+        raise NegseqError(
+            f"{source}: attr field(s) {', '.join(map(repr, taken))} would replace the table's "
+            "id or weight column; name the attribute otherwise"
+        )
+    parts = pc.split_pattern(table["attrs"], attr_delimiter)
     counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
     bad = counts != len(attr_fields)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NegseqError(
-            f"{source}: column 'feature', row {row}: {counts[row]} values for "
-            f"{len(attr_fields)} attr_fields {list(attr_fields)} (delimiter {attr_delimiter!r})"
+            f"{source}: column {header!r}, row {row}: {counts[row]} values for "
+            f"{len(attr_fields)} attr_fields {list(attr_fields)} (attr_delimiter {attr_delimiter!r})"
         )
-    out = table.drop_columns(["feature"])
+    out = table.drop_columns(["attrs"])
     for i, name in enumerate(attr_fields):
         out = out.append_column(name, pc.list_element(parts, i))
     return out
@@ -307,12 +416,14 @@ class ItemTable:
         schema: pa.Schema | Mapping[str, pa.DataType] | None = None,
         item_id_field: str | None = None,
     ) -> ItemTable:
-        """Read an item table. For graph-learn TSV, `attr_fields` names the values of `feature`."""
+        """Read an item (or user) table. A graph-learn TSV is read by position (id, weight,
+        attributes); its attribute string holds the values of `attr_fields` in order, joined by
+        `attr_delimiter`, read as strings and cast to `schema`'s types (`item_id_field` to int64)."""
         path = Path(path)
-        table = read_table(path, format=format, field_delimiter=field_delimiter)
         source = str(path)
-        if "feature" in table.column_names and attr_fields is not None and "feature" not in attr_fields:
-            table = _split_features(table, attr_fields, attr_delimiter, source)
+        table, gl_header = _read_source(path, format, field_delimiter, "node")
+        if gl_header is not None and "attrs" in table.column_names and attr_fields is not None:
+            table = _split_attributes(table, attr_fields, attr_delimiter, source, gl_header[2])
             if item_id_field is not None and item_id_field in attr_fields:
                 column = _cast_strings(table[item_id_field], pa.int64(), source, item_id_field)
                 table = table.set_column(table.schema.get_field_index(item_id_field), item_id_field, column)
@@ -364,7 +475,12 @@ def _cast_to_schema(table: pa.Table, schema: pa.Schema | Mapping[str, pa.DataTyp
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             column = _cast_strings(column, target, source, name)
         else:
-            column = column.cast(target)
+            try:
+                column = column.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise NegseqError(
+                    f"{source}: column {name!r}: cannot cast {column.type} to {target}: {exc}"
+                ) from None
         table = table.set_column(table.schema.get_field_index(name), name, column)
     return table
 
@@ -409,9 +525,9 @@ class EdgeTable:
         keep_weights: bool = True,
     ) -> EdgeTable:
         path = Path(path)
-        fmt = format or (_detect_format(path, field_delimiter) if path.exists() else None)
+        fmt = format or (table_format(path, field_delimiter) if path.exists() else None)
         if fmt != "parquet" or not path.is_file():  # read_table names a missing path
-            table = read_table(path, format=format, field_delimiter=field_delimiter)
+            table = read_table(path, format=format, field_delimiter=field_delimiter, role="edge")
             return cls.from_arrow(table, source=str(path), keep_weights=keep_weights)
         parquet = _ParquetEdges(path)
         for _start, _users, _items, _weights in parquet.batches(("userid", "itemid", "weight")):

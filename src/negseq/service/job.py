@@ -30,6 +30,7 @@ from typing import Any
 
 from negseq.errors import NegseqError
 from negseq.jobfile import checked_table, load_toml
+from negseq.sampler.config import DEFAULT_SEQ_DELIM, sequence_delimiter
 from negseq.service.limits import Limits
 from negseq.service.protocol import LAYOUTS
 
@@ -47,7 +48,7 @@ class CandidateDefaults:
 
     layout: str | None = None
     neg_per_pos: int | None = None
-    seq_delim: str = ";"
+    seq_delim: str = DEFAULT_SEQ_DELIM
 
 
 @dataclass
@@ -90,7 +91,7 @@ class ServiceJob:
                 candidates=CandidateDefaults(
                     layout=layout,
                     neg_per_pos=None if neg_per_pos is None else int(neg_per_pos),
-                    seq_delim=str(cand.get("seq_delim", CandidateDefaults.seq_delim)),
+                    seq_delim=sequence_delimiter(sampler, cand, source),
                 ),
                 host=str(service.get("host", DEFAULT_HOST)),
                 port=int(service.get("port", DEFAULT_PORT)),
