@@ -271,10 +271,11 @@ def test_refused_calls_are_never_retried():
 
 
 class _SlowSampler:
-    """A real sampler whose first `slow_calls` calls take `delay` seconds (a stalled server)."""
+    """A real sampler whose calls numbered in `slow` (from 1) take `delay` seconds first (a stalled
+    server)."""
 
-    def __init__(self, sampler, delay: float, slow_calls: int) -> None:
-        self._sampler, self.delay, self.slow_calls = sampler, delay, slow_calls
+    def __init__(self, sampler, delay: float, slow: set[int]) -> None:
+        self._sampler, self.delay, self.slow = sampler, delay, slow
         self.calls = 0
 
     def __getattr__(self, name):
@@ -282,13 +283,13 @@ class _SlowSampler:
 
     def get(self, *args, **kwargs):
         self.calls += 1
-        if self.calls <= self.slow_calls:
+        if self.calls in self.slow:
             time.sleep(self.delay)
         return self._sampler.get(*args, **kwargs)
 
 
 def test_a_call_past_its_deadline_times_out_and_is_retried():
-    sampler = _SlowSampler(_make("v1"), delay=2.0, slow_calls=2)
+    sampler = _SlowSampler(_make("v1"), delay=2.0, slow={1, 2})
     server = SamplerServer(sampler)
     batch = _batch(6)
     try:
@@ -345,6 +346,77 @@ def test_a_stream_survives_the_server_killed_and_restarted_mid_stream(tmp_path):
         for serve in servers:
             if serve.proc.poll() is None:
                 serve.proc.kill()
+
+
+# -- exchanges kept open between calls ------------------------------------------------------------
+
+
+def _open_calls_become(server: SamplerServer, count: int, within: float = 10.0) -> None:
+    """Wait until the server holds `count` open calls (a closed call completes asynchronously)."""
+    deadline = time.monotonic() + within
+    while server.stats.snapshot()["open_calls"] != count:
+        assert time.monotonic() < deadline, server.stats.snapshot()
+        time.sleep(0.01)
+
+
+def test_calls_reuse_an_open_exchange_per_mode_and_schema():
+    server = SamplerServer(_make("v2"))
+    reference = _make("v2")
+    try:
+        with SamplerClient(server.location) as client:
+            for i in range(5):
+                batch = _batch(6 + i, seed=i)
+                _assert_same(client.sample(batch, batch_index=i), reference.get(batch, batch_index=i))
+            assert server.stats.snapshot()["open_calls"] == 1  # one exchange served all five
+            wider = _batch(4).append_column("label", pa.array([1, 0, 1, 1]))
+            _assert_same(client.sample(wider, batch_index=9), reference.get(wider, batch_index=9))
+            assert server.stats.snapshot()["open_calls"] == 2  # another input schema, another exchange
+            assert server.stats.snapshot()["requests"] == 6
+        _open_calls_become(server, 0)  # close() closed them
+    finally:
+        server.shutdown()
+
+
+def test_keep_open_zero_and_idle_close_give_the_slots_back():
+    server = SamplerServer(_make("v1"))
+    try:
+        with SamplerClient(server.location, keep_open=0) as client:
+            client.sample(_batch(3), batch_index=0)
+            _open_calls_become(server, 0)
+        with SamplerClient(server.location, idle_close=0.3) as client:
+            client.sample(_batch(3), batch_index=0)
+            assert server.stats.snapshot()["open_calls"] == 1
+            _open_calls_become(server, 0, within=5)  # closed by the client's watchdog, unused
+            client.sample(_batch(3), batch_index=1)  # and a new one opens when needed
+            assert server.stats.snapshot()["requests"] == 3
+        with pytest.raises(NegseqError, match="keep_open >= 0 and idle_close > 0"):
+            SamplerClient(server.location, keep_open=-1)
+    finally:
+        server.shutdown()
+
+
+def test_a_stream_answer_past_its_deadline_times_out_on_an_open_exchange():
+    sampler = _SlowSampler(_make("v1"), delay=2.0, slow={2, 3})
+    server = SamplerServer(sampler)
+    batches = [_batch(5, seed=i) for i in range(3)]
+    try:
+        with SamplerClient(server.location, retries=0, timeout=30) as client:
+            requests = [(b, Request(epoch=0, batch_index=i)) for i, b in enumerate(batches)]
+            answers = client.stream(requests, timeout=0.3)
+            _assert_same(next(answers)[1], _make("v1").get(batches[0], batch_index=0))
+            started = time.monotonic()
+            with pytest.raises(
+                flight.FlightTimedOutError, match="no answer within the client's timeout of 0.3 s"
+            ):
+                next(answers)
+            assert time.monotonic() - started < 1.5
+        with SamplerClient(server.location, timeout=0.3, retries=2, backoff_initial=0.01) as client:
+            # the third call is slow too; the retry (a fourth call, fast) answers
+            _assert_same(client.sample(batches[2], batch_index=2), _make("v1").get(batches[2], batch_index=2))
+            _assert_same(client.sample(batches[1], batch_index=1), _make("v1").get(batches[1], batch_index=1))
+        assert sampler.calls == 5
+    finally:
+        server.shutdown()
 
 
 # -- the cap on concurrent calls -----------------------------------------------------------------

@@ -8,8 +8,9 @@
                         cert_chain="client.crt", private_key="client.key")   # mutual TLS
 
 `sample` answers as `sampler.get(batch, epoch=..., batch_index=..., per_positive=...)` would in
-process, for the same key. Each call is one Flight exchange; `stream` sends many batches over one.
-The client is thread-safe (a gRPC channel is); share one per process.
+process, for the same key. Requests travel over Flight exchanges that stay open between calls (up
+to `keep_open` of them, each closed after `idle_close` seconds unused; see `exchanges`); `stream`
+sends many batches over one. The client is thread-safe; share one per process.
 
 Retries. A keyed request `(seed, epoch, batch_index)` gets the same answer however often it is
 sent, so a call that failed for a reason that may pass is sent again: the server unreachable or
@@ -21,14 +22,13 @@ TLS handshake the server refused, an internal server error. After the last try t
 raised, with a note saying how many attempts were made. A stream resumes on a new exchange from
 the first request it has no answer for.
 
-Deadline: `timeout` seconds for each call (`sample`, `candidates`, an action); a `stream` is one
-call for all its requests and has no deadline unless given one (`stream(..., timeout=...)`).
+Deadline: `timeout` seconds for each request's answer (`sample`, `candidates`, each request of a
+`stream`) and for each action; past it the call fails with `FlightTimedOutError` (and is retried).
 This module does not import torch or ray.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -43,6 +43,7 @@ import pyarrow.flight as flight
 from negseq.errors import NegseqError
 from negseq.sampler import SampleResult
 from negseq.service.auth import bearer_headers
+from negseq.service.exchanges import Exchange, ExchangePool
 from negseq.service.protocol import Request, decode_metadata, decode_negatives
 from negseq.service.tls import PemSource, is_loopback, pem_bytes
 
@@ -52,9 +53,11 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 8
 DEFAULT_BACKOFF_INITIAL = 0.1
 DEFAULT_BACKOFF_MAX = 10.0
+DEFAULT_KEEP_OPEN = 8
+DEFAULT_IDLE_CLOSE = 5.0
 RETRYABLE = (flight.FlightUnavailableError, flight.FlightTimedOutError)
-_DESCRIPTOR = flight.FlightDescriptor.for_command(b"")
 T = TypeVar("T")
+_CLIENT_TIMEOUT = object()  # stream(timeout=...) not given: the client's timeout
 
 BatchLike = pa.RecordBatch | Mapping[str, pa.Array | np.ndarray]
 
@@ -98,7 +101,9 @@ class SamplerClient:
     `private_key`: this client's certificate for mutual TLS. Each of those is PEM bytes or the
     path of a PEM file. A token is not sent in plaintext to a host other than the loopback
     unless `insecure`. `timeout`, `retries`, `backoff_initial`, `backoff_max`: see the module
-    docstring (seconds; `retries=0` never retries)."""
+    docstring (seconds; `retries=0` never retries). `keep_open`: exchanges kept open between
+    calls (each holds one of the server's call slots; 0 closes each after its call);
+    `idle_close`: seconds an open exchange may stay unused."""
 
     def __init__(
         self,
@@ -114,7 +119,14 @@ class SamplerClient:
         private_key: PemSource | None = None,
         override_hostname: str | None = None,
         insecure: bool = False,
+        keep_open: int = DEFAULT_KEEP_OPEN,
+        idle_close: float = DEFAULT_IDLE_CLOSE,
     ) -> None:
+        if keep_open < 0 or idle_close <= 0:
+            raise NegseqError(
+                f"SamplerClient: need keep_open >= 0 and idle_close > 0, got keep_open={keep_open}, "
+                f"idle_close={idle_close}"
+            )
         if retries < 0 or backoff_initial < 0 or backoff_max < backoff_initial:
             raise NegseqError(
                 f"SamplerClient: need retries >= 0 and 0 <= backoff_initial <= backoff_max, got retries="
@@ -157,12 +169,12 @@ class SamplerClient:
             ],
             **tls,
         )
-        self._options = self._call_options(timeout)
-
-    def _call_options(self, timeout: float | None) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(timeout=timeout, headers=self._headers)
+        self._action_options = flight.FlightCallOptions(timeout=timeout, headers=self._headers)
+        self._exchange_options = flight.FlightCallOptions(headers=self._headers)  # they outlive calls
+        self._exchanges = ExchangePool(keep_open, idle_close)
 
     def close(self) -> None:
+        self._exchanges.close()
         self._client.close()
 
     def __enter__(self) -> SamplerClient:
@@ -200,7 +212,7 @@ class SamplerClient:
 
     def _action(self, name: str) -> bytes:
         def call() -> bytes:
-            results = list(self._client.do_action(flight.Action(name, b""), options=self._options))
+            results = list(self._client.do_action(flight.Action(name, b""), options=self._action_options))
             return b"".join(r.body.to_pybytes() for r in results)
 
         return self._retrying(call)
@@ -269,78 +281,74 @@ class SamplerClient:
         return self._one(batch, request)
 
     def _one(self, batch: BatchLike, request: Request) -> SampleResult | pa.RecordBatch:
-        """The answer to one request: a stream of one, under the client's per-call deadline."""
-        ((_, result),) = self.stream([(batch, request)], timeout=self.timeout)
+        """The answer to one request: a stream of one."""
+        ((_, result),) = self.stream([(batch, request)])
         return result
 
     def stream(
-        self, requests: Iterable[tuple[BatchLike, Request]], *, timeout: float | None = None
+        self, requests: Iterable[tuple[BatchLike, Request]], *, timeout: Any = _CLIENT_TIMEOUT
     ) -> Iterator[tuple[dict[str, Any], SampleResult | pa.RecordBatch]]:
         """Send (batch, request) pairs over one exchange, yielding (response metadata, answer) in
         order: a SampleResult in negatives mode, a RecordBatch in candidates mode. All requests of
-        one stream share a mode (and, in candidates mode, an input schema). `timeout`: deadline of
-        each exchange (default none). A retryable failure reopens the exchange and sends again the
-        request it has no answer for (the answers are keyed, so they are the same)."""
-        options = self._options if timeout == self.timeout else self._call_options(timeout)
-        exchange: _Exchange | None = None
+        one stream share a mode (and, in candidates mode, an input schema). `timeout`: seconds to
+        wait for each answer (default the client's; None waits forever). A retryable failure
+        reopens the exchange and sends again the request it has no answer for (the answers are
+        keyed, so they are the same)."""
+        per_answer = self.timeout if timeout is _CLIENT_TIMEOUT else timeout
+        exchange: Exchange | None = None
+        between_requests = True  # the exchange holds no unanswered request: it can be reused
         try:
             for batch, request in requests:
                 record_batch = _as_record_batch(batch)
                 started, attempt = time.monotonic(), 0
+                between_requests = False
                 while True:
                     try:
                         if exchange is None:
-                            exchange = _Exchange(self._client, options, record_batch.schema)
-                        answer = exchange.ask(record_batch, request)
+                            exchange = self._open((request.mode, record_batch.schema), record_batch.schema)
+                        answer = self._ask(exchange, record_batch, request, per_answer)
                         break
                     except flight.FlightError as exc:
                         if exchange is not None:
                             exchange.abandon()
                             exchange = None
+                        self._exchanges.discard_idle()  # most likely broken the same way
                         self._before_retry(exc, attempt, started)
                         attempt += 1
+                between_requests = True
                 yield answer
         except BaseException:
-            if exchange is not None:
+            if exchange is not None and not between_requests:
                 exchange.abandon()
+                exchange = None
             raise
-        if exchange is not None:
-            exchange.finish()
+        finally:
+            if exchange is not None:
+                self._exchanges.give_back(exchange)
 
+    def _open(self, key: tuple, schema: pa.Schema) -> Exchange:
+        """An idle exchange for `key`, else a new one."""
+        return self._exchanges.take(key) or Exchange(self._client, self._exchange_options, schema, key)
 
-class _Exchange:
-    """One open DoExchange call: write a request, read its answer."""
-
-    def __init__(self, client: flight.FlightClient, options: flight.FlightCallOptions, schema: pa.Schema):
-        self.writer, self.reader = client.do_exchange(_DESCRIPTOR, options)
-        self.writer.begin(schema)
-
-    def ask(
-        self, batch: pa.RecordBatch, request: Request
+    def _ask(
+        self, exchange: Exchange, batch: pa.RecordBatch, request: Request, timeout: float | None
     ) -> tuple[dict[str, Any], SampleResult | pa.RecordBatch]:
-        self.writer.write_with_metadata(batch, request.to_metadata())
-        try:
-            chunk = self.reader.read_chunk()
-        except StopIteration:
-            raise flight.FlightUnavailableError(
-                "negseq service closed the exchange before answering (it is draining)"
-            ) from None
+        """Write one request into the exchange and read its answer, within `timeout` seconds."""
+        with self._exchanges.deadline(exchange, timeout):
+            try:
+                exchange.writer.write_with_metadata(batch, request.to_metadata())
+                chunk = exchange.reader.read_chunk()
+            except (StopIteration, pa.ArrowException) as exc:
+                if exchange.timed_out:
+                    raise flight.FlightTimedOutError(
+                        f"negseq service: no answer within the client's timeout of {timeout} s"
+                    ) from None
+                if isinstance(exc, StopIteration):
+                    raise flight.FlightUnavailableError(
+                        "negseq service closed the exchange before answering (it is draining)"
+                    ) from None
+                raise
         meta = decode_metadata(chunk.app_metadata)
         if request.mode == "negatives":
             return meta, decode_negatives(chunk.data, meta)
         return meta, chunk.data
-
-    def abandon(self) -> None:
-        """End the call after a failure: cancel it (so closing does not wait on the server)."""
-        with contextlib.suppress(pa.ArrowException):
-            self.reader.cancel()
-        with contextlib.suppress(pa.ArrowException):  # close re-raises the call's error
-            self.writer.close()
-
-    def finish(self) -> None:
-        """End the call after every answer is in. A server that is draining ends the call right
-        after answering, so half-closing or closing may fail; that changes nothing."""
-        with contextlib.suppress(pa.ArrowException):
-            self.writer.done_writing()
-        with contextlib.suppress(pa.ArrowException):
-            self.writer.close()
