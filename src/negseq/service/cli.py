@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -56,7 +57,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
-def _flag_or_job(flag: object, job_value: object) -> object:
+T = TypeVar("T")
+
+
+def _flag_or_job(flag: T | None, job_value: T) -> T:
     return job_value if flag is None else flag
 
 

@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -59,7 +59,7 @@ RETRYABLE = (flight.FlightUnavailableError, flight.FlightTimedOutError)
 T = TypeVar("T")
 _CLIENT_TIMEOUT = object()  # stream(timeout=...) not given: the client's timeout
 
-BatchLike = pa.RecordBatch | Mapping[str, pa.Array | np.ndarray]
+BatchLike: TypeAlias = pa.RecordBatch | Mapping[str, pa.Array | np.ndarray]
 
 
 def _as_record_batch(batch: BatchLike) -> pa.RecordBatch:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from negseq.errors import NegseqError
 from negseq.jobfile import checked_table, load_toml
@@ -156,7 +156,10 @@ class _Table:
             raise NegseqError(
                 f"{self._where(key)}: expected {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
             )
-        if (low is not None and value < low) or (high is not None and value > high):
+        number = cast(int, value) if kind is int else None
+        if number is not None and (
+            (low is not None and number < low) or (high is not None and number > high)
+        ):
             bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise NegseqError(f"{self._where(key)}: expected an integer {bounds}, got {value}")
         return value
