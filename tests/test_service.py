@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,16 @@ def _batch(q: int, seed: int = 0) -> pa.RecordBatch:
             "user_id": rng.integers(1000, 1000 + NUM_USERS + 3, q),  # a few unknown users
         }
     )
+
+
+def settled(snapshot: Callable[[], dict]) -> dict:
+    """The stats once no request is in flight: a server counts a request after writing its answer,
+    so its client may hold the answer a moment before the counters move."""
+    deadline = time.monotonic() + 10
+    while (stats := snapshot())["in_flight"]:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.005)
+    return stats
 
 
 def _assert_same(got: SampleResult, want: SampleResult) -> None:
@@ -328,7 +339,7 @@ def test_actions():
             answer = client.sample(_batch(32), batch_index=0)
             with pytest.raises(flight.FlightServerError, match="missing 'epoch'"):
                 _raw_exchange(server.location, _batch(3), b'{"batch_index": 0}')
-            stats = client.stats()
+            stats = settled(client.stats)
             assert (stats["requests"], stats["rows"], stats["errors"], stats["in_flight"]) == (2, 32, 1, 0)
             assert stats["negatives"] == len(answer.ids) + len(answer.hard_ids)
             assert stats["errors_by_kind"]["bad_request"] == 1

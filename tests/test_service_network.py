@@ -21,7 +21,7 @@ import pyarrow.flight as flight
 import pytest
 from certs import make_pki
 from prometheus_client.parser import text_string_to_metric_families
-from test_service import SRC, _assert_same, _batch, _make, _raw_exchange, _Serve, _write_job
+from test_service import SRC, _assert_same, _batch, _make, _raw_exchange, _Serve, _write_job, settled
 
 from negseq.errors import NegseqError
 from negseq.sampler import build_sampler
@@ -78,7 +78,7 @@ def test_tls_client_succeeds_and_plaintext_or_untrusted_clients_are_refused(pki)
                 client.health()
             assert not getattr(caught.value, "__notes__", None)
             assert time.monotonic() - started < 5
-        assert server.stats.snapshot()["requests"] == 1  # only the trusted client's
+        assert settled(server.stats.snapshot)["requests"] == 1  # only the trusted client's
     finally:
         server.shutdown()
 
@@ -109,7 +109,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(pki):
             "private_key": pki.other_client.key,
         }
         assert isinstance(_refusal(intruder, server.location), flight.FlightUnavailableError)
-        assert server.stats.snapshot()["requests"] == 1
+        assert settled(server.stats.snapshot)["requests"] == 1
     finally:
         server.shutdown()
 
@@ -245,7 +245,7 @@ def test_a_call_with_several_authorization_headers_is_refused():
                 _raw_exchange(
                     server.location, _batch(2), Request(epoch=0, batch_index=0).to_metadata(), headers
                 )
-        stats = server.stats.snapshot()
+        stats = settled(server.stats.snapshot)
         assert stats["requests"] == 1 and stats["errors_by_kind"]["unauthenticated"] == 2
     finally:
         server.shutdown()
@@ -263,7 +263,7 @@ def test_refused_calls_are_never_retried():
         with SamplerClient(server.location, token="s3cret", retries=5) as client:
             with pytest.raises(flight.FlightServerError, match="'layout' belongs to mode 'candidates'"):
                 list(client.stream([(_batch(3), Request(epoch=0, batch_index=0, layout="suffix"))]))
-        stats = server.stats.snapshot()
+        stats = settled(server.stats.snapshot)
         assert stats["errors_by_kind"]["unauthenticated"] == 1
         assert (stats["requests"], stats["errors_by_kind"]["bad_request"]) == (1, 1)
     finally:
@@ -339,7 +339,7 @@ def test_a_stream_survives_the_server_killed_and_restarted_mid_stream(tmp_path):
             assert [meta["batch_index"] for meta, _ in answers] == list(range(30))
             for i, (_, got) in enumerate(answers):
                 _assert_same(got, reference.get(batches[i], epoch=1, batch_index=i, per_positive=2))
-            stats = client.stats()  # the restarted server answered the rest, from request 12 on
+            stats = settled(client.stats)  # the restarted server answered the rest, from request 12 on
             assert (stats["requests"], stats["errors"]) == (18, 0)
         assert servers[1].stop() == 0
     finally:
@@ -371,7 +371,7 @@ def test_calls_reuse_an_open_exchange_per_mode_and_schema():
             wider = _batch(4).append_column("label", pa.array([1, 0, 1, 1]))
             _assert_same(client.sample(wider, batch_index=9), reference.get(wider, batch_index=9))
             assert server.stats.snapshot()["open_calls"] == 2  # another input schema, another exchange
-            assert server.stats.snapshot()["requests"] == 6
+            assert settled(server.stats.snapshot)["requests"] == 6
         _open_calls_become(server, 0)  # close() closed them
     finally:
         server.shutdown()
@@ -388,7 +388,7 @@ def test_keep_open_zero_and_idle_close_give_the_slots_back():
             assert server.stats.snapshot()["open_calls"] == 1
             _open_calls_become(server, 0, within=5)  # closed by the client's watchdog, unused
             client.sample(_batch(3), batch_index=1)  # and a new one opens when needed
-            assert server.stats.snapshot()["requests"] == 3
+            assert settled(server.stats.snapshot)["requests"] == 3
         with pytest.raises(NegseqError, match="keep_open >= 0 and idle_close > 0"):
             SamplerClient(server.location, keep_open=-1)
     finally:
@@ -483,6 +483,26 @@ def test_the_client_retries_a_busy_server_until_a_slot_frees():
         server.shutdown()
 
 
+def test_callers_without_the_token_never_take_a_slot():
+    server = SamplerServer(_make("v1"), token="s3cret", max_concurrent=2)
+    try:
+        for _ in range(5):
+            with SamplerClient(server.location, token="wrong", retries=0) as intruder:
+                with pytest.raises(flight.FlightUnauthenticatedError):
+                    intruder.sample(_batch(3), batch_index=0)
+        stats = server.stats.snapshot()
+        assert (stats["open_calls"], stats["errors_by_kind"]["unauthenticated"]) == (0, 5)
+        with (
+            SamplerClient(server.location, token="s3cret") as one,
+            SamplerClient(server.location, token="s3cret") as two,
+        ):
+            one.sample(_batch(3), batch_index=0)
+            two.sample(_batch(3), batch_index=1)
+            assert server.stats.snapshot()["open_calls"] == 2  # both slots were free
+    finally:
+        server.shutdown()
+
+
 def test_max_concurrent_defaults_to_the_machine():
     server = SamplerServer(_make("v1"))
     try:
@@ -525,6 +545,7 @@ def test_metrics_endpoint_counts_real_requests():
             )
             with pytest.raises(flight.FlightServerError):
                 _raw_exchange(one.location, _batch(3), b'{"batch_index": 0}')
+        settled(one.stats.snapshot)
         after = _scrape(one.metrics.url)
         neg, cand = (("mode", "negatives"),), (("mode", "candidates"),)
         assert after["negseq_requests_total"][neg] == 3 and after["negseq_requests_total"][cand] == 1

@@ -312,7 +312,8 @@ class SamplerClient:
                         if exchange is not None:
                             exchange.abandon()
                             exchange = None
-                        self._exchanges.discard_idle()  # most likely broken the same way
+                        if is_retryable(exc):  # the idle ones most likely broke the same way
+                            self._exchanges.discard_idle()
                         self._before_retry(exc, attempt, started)
                         attempt += 1
                 between_requests = True
