@@ -13,7 +13,9 @@ Prints one JSON object: per phase requests/s, rows/s (positives), negatives/s, c
 p50/p99 latency and errors (must be 0); the medians over --repeats; the service/in-process rows/s
 ratios (median of the per-repeat ratios, plain and TLS); `uptime` before and after; the servers'
 own stats. The TLS phase needs the `cryptography` package (the dev extra): tests/certs.py makes
-the certificates.
+the certificates. Each phase also records the CPU a request cost the benchmark process (the
+clients, or the in-process sampling) and the server process: on a shared host those move far less
+than rows/s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -30,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +121,33 @@ def run_load(call, batches: list[pa.RecordBatch], clients: int, seconds: float) 
         "load1_before": round(load_before, 2),
         "load1_after": round(os.getloadavg()[0], 2),
     }
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process, or of process `pid` (from /proc; NaN without it)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    call, batches: list[pa.RecordBatch], clients: int, seconds: float, server_pid: int | None
+) -> dict:
+    """`run_load`, plus the CPU a request cost this process (the clients, or the in-process
+    sampling) and the server process: noise on a shared host moves rows/s far more than this."""
+    mine, server = cpu_seconds(), cpu_seconds(server_pid) if server_pid else 0.0
+    result = run_load(call, batches, clients, seconds)
+    requests = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = {
+        "this_process": round((cpu_seconds() - mine) * 1e3 / requests, 3),
+        "server": round((cpu_seconds(server_pid) - server) * 1e3 / requests, 3) if server_pid else 0.0,
+    }
+    return result
 
 
 def start_server(job: Path, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -207,10 +238,12 @@ def main() -> None:
             calls[name] = lambda batch, index, c=client: c.sample(
                 batch, epoch=0, batch_index=index, per_positive=per_positive
             )
+        pids = {name: proc.pid for name, (proc, _) in servers.items()}
         phases = []
         for _ in range(args.repeats):
             round_ = {
-                name: run_load(call, batches, args.clients, args.seconds) for name, call in calls.items()
+                name: measured(call, batches, args.clients, args.seconds, pids.get(name))
+                for name, call in calls.items()
             }
             for name in servers:
                 round_[f"ratio_{name}_to_in_process"] = round(
@@ -224,10 +257,14 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             exit_codes[name] = proc.wait(120)
 
-    def medians(phase: str) -> dict[str, float]:
+    def medians(phase: str) -> dict[str, Any]:
         keys = ("requests_per_s", "rows_per_s", "negatives_per_s", "latency_p50_ms", "latency_p99_ms")
-        out = {k: statistics.median(p[phase][k] for p in phases) for k in keys}
-        return out | {"errors": sum(p[phase]["errors"] for p in phases)}
+        out: dict[str, Any] = {k: statistics.median(p[phase][k] for p in phases) for k in keys}
+        cpu = {
+            k: statistics.median(p[phase]["cpu_ms_per_request"][k] for p in phases)
+            for k in ("this_process", "server")
+        }
+        return out | {"cpu_ms_per_request": cpu, "errors": sum(p[phase]["errors"] for p in phases)}
 
     result = {
         "benchmark": "service_load",
