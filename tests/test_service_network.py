@@ -341,6 +341,11 @@ def test_a_stream_survives_the_server_killed_and_restarted_mid_stream(tmp_path):
                 _assert_same(got, reference.get(batches[i], epoch=1, batch_index=i, per_positive=2))
             stats = settled(client.stats)  # the restarted server answered the rest, from request 12 on
             assert (stats["requests"], stats["errors"]) == (18, 0)
+            keyed = [(b, Request(epoch=1, batch_index=i, per_positive=2)) for i, b in enumerate(batches)]
+            uninterrupted = list(client.stream(keyed))  # the same stream, nothing killed
+            for (meta, got), (want_meta, want) in zip(answers, uninterrupted, strict=True):
+                assert meta == want_meta
+                _assert_same(got, want)
         assert servers[1].stop() == 0
     finally:
         for serve in servers:
