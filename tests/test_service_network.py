@@ -323,12 +323,14 @@ def test_a_stream_survives_the_server_killed_and_restarted_mid_stream(tmp_path):
         servers.append(_Serve(job, port=port))
         restarted.set()
 
+    restarter = threading.Thread(target=restart_later, daemon=True)
+
     def requests():
         for i, batch in enumerate(batches):
             if i == 12:  # the stream is open, 12 answers in
                 servers[0].proc.send_signal(signal.SIGKILL)
                 servers[0].proc.wait(30)
-                threading.Thread(target=restart_later, daemon=True).start()
+                restarter.start()
             yield batch, Request(epoch=1, batch_index=i, per_positive=2)
 
     try:
@@ -348,9 +350,12 @@ def test_a_stream_survives_the_server_killed_and_restarted_mid_stream(tmp_path):
                 _assert_same(got, want)
         assert servers[1].stop() == 0
     finally:
+        if restarter.is_alive():  # a failed stream must not leave the restarted server behind
+            restarter.join(60)
         for serve in servers:
             if serve.proc.poll() is None:
                 serve.proc.kill()
+                serve.proc.wait(30)
 
 
 # -- exchanges kept open between calls ------------------------------------------------------------
