@@ -174,7 +174,7 @@ def test_compose_has_the_cluster_the_sampler_and_the_job(compose):
 
 def test_compose_publishes_only_on_loopback(compose):
     published = {name: s.get("ports", []) for name, s in compose["services"].items()}
-    assert published["sampler"] == ["127.0.0.1:8815:8815"]
+    assert published["sampler"] == ["127.0.0.1:8815:8815", "127.0.0.1:9815:9815"]  # Flight, metrics
     assert published["ray-head"] == ["127.0.0.1:8265:8265"]
     assert published["ray-worker"] == [] and published["job"] == []
     for name, ports in published.items():
@@ -182,15 +182,27 @@ def test_compose_publishes_only_on_loopback(compose):
             assert str(port).startswith("127.0.0.1:"), (name, port)
 
 
-def test_compose_sampler_serves_with_a_secret_token_and_a_health_check(compose):
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_compose_sampler_serves_tls_with_a_secret_token_metrics_and_a_health_check(compose):
     sampler = compose["services"]["sampler"]
     command = sampler["command"]
     assert command[:2] == ["negseq", "serve"]
-    assert command[command.index("--token-file") + 1] == "/run/secrets/sampler_token"
-    assert sampler["secrets"] == ["sampler_token"]
-    assert compose["secrets"]["sampler_token"] == {"file": "./secrets/sampler_token"}
+    assert _flag(command, "--token-file") == "/run/secrets/sampler_token"
+    assert _flag(command, "--tls-cert") == "/run/secrets/sampler_tls_cert"
+    assert _flag(command, "--tls-key") == "/run/secrets/sampler_tls_key"
+    assert _flag(command, "--metrics-port") == "9815" and "--insecure" not in command
+    names = ["sampler_token", "sampler_tls_cert", "sampler_tls_key", "sampler_tls_ca"]
+    assert sampler["secrets"] == names
+    for name in names:
+        assert compose["secrets"][name] == {"file": f"./secrets/{name}"}
     assert sampler["healthcheck"]["test"] == ["CMD", "python", "/opt/negseq/healthcheck.py"]
-    assert sampler["environment"]["NEGSEQ_TOKEN_FILE"] == "/run/secrets/sampler_token"
+    env = sampler["environment"]
+    assert env["NEGSEQ_TOKEN_FILE"] == "/run/secrets/sampler_token"
+    assert env["NEGSEQ_HEALTH_ADDRESS"] == "grpc+tls://localhost:8815"
+    assert env["NEGSEQ_TLS_ROOT_CERTS"] == "/run/secrets/sampler_tls_ca"
 
 
 def test_compose_job_submits_negseq_run_to_the_head(compose):
@@ -246,6 +258,41 @@ def test_rayjob_manifest_runs_negseq_non_root_with_token_auth():
             v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
         ]
         assert claims == [claim["metadata"]["name"]]
+
+
+def test_sampler_deployment_serves_tls_metrics_and_owner_only_secrets():
+    docs = list(yaml.safe_load_all((DOCKER / "k8s" / "rayjob.yaml").read_text()))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    pod = deployment["spec"]["template"]
+    assert (
+        pod["metadata"]["labels"]
+        == deployment["spec"]["selector"]["matchLabels"]
+        == service["spec"]["selector"]
+    )
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9815"
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
+    (init,) = spec["initContainers"]
+    (sampler,) = spec["containers"]
+    args = sampler["args"]
+    assert args[:2] == ["negseq", "serve"] and "--insecure" not in args
+    assert _flag(args, "--tls-cert") == "/secret/tls.crt"
+    # the two secrets negseq serve wants owner-only are the init container's 0600 copies
+    assert init["command"][:3] == ["install", "-m", "0600"]
+    assert {_flag(args, "--token-file"), _flag(args, "--tls-key")} == {
+        "/run/negseq/" + Path(p).name for p in init["command"][3:-1]
+    }
+    assert init["command"][-1] == "/run/negseq/"
+    ports = {p["name"]: p["containerPort"] for p in sampler["ports"]}
+    assert ports == {"flight": 8815, "metrics": int(_flag(args, "--metrics-port"))}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    env = {e["name"]: e["value"] for e in sampler["env"]}
+    assert env["NEGSEQ_HEALTH_ADDRESS"].startswith("grpc+tls://localhost:")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert sampler[probe]["exec"]["command"] == ["python", "/opt/negseq/healthcheck.py"]
+    for container in (init, sampler):
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 # ---- GPU image: Triton without a compiler --------------------------------------------------

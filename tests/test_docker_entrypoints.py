@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from certs import make_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -44,50 +46,78 @@ def _tool(name: str) -> str:
     return found
 
 
-def _health(address: str, token_file: Path | None) -> subprocess.CompletedProcess:
+def _health(address: str, token_file: Path | None, ca: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "NEGSEQ_HEALTH_ADDRESS": address}
-    env.pop("NEGSEQ_TOKEN_FILE", None)
+    for name in (
+        "NEGSEQ_TOKEN_FILE",
+        "NEGSEQ_TLS_ROOT_CERTS",
+        "NEGSEQ_TLS_CLIENT_CERT",
+        "NEGSEQ_TLS_CLIENT_KEY",
+    ):
+        env.pop(name, None)
     if token_file is not None:
         env["NEGSEQ_TOKEN_FILE"] = str(token_file)
+    if ca is not None:
+        env["NEGSEQ_TLS_ROOT_CERTS"] = str(ca)
     return subprocess.run(
         [sys.executable, str(DOCKER / "healthcheck.py")], env=env, capture_output=True, text=True, timeout=30
     )
 
 
 @pytest.mark.timeout(120)
-def test_sampler_entrypoint_serves_is_healthy_and_stops_on_sigterm(tmp_path):
+def test_sampler_entrypoint_serves_tls_is_healthy_and_stops_on_sigterm(tmp_path):
     items = tmp_path / "items.parquet"
     pq.write_table(pa.table({"id": np.arange(1, 1001, dtype=np.int64), "weight": np.ones(1000)}), items)
     job = tmp_path / "sampler.toml"  # the image's job file, with the data volume's path swapped
     job.write_text((DOCKER / "sampler.toml").read_text().replace("/data/items.parquet", str(items)))
     token = tmp_path / "sampler_token"
     token.write_text("s3cret-token\n")
+    token.chmod(0o600)  # as docs/deploy.md has the secret files made
+    pki = make_pki(tmp_path)
     command = list(_compose_service("sampler")["command"])
     assert command[:2] == ["negseq", "serve"]
     command[0] = _tool("negseq")
-    command[command.index("--config") + 1] = str(job)
-    command[command.index("--host") + 1] = "127.0.0.1"  # 0.0.0.0 inside the container
-    command[command.index("--port") + 1] = "0"
-    command[command.index("--token-file") + 1] = str(token)
+    swap = {
+        "--config": str(job),
+        "--host": "127.0.0.1",  # 0.0.0.0 inside the container
+        "--port": "0",
+        "--token-file": str(token),
+        "--tls-cert": str(pki.server.cert_file),
+        "--tls-key": str(pki.server.key_file),
+        "--metrics-port": "0",
+    }
+    assert set(swap) <= set(command), command
+    for flag, value in swap.items():
+        command[command.index(flag) + 1] = value
 
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        address, seen = None, []
+        address, metrics, seen = None, None, []
         for line in server.stdout:
             seen.append(line)
             if "listening on " in line:
                 address = line.split("listening on ", 1)[1].strip()
+            if "metrics on " in line:
+                metrics = line.split("metrics on ", 1)[1].strip()
                 break
-        assert address and address.startswith("grpc://127.0.0.1:"), "".join(seen)
+        assert address and address.startswith("grpc+tls://127.0.0.1:"), "".join(seen)
+        assert metrics and metrics.startswith("http://127.0.0.1:"), "".join(seen)
+        # the compose probe's address names localhost, which the certificate names too
+        address = address.replace("127.0.0.1", "localhost")
 
-        healthy = _health(address, token)
+        healthy = _health(address, token, pki.ca.cert_file)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert healthy.stdout.strip() == f"{address}: ok"
         wrong = tmp_path / "wrong_token"
         wrong.write_text("not-the-token")
-        refused = _health(address, wrong)
+        wrong.chmod(0o600)
+        refused = _health(address, wrong, pki.ca.cert_file)
         assert refused.returncode == 1 and "unhealthy" in refused.stderr
-        assert _health(address, None).returncode == 1
+        assert _health(address, None, pki.ca.cert_file).returncode == 1
+        untrusted = _health(address, token, pki.other_ca.cert_file)
+        assert untrusted.returncode == 1 and "handshake" in untrusted.stderr.lower()
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            assert "negseq_requests_total" in response.read().decode()
 
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
@@ -95,7 +125,7 @@ def test_sampler_entrypoint_serves_is_healthy_and_stops_on_sigterm(tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
-    assert _health(address, token).returncode == 1  # down
+    assert _health(address, token, pki.ca.cert_file).returncode == 1  # down
 
 
 @pytest.mark.timeout(300)

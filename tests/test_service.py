@@ -5,6 +5,7 @@ actions, and `negseq serve` draining on SIGTERM in a subprocess."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,16 @@ def _batch(q: int, seed: int = 0) -> pa.RecordBatch:
     )
 
 
+def settled(snapshot: Callable[[], dict]) -> dict:
+    """The stats once no request is in flight: a server counts a request after writing its answer,
+    so its client may hold the answer a moment before the counters move."""
+    deadline = time.monotonic() + 10
+    while (stats := snapshot())["in_flight"]:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.005)
+    return stats
+
+
 def _assert_same(got: SampleResult, want: SampleResult) -> None:
     np.testing.assert_array_equal(got.ids, want.ids)
     assert got.negatives.equals(want.negatives)
@@ -130,8 +142,32 @@ def clients(servers):
         client.close()
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port`, as the kernel reports them
+    (/proc/net/tcp and tcp6): what was really bound, not what the server was asked for. An IPv6
+    socket bound to an IPv4-mapped address (gRPC binds 127.0.0.1 so) counts as that IPv4 address."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, port_hex = local.split(":")
+                if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(address)  # each 32-bit word printed in host (little-endian) order
+                ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+                mapped = getattr(ip, "ipv4_mapped", None)
+                found.add(str(mapped or ip))
+    return found
+
+
 def test_server_binds_loopback_by_default(servers):
-    assert servers["v1"].location.startswith("grpc://127.0.0.1:")
+    server = SamplerServer(_make("v1"))  # no host given
+    try:
+        assert listening_addresses(server.port) == {"127.0.0.1"}
+        assert server.location == f"grpc://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.parametrize("kind", ["v1", "v2", "hard", "hard_v2"])
@@ -295,17 +331,25 @@ def test_user_column_of_the_wrong_length_is_refused_before_sending(clients):
         clients["v2"].sample({"item_id": ITEMS.ids[:5], "user_id": np.arange(4)}, batch_index=0)
 
 
-def test_actions(servers, clients):
-    client = clients["hard"]
-    client.sample(_batch(32), batch_index=0)
-    stats = client.stats()
-    assert stats["requests"] >= 1 and stats["rows"] >= 32 and stats["errors"] >= 0
-    assert stats["latency_p50_ms"] > 0 and stats["latency_p99_ms"] >= stats["latency_p50_ms"]
-    config = client.config()
-    assert config["sampler"] == "HardNegativeSampler" and config["num_hard_sample"] == 3
-    assert config["limits"]["max_rows"] == 5000 and config["num_items"] == NUM_ITEMS
-    with pytest.raises(flight.FlightServerError, match="unknown action 'reboot'"):
-        list(client._client.do_action(flight.Action("reboot", b"")))
+def test_actions():
+    server = SamplerServer(_make("hard"), limits=Limits(max_rows=5000))  # its own: counts from zero
+    try:
+        with SamplerClient(server.location) as client:
+            answer = client.sample(_batch(32), batch_index=0)
+            with pytest.raises(flight.FlightServerError, match="missing 'epoch'"):
+                _raw_exchange(server.location, _batch(3), b'{"batch_index": 0}')
+            stats = settled(client.stats)
+            assert (stats["requests"], stats["rows"], stats["errors"], stats["in_flight"]) == (2, 32, 1, 0)
+            assert stats["negatives"] == len(answer.ids) + len(answer.hard_ids)
+            assert stats["errors_by_kind"]["bad_request"] == 1
+            assert stats["latency_p50_ms"] > 0 and stats["latency_p99_ms"] >= stats["latency_p50_ms"]
+            config = client.config()
+            assert config["sampler"] == "HardNegativeSampler" and config["num_hard_sample"] == 3
+            assert config["limits"]["max_rows"] == 5000 and config["num_items"] == NUM_ITEMS
+            with pytest.raises(flight.FlightServerError, match="unknown action 'reboot'"):
+                list(client._client.do_action(flight.Action("reboot", b"")))
+    finally:
+        server.shutdown()
 
 
 def test_bearer_token(tmp_path):
@@ -364,10 +408,10 @@ def _write_job(folder: Path, extra: str = "") -> Path:
 class _Serve:
     """`negseq serve` in a subprocess; its stderr is collected by a thread (a full pipe would block it)."""
 
-    def __init__(self, job: Path, *args: str) -> None:
+    def __init__(self, job: Path, *args: str, port: int = 0) -> None:
         env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "negseq.cli", "serve", "--config", str(job), "--port", "0", *args],
+            [sys.executable, "-m", "negseq.cli", "serve", "--config", str(job), "--port", str(port), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -489,7 +533,8 @@ def test_serve_bad_job_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"negseq serve: error: {job}: [service] unknown key(s) bogus; "
-        "known: host, max_bytes, max_negatives, max_rows, port"
+        "known: host, insecure, max_bytes, max_concurrent, max_negatives, max_rows, metrics_port, port, "
+        "tls_cert, tls_client_ca, tls_key"
     ]
 
 
@@ -500,14 +545,16 @@ def test_service_job_reads_candidates_and_service_tables(tmp_path):
     assert job.limits.max_bytes == Limits().max_bytes and job.base_dir == tmp_path
     bad = tmp_path / "bad.toml"
     bad.write_text('[sampler.negative_sampler]\nnum_sample = 1\n[candidates]\nlayout = "zigzag"\n')
-    with pytest.raises(NegseqError, match="layout must be one of"):
+    with pytest.raises(NegseqError, match=r"\[candidates\] layout: expected one of .*got .zigzag."):
         ServiceJob.from_toml(bad)
 
 
 def test_token_file(tmp_path):
     (tmp_path / "token").write_text("  abc\n")
+    (tmp_path / "token").chmod(0o600)
     assert read_token_file(tmp_path / "token") == "abc"
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
     with pytest.raises(NegseqError, match="token file is empty"):
         read_token_file(tmp_path / "empty")
     with pytest.raises(NegseqError, match="cannot read token file"):

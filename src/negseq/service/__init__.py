@@ -8,6 +8,7 @@ from negseq.service.job import CandidateDefaults, ServiceJob
 from negseq.service.limits import Limits
 from negseq.service.protocol import Request
 from negseq.service.server import DrainOutcome, SamplerServer, serve_until_signalled
+from negseq.service.tls import ServerTls
 
 __all__ = [
     "CandidateDefaults",
@@ -16,6 +17,7 @@ __all__ = [
     "Request",
     "SamplerClient",
     "SamplerServer",
+    "ServerTls",
     "ServiceJob",
     "serve_until_signalled",
 ]

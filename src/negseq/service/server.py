@@ -2,6 +2,9 @@
 
 The sampler (and its tables) is built once; every exchange shares it (sampling is a pure function
 of the batch and its key, so concurrent requests need no lock). Wire format: `protocol`.
+Every call passes two middlewares before a handler runs: the bearer token (`auth`), then the cap
+on concurrent calls (`admission`). TLS and mutual TLS are Flight's own. Counters and Prometheus
+metrics: `stats`.
 Lifecycle: `serve_until_signalled` blocks until SIGTERM/SIGINT, then drains: new calls are refused,
 each exchange answers the request it has read and closes, and the drain ends (code 0) once no
 request is in flight.
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from negseq.errors import NegseqError
+from negseq.service.admission import ConcurrencyCapMiddlewareFactory, default_max_concurrent
 from negseq.service.auth import BearerTokenMiddlewareFactory
 from negseq.service.job import CandidateDefaults
 from negseq.service.limits import Limits
@@ -33,7 +37,8 @@ from negseq.service.protocol import (
     encode_negatives,
     parse_request,
 )
-from negseq.service.stats import ServiceStats
+from negseq.service.stats import MetricsEndpoint, ServiceStats
+from negseq.service.tls import ServerTls, is_loopback
 
 log = logging.getLogger("negseq.service")
 
@@ -45,8 +50,14 @@ ACTIONS = {
 }
 
 
-def grpc_location(host: str, port: int) -> str:
-    return f"grpc://[{host}]:{port}" if ":" in host else f"grpc://{host}:{port}"
+def grpc_location(host: str, port: int, tls: bool = False) -> str:
+    scheme = "grpc+tls" if tls else "grpc"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _error_kind(exc: flight.FlightError) -> str:
+    """The errors_total kind of a Flight error raised while answering (the client went away, ...)."""
+    return "cancelled" if isinstance(exc, flight.FlightCancelledError) else "transport"
 
 
 def _max_positives(column: pa.Array, seq_delim: str) -> int:
@@ -70,8 +81,23 @@ def _shared_negatives(sampler: Any, training: bool) -> tuple[int, str]:
     return sampler.shared_sample_num(training), f"the sampler's {setting}"
 
 
+def check_token_transport(host: str, token: str | None, tls: ServerTls | None, insecure: bool) -> None:
+    """Refuse a bearer token that would cross a network in plaintext (unless `insecure`)."""
+    if token is not None and tls is None and not insecure and not is_loopback(host):
+        raise NegseqError(
+            f"refusing to serve on {host} with a bearer token but without TLS: the token and every "
+            "answer would cross the network in plaintext. Give --tls-cert and --tls-key "
+            "([service] tls_cert, tls_key), or --insecure ([service] insecure = true) on a network "
+            "you trust"
+        )
+
+
 class SamplerServer(flight.FlightServerBase):
-    """Flight server around one sampler; starts serving on construction (port 0 picks a free one)."""
+    """Flight server around one sampler; starts serving on construction (port 0 picks a free one).
+
+    `tls` serves grpc+tls (with `client_ca`, mutual TLS); a token on a non-loopback host without
+    TLS is refused unless `insecure`. `max_concurrent` caps open calls (default: sized to the
+    CPUs); `metrics_port` serves Prometheus metrics on `host` (0 picks a free port)."""
 
     def __init__(
         self,
@@ -83,23 +109,56 @@ class SamplerServer(flight.FlightServerBase):
         limits: Limits | None = None,
         candidates: CandidateDefaults | None = None,
         config: dict[str, Any] | None = None,
+        tls: ServerTls | None = None,
+        insecure: bool = False,
+        max_concurrent: int | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         clash = sorted(set(sampler.attr_fields) & set(RESERVED_COLUMNS))
         if clash:
             raise NegseqError(f"sampler attr_fields {clash} clash with the service's reserved columns")
+        check_token_transport(host, token, tls, insecure)
+        max_concurrent = default_max_concurrent() if max_concurrent is None else max_concurrent
+        if max_concurrent < 1:
+            raise NegseqError(f"max_concurrent must be >= 1, got {max_concurrent}")
         self.sampler = sampler
         self.limits = limits or Limits()
         self.candidates = candidates or CandidateDefaults()
         self.sampler_config = config
-        self.stats = ServiceStats()
+        self.stats = ServiceStats(max_concurrent)
         self.host = host
+        self.tls = tls
+        self.max_concurrent = max_concurrent
         self._draining = threading.Event()
-        middleware = {"auth": BearerTokenMiddlewareFactory(token)} if token else None
-        super().__init__(grpc_location(host, port), middleware=middleware)
+        middleware: dict[str, flight.ServerMiddlewareFactory] = {}
+        if token:  # first: a caller without the token never takes a slot
+            middleware["auth"] = BearerTokenMiddlewareFactory(token, on_refused=self.stats.refused)
+        middleware["cap"] = ConcurrencyCapMiddlewareFactory(max_concurrent, self.stats)
+        tls_options: dict[str, Any] = {}
+        if tls is not None:
+            tls_options = {
+                "tls_certificates": [flight.CertKeyPair(cert=tls.cert_chain, key=tls.private_key)],
+                "verify_client": tls.client_ca is not None,
+                "root_certificates": tls.client_ca,
+            }
+        super().__init__(grpc_location(host, port, tls is not None), middleware=middleware, **tls_options)
+        self.metrics: MetricsEndpoint | None = None
+        if metrics_port is not None:
+            try:
+                self.metrics = MetricsEndpoint(self.stats.registry, host, metrics_port)
+            except OSError as exc:
+                super().shutdown()
+                raise NegseqError(f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror}") from exc
 
     @property
     def location(self) -> str:
-        return grpc_location(self.host, self.port)
+        return grpc_location(self.host, self.port, self.tls is not None)
+
+    def shutdown(self) -> None:
+        """Stop serving Flight calls (waiting for open ones), then the metrics endpoint."""
+        super().shutdown()
+        if self.metrics is not None:
+            self.metrics.close()
 
     @property
     def draining(self) -> bool:
@@ -113,6 +172,9 @@ class SamplerServer(flight.FlightServerBase):
 
     def do_exchange(self, context, descriptor, reader, writer) -> None:
         peer = context.peer()
+        identity = context.peer_identity()  # the client certificate's subject, under mutual TLS
+        if identity:
+            peer = f"{peer} ({identity.decode(errors='replace')})"
         stream_key: tuple | None = None
         for chunk in _chunks(reader):
             stream_key = self._answer_one(chunk, writer, stream_key, peer)
@@ -124,7 +186,7 @@ class SamplerServer(flight.FlightServerBase):
         started = time.perf_counter()
         self.stats.begin()
         rows = negatives = 0
-        status = "error"
+        error: str | None = "internal"
         request: Request | None = None
         try:
             request = parse_request(chunk.app_metadata)
@@ -147,12 +209,14 @@ class SamplerServer(flight.FlightServerBase):
                 writer.begin(out.schema)
             meta.update(epoch=request.epoch, batch_index=request.batch_index, mode=request.mode)
             writer.write_with_metadata(out, encode_metadata(meta))
-            status = "ok"
+            error = None
             return key
         except NegseqError as exc:
+            error = "bad_request"
             log.info("bad request from %s: %s", peer, exc)
             raise flight.FlightServerError(str(exc), b"bad_request") from None
-        except flight.FlightError:
+        except flight.FlightError as exc:
+            error = _error_kind(exc)
             raise
         except Exception as exc:
             log.exception("request from %s failed", peer)
@@ -161,19 +225,21 @@ class SamplerServer(flight.FlightServerBase):
             ) from None
         finally:
             seconds = time.perf_counter() - started
-            self.stats.end(rows=rows, negatives=negatives, seconds=seconds, ok=status == "ok")
-            log.debug(
-                "request peer=%s mode=%s epoch=%s batch_index=%s rows=%d negatives=%d "
-                "latency_ms=%.2f status=%s",
-                peer,
-                getattr(request, "mode", None),
-                getattr(request, "epoch", None),
-                getattr(request, "batch_index", None),
-                rows,
-                negatives,
-                seconds * 1e3,
-                status,
-            )
+            mode = getattr(request, "mode", None)
+            self.stats.end(mode=mode, rows=rows, negatives=negatives, seconds=seconds, error=error)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "request peer=%s mode=%s epoch=%s batch_index=%s rows=%d negatives=%d "
+                    "latency_ms=%.2f status=%s",
+                    peer,
+                    mode,
+                    getattr(request, "epoch", None),
+                    getattr(request, "batch_index", None),
+                    rows,
+                    negatives,
+                    seconds * 1e3,
+                    error or "ok",
+                )
 
     def _sampler_for(self, seed: int | None) -> Any:
         """The sampler, or a shallow copy (tables shared) keyed by the request's seed."""
