@@ -432,8 +432,10 @@ class _Table(_Check):
 
 
 def _did_you_mean(name: str, known: Sequence[str], *, quote: Any = str) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {quote(close[0])}?)" if close else ""
+    """A hint naming the known name closest to `name` (case aside), if one is close."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {quote(by_lower[close[0]])}?)" if close else ""
 
 
 # ---- keys ---------------------------------------------------------------------------------------
@@ -1022,7 +1024,8 @@ def _unknown(origin: _Origin, table: str | None, name: object, known: Sequence[s
         return origin.fail(f"[{table}] {text}: renamed; write it as {_MOVED[table, text]}")
     hint = _did_you_mean(text, known, quote=lambda k: f"[{k}]" if table is None and k != "name" else k)
     listed = ", ".join(f"[{k}]" if table is None and k != "name" else k for k in known)
-    what = f"unknown table [{text}]" if table is None else f"[{table}] unknown key {json.dumps(text)}"
+    shown = text if text.isprintable() and text.strip() == text and text else json.dumps(text)
+    what = f"unknown table [{shown}]" if table is None else f"[{table}] unknown key {json.dumps(text)}"
     return origin.fail(f"{what}{hint}; known: {listed}")
 
 
@@ -1199,13 +1202,14 @@ class _Resolver:
         return self.origin.fail(message)
 
     def config(self) -> JobConfig:
+        self._require_tables()
         self._check_data()
         self._check_sampler_and_candidates()
         self._check_model_and_ray()
         self._check_service()
         self._fill_folders()
         self._fill_run_sampler()
-        self._require()
+        self._require_keys()
         s = self.sections
         return JobConfig(
             command=self.command,
@@ -1228,6 +1232,10 @@ class _Resolver:
     # -- cross-key checks, from the config alone
 
     def _check_data(self) -> None:
+        inp: InputConfig = self.sections["input"]
+        input_csv = [k for k in ("delimiter", "column_names") if k in self.present.get("input", ())]
+        if inp.format in ("parquet", "ipc") and input_csv:
+            raise self.fail(f'[input] {input_csv[0]}: applies to CSV only, got format "{inp.format}"')
         data = self.data
         if data is None:
             return
@@ -1267,10 +1275,6 @@ class _Resolver:
                 )
         elif data.format in ("parquet", "ipc") and csv_keys:
             raise self.fail(f'[data] {csv_keys[0]}: applies to CSV only, got format "{data.format}"')
-        inp = self.sections["input"]
-        input_csv = [k for k in ("delimiter", "column_names") if k in self.present.get("input", ())]
-        if inp.format in ("parquet", "ipc") and input_csv:
-            raise self.fail(f'[input] {input_csv[0]}: applies to CSV only, got format "{inp.format}"')
 
     def _check_sampler_and_candidates(self) -> None:
         cand: CandidatesConfig = self.sections["candidates"]
@@ -1388,18 +1392,21 @@ class _Resolver:
 
     # -- what each command needs
 
-    def _require(self) -> None:
+    def _require_tables(self) -> None:
         command = self.command
         if command in ("run", "prepare") and self.data is None:
             raise self.fail(
                 f"[data]: negseq {command} needs it (interactions, or [data.synthetic]), got nothing"
             )
-        if command in ("run", "sample", "serve"):
-            if self.sampler is None:
-                raise self.fail(
-                    f"[sampler]: negseq {command} needs one [sampler.<type>] table, one of "
-                    f"{', '.join(SAMPLER_KINDS)}; got none"
-                )
+        if command in ("run", "sample", "serve") and self.sampler is None:
+            raise self.fail(
+                f"[sampler]: negseq {command} needs one [sampler.<type>] table, one of "
+                f"{', '.join(SAMPLER_KINDS)}; got none"
+            )
+
+    def _require_keys(self) -> None:
+        command = self.command
+        if command in ("run", "sample", "serve") and self.sampler is not None:
             for key in _SAMPLER_REQUIRED[self.sampler.kind]:
                 if getattr(self.sampler, key) is None:
                     raise self.fail(
