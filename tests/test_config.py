@@ -297,6 +297,8 @@ def test_each_command_names_what_it_misses(tmp_path, command, drop, message):
         ("input", "batch_size", "64", "[input] batch_size: renamed; write it as [candidates] batch_size"),
         ("output", "path", '"o"', "[output] path: renamed; write it as [output] dir"),
         ("ray", "local_workers", "2", "[ray] local_workers: renamed; write it as [run] workers"),
+        ("prepare", "input", '"u.data"', "[prepare] input: renamed; write it as [data] interactions"),
+        ("prepare", "out", '"prep"', "[prepare] out: renamed; write it as [prepare] dir"),
     ],
 )
 def test_renamed_keys_say_where_they_went(tmp_path, table, key, literal, message):
@@ -376,6 +378,10 @@ def test_argparse_flags_keep_file_values_they_do_not_set(tmp_path):
     job = load_config(path, command="serve", flags=cfg.flag_values(args, "serve"))
     assert (job.service.insecure, job.service.port) == (True, 0)
     assert set(FLAGS["serve"]) >= {"--tls-cert", "--tls-key", "--tls-client-ca", "--metrics-port"}
+    for command in cfg.COMMANDS:  # every command's flags register, with their help
+        command_parser = argparse.ArgumentParser()
+        cfg.add_config_flags(command_parser, command)
+        assert all(flag in command_parser.format_help() for flag in FLAGS[command])
 
 
 # ---- files, defaults, the reference, the import ---------------------------------------------

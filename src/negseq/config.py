@@ -50,7 +50,6 @@ Renames and default changes against the commands before this module (one name, o
 from __future__ import annotations
 
 import argparse
-import codecs
 import dataclasses
 import difflib
 import ipaddress
@@ -195,7 +194,7 @@ class _Int(_Check):
         return value
 
     def from_text(self, text: str) -> int:
-        if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+        if not re.fullmatch(r"[+-]?[0-9]{1,40}", text.strip()):
             raise _Bad(self.expected(), text)
         return self.check(int(text))
 
@@ -291,14 +290,13 @@ class _Text(_Check):
         return value
 
     def from_text(self, text: str) -> str:
-        if self.escapes:
-            if text.lower() == "tab":
-                text = "\t"
-            else:
-                try:
-                    text = codecs.decode(text, "unicode_escape")
-                except UnicodeError:
-                    raise _Bad(self.expected(), text) from None
+        if self.escapes and text.lower() == "tab":
+            text = "\t"
+        elif self.escapes and "\\" in text:  # '\t' typed in a shell; other characters as they are
+            try:
+                text = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+            except UnicodeError:
+                raise _Bad(self.expected(), text) from None
         return self.check(text)
 
 
@@ -346,7 +344,7 @@ class _Locations(_Check):
 
 @dataclass(frozen=True)
 class _Choice(_Check):
-    values: tuple[str, ...] = ()
+    values: tuple[str, ...]
 
     type_name = "string"
 
@@ -420,7 +418,7 @@ class _BoolOrAuto(_Check):
 class _Table(_Check):
     """A nested table (`[data.synthetic]`), parsed as the section class `cls`."""
 
-    cls: type = object
+    cls: type
 
     type_name = "table"
 
@@ -871,6 +869,11 @@ _USED_BY: dict[str, str] = {
 }
 
 
+def positives_field(objective: str) -> str:
+    """The column of the prepared training table that holds an objective's positives."""
+    return "next_items" if objective == "autoregressive" else "target"
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """A checked job: every section, defaults filled in, paths absolute (or URIs).
@@ -897,7 +900,7 @@ class JobConfig:
     @property
     def candidate_field(self) -> str:
         """The training column holding the positives `negseq run` samples for."""
-        return "next_items" if self.model.objective == "autoregressive" else "target"
+        return positives_field(self.model.objective)
 
     def to_dict(self) -> dict[str, Any]:
         """Every value as plain data (tuples as lists), as a job file would hold it."""
@@ -956,6 +959,7 @@ def add_config_flags(parser: argparse.ArgumentParser, command: Command) -> None:
         spec = _keys_of(_SECTIONS[table])[key]
         check: _Check = spec.metadata["check"]
         help_text = f"{spec.metadata['doc']} ([{table}] {key}; default {_default_text(spec)})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if flag == "input":
             parser.add_argument(flag, nargs="?", default=None, help=help_text)
         elif isinstance(check, _Bool):
@@ -1374,7 +1378,7 @@ class _Resolver:
         sampler = self.sampler
         if self.command != "run" or sampler is None:
             return
-        wanted = "next_items" if self.sections["model"].objective == "autoregressive" else "target"
+        wanted = positives_field(self.sections["model"].objective)
         if sampler.item_id_field is not None and sampler.item_id_field != wanted:
             raise self.fail(
                 f"[sampler.{sampler.kind}] item_id_field: expected {json.dumps(wanted)} (the "
