@@ -229,6 +229,31 @@ def test_hard_samplers_need_the_suffix_layout_and_default_to_it(tmp_path):
     )
 
 
+def test_serve_takes_neg_per_pos_beside_a_suffix_default(tmp_path):
+    """negseq serve's [candidates] are request defaults: a request may ask for "interleaved"."""
+    path = write_job(tmp_path, {("candidates", "layout"): '"suffix"', ("candidates", "neg_per_pos"): "4"})
+    job = load_config(path, command="serve")
+    assert (job.candidates.layout, job.candidates.neg_per_pos) == ("suffix", 4)
+    assert error_of(path, "sample").startswith(f"{path}: [candidates] neg_per_pos: applies to the")
+    path.write_text(
+        '[sampler.hard_negative_sampler]\nitem_input_path = "i"\nhard_neg_edge_input_path = "h"\n'
+        'num_sample = 4\nnum_hard_sample = 1\nitem_id_field = "i"\nuser_id_field = "u"\n'
+        "[candidates]\nneg_per_pos = 4\n"
+    )
+    assert error_of(path, "serve") == (
+        f'{path}: [candidates] neg_per_pos: applies to the "interleaved" layout, which '
+        '[sampler.hard_negative_sampler] cannot serve (hard negatives need "suffix")'
+    )
+
+
+def test_the_service_docs_job_example_parses():
+    import re
+
+    (block,) = re.findall(r"```toml\n(.*?)```", (REPO / "docs/service.md").read_text(), re.S)
+    job = load_config(tomllib.loads(block), command="serve", source="docs/service.md")
+    assert job.sampler is not None and job.sampler.kind == "hard_negative_sampler"
+
+
 def test_item_id_delim_and_seq_delim_are_one_value(tmp_path):
     job = load_config(
         write_job(tmp_path, {("sampler.negative_sampler", "item_id_delim"): '"|"'}), command="sample"

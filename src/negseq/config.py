@@ -1298,7 +1298,16 @@ class _Resolver:
         layout: Layout = cand.layout
         if "layout" not in set_in_candidates and sampler is not None and sampler.is_hard:
             layout = "suffix"
-        if cand.neg_per_pos is not None and layout != "interleaved":
+        # negseq serve's [candidates] are defaults a request may override, layout included: its
+        # neg_per_pos serves the requests that ask for "interleaved", which a hard sampler refuses.
+        interleaved_possible = sampler is None or not sampler.is_hard
+        usable = interleaved_possible if self.command == "serve" else layout == "interleaved"
+        if cand.neg_per_pos is not None and not usable and self.command == "serve":
+            raise self.fail(
+                f'[candidates] neg_per_pos: applies to the "interleaved" layout, which [sampler.{kind}] '
+                'cannot serve (hard negatives need "suffix")'
+            )
+        if cand.neg_per_pos is not None and not usable:
             raise self.fail(
                 f'[candidates] neg_per_pos: applies to the "interleaved" layout only, got layout '
                 f'"{layout}" (the suffix layout appends the sampler\'s num_sample shared negatives)'
