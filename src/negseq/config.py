@@ -14,7 +14,8 @@ Relative paths in a job file resolve against the job file's folder, relative pat
 against the working directory; URIs (`s3://...`) are kept as written.
 
 A job file may hold the tables of several commands; each command reads its own, and every table
-present is checked whichever command reads the file.
+present is checked whichever command reads the file. `negseq serve` reads `[candidates]` as the
+defaults of candidates-mode requests, which may name another layout.
 
 Renames and default changes against the commands before this module (one name, one default):
 
@@ -42,7 +43,10 @@ Renames and default changes against the commands before this module (one name, o
   `tls_client_ca`, `insecure`, `max_concurrent`, `metrics_port`.
 - New checks: `name` must match `[A-Za-z0-9._-]+` and not be dots only (it becomes a folder name);
   `num_sample`, `num_eval_sample`, `num_hard_sample`, `neg_per_pos` at most 2^24; `seq_delim` holds
-  no digit or sign; a plaintext token off the loopback needs `insecure = true`.
+  no digit or sign; a plaintext token off the loopback needs `insecure = true`; every table a job
+  file holds is checked (`negseq sample` and `serve` ignored the tables they did not read).
+- Relative paths given as flags resolve against the working directory (`negseq prepare --job`
+  resolved them against the job file's folder).
 
 `python -m negseq.config --markdown` prints the reference table that README.md carries.
 """
