@@ -75,9 +75,9 @@ def _load() -> float:
 
 def _work(rows: int, folder: Path) -> BatchWork:
     log = generate_interactions(num_users=rows, num_items=5000, min_len=10, max_len=40, seed=1)
-    train, _ = prepare_sequences(
+    train = prepare_sequences(
         log, user_field="user_id", item_field="item_id", time_field="timestamp", max_seq_len=50
-    )
+    ).train
     pq.write_table(train, folder / "train.parquet")
     items = ItemTable.from_arrow(pa.table({"id": pa.array(sorted(set(log.column("item_id").to_pylist())))}))
     sampler = NegativeSampler(items, num_sample=NEG_PER_POS, item_id_field="next_items")

@@ -124,9 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
     log = read_ml100k(args.data)
     if args.max_users:
         log = log.filter(pa.compute.less_equal(log.column("user_id"), args.max_users))
-    train_table, eval_table = prepare_sequences(
+    splits = prepare_sequences(
         log, user_field="user_id", item_field="item_id", time_field="timestamp", max_seq_len=args.max_seq_len
     )
+    # no early stopping here: train on every item before the eval target (the valid rows' targets)
+    train_table, eval_table = splits.valid, splits.eval
     item_ids = np.unique(log.column("item_id").to_numpy())
     items = ItemTable.from_arrow(pa.table({"id": item_ids, "weight": np.ones(len(item_ids))}))
     sampler = NegativeSampler(items, num_sample=args.neg_per_pos, item_id_field="item_id", seed=args.seed)

@@ -24,7 +24,6 @@ ML100K = Path(os.environ.get("NEGSEQ_SHARED_DIR", REPO.parent / "shared")) / "da
 JOB = """
 [input]
 path = "prep/train.parquet"
-batch_size = 200
 
 [sampler.negative_sampler]
 input_path = "prep/items.parquet"
@@ -34,9 +33,10 @@ seed = 11
 
 [candidates]
 layout = "{layout}"
+batch_size = 200
 
 [output]
-path = "sampled"
+dir = "sampled"
 format = "{fmt}"
 
 [run]
@@ -103,7 +103,7 @@ def test_sample_missing_input_column_fails_before_writing(tmp_path, capsys):
     pq.write_table(pa.table({"id": [1, 2], "weight": [1.0, 1.0]}), tmp_path / "items.parquet")
     pq.write_table(pa.table({"other": [1]}), tmp_path / "x.parquet")
     (tmp_path / "job.toml").write_text(
-        "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
+        "[input]\npath='x.parquet'\n[output]\ndir='o'\n[sampler.negative_sampler]\n"
         "input_path='items.parquet'\nnum_sample=2\nitem_id_field='item'\n"
     )
     assert main(["sample", str(tmp_path / "job.toml"), "--quiet"]) == 2
@@ -114,11 +114,11 @@ def test_sample_missing_input_column_fails_before_writing(tmp_path, capsys):
 @pytest.mark.parametrize(
     "job, message",
     [
-        ("[input]\npath='x.parquet'\n[output]\npath='o'\n", "missing [sampler.<type>] table"),
-        ("[input]\npath='x.parquet'\nbogus=1\n", "[input] unknown key(s) bogus"),
+        ("[input]\npath='x.parquet'\n[output]\ndir='o'\n", "negseq sample needs one [sampler.<type>] table"),
+        ("[input]\npath='x.parquet'\nbogus=1\n", '[input] unknown key "bogus"'),
         ("[input\n", "not valid TOML"),
         (
-            "[input]\npath='x.parquet'\n[output]\npath='o'\n[sampler.negative_sampler]\n"
+            "[input]\npath='x.parquet'\n[output]\ndir='o'\n[sampler.negative_sampler]\n"
             "input_path='i.parquet'\nnum_sample=2\nitem_id_field='item'\n",
             "i.parquet",
         ),
@@ -151,23 +151,23 @@ def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
     log = "u|i|t\n" + "".join(f"{u}|{i}|{t}\n" for u in (1, 2) for t, i in enumerate((10, 11, 12, 13)))
     (tmp_path / "log.psv").write_text(log)
     (tmp_path / "prepare.toml").write_text(
-        "[prepare]\ninput='log.psv'\nout='prep'\nformat='csv'\ndelimiter='|'\n"
-        "user_field='u'\nitem_field='i'\ntime_field='t'\nmax_seq_len=2\n"
+        "[data]\ninteractions='log.psv'\nformat='csv'\ndelimiter='|'\n"
+        "user_field='u'\nitem_field='i'\ntime_field='t'\nmax_seq_len=2\n[prepare]\ndir='prep'\n"
     )
     assert main(["prepare", "--job", str(tmp_path / "prepare.toml"), "--quiet"]) == 0
     evals = pq.read_table(tmp_path / "prep" / "eval.parquet").to_pylist()
     assert evals[0]["uih"] == [11, 12] and evals[0]["target"] == 13
     items = pq.read_table(tmp_path / "prep" / "items.parquet").to_pylist()
-    # counts leave out the held-out eval targets (13 for both users); weight = count ** 0.75
-    counts = {10: 2, 11: 2, 12: 2, 13: 0}
+    # counts leave out the held-out valid and eval targets (12, 13 for both users); weight = count ** 0.75
+    counts = {10: 2, 11: 2, 12: 0, 13: 0}
     assert items == [{"id": i, "weight": pytest.approx(c**0.75), "count": c} for i, c in counts.items()]
 
     # sample a CSV source without a header, positives as ';' strings
     (tmp_path / "pos.csv").write_text("1,10;11\n2,\n3,12\n")
     (tmp_path / "sample.toml").write_text(
-        "[input]\npath='pos.csv'\ncolumn_names=['user_id','item_id']\nbatch_size=2\n"
+        "[input]\npath='pos.csv'\ncolumn_names=['user_id','item_id']\n"
         "[sampler.negative_sampler]\ninput_path='prep/items.parquet'\nnum_sample=2\n"
-        "item_id_field='item_id'\n[candidates]\nlayout='interleaved'\n[output]\npath='out'\n"
+        "item_id_field='item_id'\n[candidates]\nlayout='interleaved'\nbatch_size=2\n[output]\ndir='out'\n"
     )
     assert main(["sample", str(tmp_path / "sample.toml")]) == 0
     assert "sample: 3 rows in, 3 rows out, 2 files" in capsys.readouterr().out
@@ -179,8 +179,9 @@ def test_prepare_and_sample_from_job_files_with_csv(tmp_path, capsys):
 @pytest.mark.parametrize(
     "table, message",
     [
-        ("[prepare]\ninput='x.csv'\nout='o'\nbogus=1\n", "[prepare] unknown key(s) bogus"),
-        ("prepare = 3\n", "[prepare] must be a table"),
+        ("[prepare]\ndir='o'\nbogus=1\n", '[prepare] unknown key "bogus"'),
+        ("[prepare]\ninput='x.csv'\n", "[prepare] input: renamed; write it as [data] interactions"),
+        ("prepare = 3\n", "[prepare]: expected a table, got 3"),
     ],
 )
 def test_prepare_job_file_errors_are_one_line(tmp_path, capsys, table, message):

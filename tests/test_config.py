@@ -464,7 +464,7 @@ def test_one_default_per_concept():
     assert cfg.DataConfig().item_weight_power == 0.75 and cfg.ModelConfig().dropout == 0.2
 
 
-def test_build_sampler_args_builds_todays_sampler(tmp_path):
+def test_build_sampler_takes_the_checked_sampler_config(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -474,13 +474,20 @@ def test_build_sampler_args_builds_todays_sampler(tmp_path):
     path = write_job(tmp_path, {("sampler.negative_sampler", "max_retries"): "3"})
     job = load_config(path, command="sample")
     assert job.sampler is not None
-    sampler = build_sampler(job.sampler.build_sampler_args())
+    sampler = build_sampler(job.sampler)
     assert (sampler.num_sample, sampler.max_retries, sampler.item_id_field) == (8, 3, "item_id")
+    # a dict is checked as a job file's table would be, its paths against base_dir
+    table = {"negative_sampler": {"input_path": "items.parquet", "num_sample": 2, "item_id_field": "i"}}
+    assert build_sampler(table, base_dir=tmp_path).num_sample == 2
+    with pytest.raises(NegseqError, match=r"\[sampler.negative_sampler\] num_sample: expected an integer"):
+        build_sampler(
+            {"negative_sampler": {**table["negative_sampler"], "num_sample": "2"}}, base_dir=tmp_path
+        )
     path = write_job(tmp_path, {("sampler.negative_sampler", "exclude"): '"none"'})
     job = load_config(path, command="sample")
     assert job.sampler is not None
     with pytest.raises(NegseqError, match="exclude: 'none' is not implemented"):
-        job.sampler.build_sampler_args()
+        build_sampler(job.sampler)
 
 
 def test_readme_carries_the_generated_reference():

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from negseq.cli import main
+from negseq.config import load_config
 from negseq.errors import NegseqError
-from negseq.sample_job import SampleJob
 from negseq.textproto import EnumName, parse
 
 # An HSTU match config as TorchEasyRec's tzrec/tests/configs/hstu_kuairand_1k.config and
@@ -283,11 +283,7 @@ def test_hstu_match_config_becomes_a_sample_job_that_runs(tmp_path, capsys):
         data / "kuairand-train.parquet",
     )
     job, report = _import(tmp_path, HSTU_CONFIG, capsys)
-    assert job["input"] == {
-        "path": str(data / "kuairand-train.parquet"),
-        "batch_size": 4,
-        "format": "parquet",
-    }
+    assert job["input"] == {"path": str(data / "kuairand-train.parquet"), "format": "parquet"}
     assert job["sampler"] == {
         "negative_sampler": {
             "input_path": str(data / "kuairand-item-gl.txt"),
@@ -297,8 +293,8 @@ def test_hstu_match_config_becomes_a_sample_job_that_runs(tmp_path, capsys):
             "attr_delimiter": "\t",
         }
     }
-    assert job["candidates"] == {"layout": "suffix", "seq_delim": "|"}
-    assert job["data"] == {"max_seq_len": 4096}  # uih_seq's sequence_length
+    assert job["candidates"] == {"layout": "suffix", "batch_size": 4, "seq_delim": "|"}
+    assert "data" not in job  # uih_seq's sequence_length is negseq run's [data] max_seq_len: reported
     for name in (
         "eval_input_path",
         "model_dir",
@@ -310,10 +306,11 @@ def test_hstu_match_config_becomes_a_sample_job_that_runs(tmp_path, capsys):
         "data_config.num_workers",
         "data_config.force_base_data_group",
         "cand_seq.sequence_length",
+        "uih_seq.sequence_length",
         "feature_configs (3 features)",
     ):
         assert f"  {name}: " in report, name
-    assert "import-config: 11 field(s) not carried over" in report
+    assert "import-config: 12 field(s) not carried over" in report
     text = (tmp_path / "job.toml").read_text()
     assert f"--input {data / 'kuairand-eval.parquet'}" in text  # the eval input's command
 
@@ -347,7 +344,7 @@ def test_dssm_hard_negative_config_becomes_a_sample_job_that_runs(tmp_path, caps
         data / "taobao_train.parquet",
     )
     job, report = _import(tmp_path, DSSM_HARD_CONFIG, capsys)
-    assert job["input"]["batch_size"] == 3
+    assert job["candidates"]["batch_size"] == 3
     fields = job["sampler"]["hard_negative_sampler"]
     assert fields == {
         "user_input_path": str(data / "taobao_user_gl"),
@@ -361,7 +358,10 @@ def test_dssm_hard_negative_config_becomes_a_sample_job_that_runs(tmp_path, caps
         "attr_delimiter": "\x02",
         "num_eval_sample": 2,
     }
-    assert job["candidates"] == {"layout": "suffix"}  # a scalar item id: no sequence delimiter
+    assert job["candidates"] == {
+        "layout": "suffix",
+        "batch_size": 3,
+    }  # a scalar item id: no sequence delimiter
     assert "data" not in job  # click_50_seq is a history the sampler never reads
     assert "  data_config.label_fields: " in report and "  model_config: " in report
 
@@ -438,7 +438,7 @@ def test_item_id_delim_is_the_sequence_delimiter(tmp_path, capsys):
     pq.write_table(pa.table({"items": ["1|2", "3"]}), tmp_path / "train.parquet")
     sampler = "[sampler.negative_sampler]\ninput_path='items.parquet'\nnum_sample=2\nitem_id_field='items'\n"
     (tmp_path / "job.toml").write_text(
-        "[input]\npath='train.parquet'\n[output]\npath='out'\n"
+        "[input]\npath='train.parquet'\n[output]\ndir='out'\n"
         + sampler
         + "item_id_delim='|'\n[candidates]\nlayout='suffix'\n"
     )
@@ -447,31 +447,26 @@ def test_item_id_delim_is_the_sequence_delimiter(tmp_path, capsys):
     assert rows[0] == "1|2" and rows[1].startswith("3|") and len(rows[1].split("|")) == 3
 
     (tmp_path / "both.toml").write_text(
-        "[input]\npath='train.parquet'\n[output]\npath='out2'\n"
+        "[input]\npath='train.parquet'\n[output]\ndir='out2'\n"
         + sampler
         + "item_id_delim='|'\n[candidates]\nlayout='suffix'\nseq_delim=';'\n"
     )
-    with pytest.raises(
-        NegseqError, match=r"item_id_delim = '\|' and \[candidates\] seq_delim = ';' disagree"
-    ):
-        SampleJob.from_toml(tmp_path / "both.toml")
+    with pytest.raises(NegseqError, match=r'item_id_delim "\|" and \[candidates\] seq_delim ";" disagree'):
+        load_config(tmp_path / "both.toml", command="sample")
     assert main(["sample", str(tmp_path / "both.toml"), "--quiet"]) == 2
     assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize("loader", ["sample", "serve", "run"])
 def test_item_id_delim_is_read_by_every_job_file(tmp_path, loader):
-    from negseq.job import load_run_job
     from negseq.service.job import ServiceJob
 
     def seq_delim(path: Path) -> str:
-        if loader == "sample":
-            return SampleJob.from_toml(path).seq_delim
         if loader == "serve":
             return ServiceJob.from_toml(path).candidates.seq_delim
-        return load_run_job(path).seq_delim
+        return load_config(path, command=loader).candidates.seq_delim
 
-    base = "[input]\npath='t.parquet'\n[output]\npath='o'\n" if loader == "sample" else ""
+    base = "[input]\npath='t.parquet'\n[output]\ndir='o'\n" if loader == "sample" else ""
     base += "[data]\ninteractions='log.csv'\n" if loader == "run" else ""
     base += "[sampler.negative_sampler]\ninput_path='i.parquet'\nnum_sample=2\nitem_id_field='next_items'\n"
     (tmp_path / "a.toml").write_text(base + "item_id_delim='|'\n")
@@ -479,10 +474,10 @@ def test_item_id_delim_is_read_by_every_job_file(tmp_path, loader):
     (tmp_path / "b.toml").write_text(base + "item_id_delim='|'\n[candidates]\nseq_delim='|'\n")
     assert seq_delim(tmp_path / "b.toml") == "|"
     (tmp_path / "c.toml").write_text(base + "item_id_delim='|'\n[candidates]\nseq_delim=','\n")
-    with pytest.raises(NegseqError, match=r"c.toml: \[sampler.negative_sampler\] item_id_delim = '\|' and "):
+    with pytest.raises(NegseqError, match=r'c.toml: \[sampler.negative_sampler\] item_id_delim "\|" and '):
         seq_delim(tmp_path / "c.toml")
     (tmp_path / "d.toml").write_text(base + "item_id_delim=''\n")
-    with pytest.raises(NegseqError, match=r"item_id_delim must be a non-empty string, got ''"):
+    with pytest.raises(NegseqError, match=r'\[sampler.negative_sampler\] item_id_delim: expected .*, got ""'):
         seq_delim(tmp_path / "d.toml")
 
 
@@ -537,9 +532,9 @@ def test_csv_dataset_odps_paths_and_globs(tmp_path):
     )
     (tmp_path / "pipeline.config").write_text(config)
     imported = import_pipeline_config(tmp_path / "pipeline.config", base_dir=tmp_path)
+    assert imported.tables["candidates"]["batch_size"] == 1024  # TorchEasyRec's default
     assert imported.tables["input"] == {
-        "path": str(tmp_path / "data" / "train"),  # the folder the glob reads
-        "batch_size": 1024,  # TorchEasyRec's default
+        "path": str(tmp_path / "data" / "train" / "*.csv"),  # globs read as they are
         "format": "csv",
         "delimiter": "\t",
         "column_names": ["user_id", "item_ids"],
@@ -553,7 +548,7 @@ def test_csv_dataset_odps_paths_and_globs(tmp_path):
         )
     )
     table = import_pipeline_config(tmp_path / "header.config", base_dir=tmp_path).tables["input"]
-    assert table == {"path": str(tmp_path / "t.csv"), "batch_size": 1024, "format": "csv", "delimiter": ","}
+    assert table == {"path": str(tmp_path / "t.csv"), "format": "csv", "delimiter": ","}
 
 
 def test_absent_required_sampler_fields_are_reported(tmp_path):

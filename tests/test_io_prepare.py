@@ -1,4 +1,4 @@
-"""prepare_sequences against a plain-Python leave-last-out reference."""
+"""prepare_sequences against a plain-Python leave-last-out reference (train, valid, eval)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ def reference(rows, max_seq_len, min_len):
     by_user: dict[int, list[tuple[int, int]]] = {}
     for user, item, ts in rows:
         by_user.setdefault(user, []).append((ts, item))
-    train, evals = [], []
+    train, valid, evals = [], [], []
     for user in sorted(by_user):
         seq = sorted(by_user[user])
         if len(seq) < min_len:
             continue
-        for table, cut in ((evals, len(seq) - 1), (train, len(seq) - 2)):
+        for table, cut in ((evals, len(seq) - 1), (valid, len(seq) - 2), (train, len(seq) - 3)):
             hist = seq[max(0, cut - max_seq_len) : cut]
             target_ts, target = seq[cut]
             uih = [i for _, i in hist]
@@ -36,11 +36,11 @@ def reference(rows, max_seq_len, min_len):
                     "next_items": (uih[1:] + [target]) if uih else [],
                 }
             )
-    return train, evals
+    return train, valid, evals
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=events, max_seq_len=st.integers(1, 6), min_len=st.integers(2, 4))
+@given(rows=events, max_seq_len=st.integers(1, 6), min_len=st.integers(3, 5))
 def test_prepare_matches_reference(rows, max_seq_len, min_len):
     table = pa.table(
         {
@@ -49,7 +49,7 @@ def test_prepare_matches_reference(rows, max_seq_len, min_len):
             "t": pa.array([r[2] for r in rows], pa.int64()),
         }
     )
-    train, evals = prepare_sequences(
+    splits = prepare_sequences(
         table,
         user_field="u",
         item_field="i",
@@ -57,20 +57,22 @@ def test_prepare_matches_reference(rows, max_seq_len, min_len):
         max_seq_len=max_seq_len,
         min_len=min_len,
     )
-    exp_train, exp_eval = reference(rows, max_seq_len, min_len)
-    assert train.schema == SEQUENCE_SCHEMA and evals.schema == SEQUENCE_SCHEMA
-    assert train.to_pylist() == exp_train
-    assert evals.to_pylist() == exp_eval
+    for got, expected in zip(splits, reference(rows, max_seq_len, min_len), strict=True):
+        assert got.schema == SEQUENCE_SCHEMA
+        assert got.to_pylist() == expected
 
 
 def test_ties_in_time_broken_by_item_id():
-    table = pa.table({"u": [1, 1, 1], "i": [30, 10, 20], "t": [5, 5, 5]})
-    train, evals = prepare_sequences(table, user_field="u", item_field="i", time_field="t", max_seq_len=10)
-    assert evals.column("uih").to_pylist() == [[10, 20]]
+    table = pa.table({"u": [1, 1, 1, 1], "i": [30, 10, 20, 5], "t": [5, 5, 5, 4]})
+    train, valid, evals = prepare_sequences(
+        table, user_field="u", item_field="i", time_field="t", max_seq_len=10
+    )
+    assert evals.column("uih").to_pylist() == [[5, 10, 20]]
     assert evals.column("target").to_pylist() == [30]
-    assert train.column("uih").to_pylist() == [[10]]
-    assert train.column("target").to_pylist() == [20]
-    assert train.column("next_items").to_pylist() == [[20]]
+    assert valid.column("target").to_pylist() == [20]
+    assert train.column("uih").to_pylist() == [[5]]
+    assert train.column("target").to_pylist() == [10]
+    assert train.column("next_items").to_pylist() == [[10]]
 
 
 def test_bad_input_names_column_and_row():
@@ -79,5 +81,5 @@ def test_bad_input_names_column_and_row():
         prepare_sequences(table, user_field="u", item_field="i", time_field="t", max_seq_len=5)
     with pytest.raises(NegseqError, match="no column 'x'"):
         prepare_sequences(table, user_field="x", item_field="i", time_field="t", max_seq_len=5)
-    with pytest.raises(NegseqError, match="min_len must be >= 2"):
-        prepare_sequences(table, user_field="u", item_field="i", time_field="t", max_seq_len=5, min_len=1)
+    with pytest.raises(NegseqError, match="min_len must be >= 3"):
+        prepare_sequences(table, user_field="u", item_field="i", time_field="t", max_seq_len=5, min_len=2)

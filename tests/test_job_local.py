@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_WITHOUT_RAY = """
 import json, sys
 sys.modules["ray"] = None  # any `import ray` now raises ImportError
-from negseq.job import load_run_job, run_job
-result = run_job(load_run_job(sys.argv[1]), quiet=True)
+from negseq.config import load_config
+from negseq.job import run_job
+result = run_job(load_config(sys.argv[1], command="run"), quiet=True)
 print(json.dumps({"train": result["train"], "model": result["model"]}))
 """
 

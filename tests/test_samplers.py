@@ -288,11 +288,11 @@ def test_build_sampler_from_torcheasyrec_config(tmp_path):
     result = sampler.get(_batch(6))
     assert len(result.ids) == 16 and result.negatives.schema.names == ["item_id", "title"]
     assert result.negatives.column("item_id").type == pa.int64()
-    with pytest.raises(NegseqError, match="unknown key\\(s\\) bogus"):
+    with pytest.raises(NegseqError, match='\\[sampler.hard_negative_sampler\\] unknown key "bogus"'):
         build_sampler(
-            {"negative_sampler": {**config["hard_negative_sampler"], "bogus": 1}}, base_dir=tmp_path
+            {"hard_negative_sampler": {**config["hard_negative_sampler"], "bogus": 1}}, base_dir=tmp_path
         )
-    with pytest.raises(NegseqError, match="unknown sampler 'neg'"):
+    with pytest.raises(NegseqError, match="unknown sampler \\[sampler.neg\\]"):
         build_sampler({"neg": {}})
-    with pytest.raises(NegseqError, match="missing key\\(s\\) input_path"):
+    with pytest.raises(NegseqError, match="\\[sampler.negative_sampler\\] input_path: required, got nothing"):
         build_sampler({"negative_sampler": {"num_sample": 1, "item_id_field": "i"}})

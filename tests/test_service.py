@@ -441,7 +441,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     serve = _Serve(job, "--log-level", "DEBUG")
     location = serve.location
     served = ServiceJob.from_toml(job)
-    reference = build_sampler(served.sampler_config, base_dir=served.base_dir)
+    reference = build_sampler(served.sampler_config)
     batch = _batch(10_000, seed=1)  # big enough that requests are in flight when SIGTERM lands
     answered, refused, wrong, unexpected = [], [], [], []
     lock = threading.Lock()
@@ -532,20 +532,20 @@ def test_serve_bad_job_is_one_line_and_exit_2(tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"negseq serve: error: {job}: [service] unknown key(s) bogus; "
-        "known: host, insecure, max_bytes, max_concurrent, max_negatives, max_rows, metrics_port, port, "
-        "tls_cert, tls_client_ca, tls_key"
+        f'negseq serve: error: {job}: [service] unknown key "bogus"; known: host, port, max_rows, '
+        "max_bytes, max_negatives, token_file, drain_timeout, log_level, tls_cert, tls_key, "
+        "tls_client_ca, insecure, max_concurrent, metrics_port"
     ]
 
 
 def test_service_job_reads_candidates_and_service_tables(tmp_path):
     job = ServiceJob.from_toml(_write_job(tmp_path, extra='host = "::1"\nport = 9000\n'))
     assert job.candidates == CandidateDefaults(layout="suffix", neg_per_pos=None, seq_delim=";")
-    assert (job.host, job.port, job.limits.max_rows) == ("::1", 9000, 100000)
-    assert job.limits.max_bytes == Limits().max_bytes and job.base_dir == tmp_path
+    assert (job.config.service.host, job.config.service.port, job.limits.max_rows) == ("::1", 9000, 100000)
+    assert job.limits.max_bytes == Limits().max_bytes and job.config.base_dir == str(tmp_path)
     bad = tmp_path / "bad.toml"
     bad.write_text('[sampler.negative_sampler]\nnum_sample = 1\n[candidates]\nlayout = "zigzag"\n')
-    with pytest.raises(NegseqError, match=r"\[candidates\] layout: expected one of .*got .zigzag."):
+    with pytest.raises(NegseqError, match=r'\[candidates\] layout: expected one of .*got "zigzag"'):
         ServiceJob.from_toml(bad)
 
 

@@ -4,7 +4,7 @@ and handler; add new ones to SUBCOMMANDS. Bad input ends as one line on stderr a
 from __future__ import annotations
 
 import argparse
-import codecs
+import dataclasses
 import json
 import os
 import sys
@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from negseq import __version__
+from negseq.config import add_config_flags, delimiter_from_text, flag_values, load_config
 from negseq.errors import NegseqError
 from negseq.service.cli import add_serve
 
@@ -22,26 +23,7 @@ EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1
 
 
-def _delimiter(text: str) -> str:
-    """'\\t', 'tab' or a literal character."""
-    if text.lower() == "tab":
-        return "\t"
-    return codecs.decode(text, "unicode_escape")
-
-
 # ---- prepare -------------------------------------------------------------------------------
-
-_PREPARE_DEFAULTS = {
-    "format": None,
-    "delimiter": ",",
-    "column_names": None,
-    "user_field": "user_id",
-    "item_field": "item_id",
-    "time_field": "timestamp",
-    "max_seq_len": 200,
-    "min_len": 2,
-    "item_weight_power": 0.75,
-}
 
 
 def add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -49,68 +31,40 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="interaction log -> train/eval sequences and an item table",
         description="Read an interaction log (user, item, timestamp) and write train.parquet, "
-        "eval.parquet (leave-last-out) and items.parquet (id, count, weight = count ** item_weight_power).",
+        "eval.parquet (leave-last-out) and items.parquet (id, count, weight = count ** item_weight_power). "
+        "The settings are a job file's [data] keys (--job), which the flags override.",
         epilog="example: negseq prepare u.data --out prepared/ --delimiter tab "
         "--column-names user_id,item_id,rating,timestamp",
     )
-    p.add_argument("input", nargs="?", help="interaction file or folder (Parquet, IPC, CSV/TSV)")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--job", help="TOML job file with a [prepare] table (flags override it)")
-    p.add_argument("--format", help="input format: parquet, ipc or csv (default: from suffix)")
-    p.add_argument("--delimiter", type=_delimiter, help="CSV delimiter, e.g. '\\t' (default ',')")
-    p.add_argument("--column-names", help="comma-separated column names for a CSV without header")
-    p.add_argument("--user-field", help="user column (default user_id)")
-    p.add_argument("--item-field", help="item column (default item_id)")
-    p.add_argument("--time-field", help="timestamp column (default timestamp)")
-    p.add_argument("--max-seq-len", type=int, help="history length kept (default 200)")
-    p.add_argument("--min-len", type=int, help="fewest interactions a user needs (default 2)")
-    p.add_argument(
-        "--item-weight-power", type=float, help="item sampling weight = count ** this (default 0.75)"
-    )
+    p.add_argument("--job", help="TOML job file whose [data] and [prepare] dir this prepares")
+    add_config_flags(p, "prepare")
     p.set_defaults(handler=cmd_prepare)
-
-
-def _prepare_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = dict(_PREPARE_DEFAULTS)
-    base = None
-    if args.job:
-        from negseq.jobfile import checked_table, load_toml
-
-        job_path = Path(args.job)
-        keys = {"input", "out", *_PREPARE_DEFAULTS}
-        settings.update(checked_table(load_toml(job_path), "prepare", keys, job_path))
-        base = job_path.parent
-    for key in ("input", "out", *_PREPARE_DEFAULTS):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    if isinstance(settings.get("column_names"), str):
-        settings["column_names"] = [c.strip() for c in settings["column_names"].split(",")]
-    for key in ("input", "out"):
-        if not settings.get(key):
-            raise NegseqError(f"prepare: {key} is not set (argument or [prepare] {key})")
-        if base is not None and not Path(settings[key]).is_absolute():
-            settings[key] = str(base / settings[key])
-    return settings
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from negseq.io.prepare import prepare
     from negseq.io.sources import CsvOptions, Source
 
-    s = _prepare_settings(args)
-    csv = CsvOptions(delimiter=s["delimiter"], column_names=s["column_names"])
-    out = Path(s["out"])
-    source = Source.open(s["input"], format=s["format"], csv=csv)
+    config = load_config(args.job, command="prepare", flags=flag_values(args, "prepare"))
+    data = config.data
+    assert data is not None and config.prepare.dir is not None
+    if data.synthetic is not None:
+        from negseq.synthetic import generate_interactions
+
+        interactions = generate_interactions(**dataclasses.asdict(data.synthetic))
+    else:
+        assert data.interactions is not None
+        csv = CsvOptions.for_format(data.format, data.delimiter, data.column_names)
+        interactions = Source.open(data.interactions, format=data.format, csv=csv).read_all()
     prepared, counts = prepare(
-        source.read_all(),
-        out,
-        user_field=s["user_field"],
-        item_field=s["item_field"],
-        time_field=s["time_field"],
-        max_seq_len=int(s["max_seq_len"]),
-        min_len=int(s["min_len"]),
-        item_weight_power=float(s["item_weight_power"]),
+        interactions,
+        Path(config.prepare.dir),
+        user_field=data.user_field,
+        item_field=data.item_field,
+        time_field=data.time_field,
+        max_seq_len=data.max_seq_len,
+        min_len=data.min_len,
+        item_weight_power=data.item_weight_power,
     )
     if not args.quiet:
         print(
@@ -127,28 +81,26 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample",
         help="draw negatives and write candidate sequences",
-        description="Read the [input] table in batches, draw negatives for each batch's positives "
-        "with the [sampler.<type>] sampler, and write the candidate sequences to [output] path: one "
-        "file a batch, then _manifest.json once every batch is written. The same job, seed and "
+        description="Read the [input] rows in batches, draw negatives for each batch's positives "
+        "with the [sampler.<type>] sampler, and write the candidate sequences to [output] dir: one "
+        "file a batch, then _manifest.parquet once every batch is written. The same job, seed and "
         "input always give the same files.",
         epilog="example: negseq sample job.toml --out sampled/",
     )
     p.add_argument("job", help="TOML job file ([input], [sampler.<type>], [candidates], [output])")
-    p.add_argument("--input", metavar="PATH", help="read this table instead of [input] path")
-    p.add_argument("--out", metavar="FOLDER", help="write here instead of [output] path")
-    p.add_argument("--workers", type=int, metavar="N", help="sampling threads instead of [run] workers")
+    add_config_flags(p, "sample")
     p.set_defaults(handler=cmd_sample)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from negseq.sample_job import SampleJob, run_sample_job
+    from negseq.sample_job import run_sample
 
-    job = SampleJob.from_toml(args.job, input_path=args.input, output_path=args.out, workers=args.workers)
-    manifest = run_sample_job(job, progress=not args.quiet)
+    config = load_config(args.job, command="sample", flags=flag_values(args, "sample"))
+    manifest = run_sample(config, progress=not args.quiet)
     if not args.quiet:
         print(
             f"sample: {manifest['rows_in']} rows in, {manifest['rows_out']} rows out, "
-            f"{manifest['num_files']} files -> {job.output_path}"
+            f"{manifest['num_files']} files -> {config.output.dir}"
         )
     return 0
 
@@ -172,7 +124,7 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=int, default=3, metavar="N", help="rows to show (default 3)")
     p.add_argument(
         "--field-delimiter",
-        type=_delimiter,
+        type=lambda text: delimiter_from_text(text, "--field-delimiter"),
         default="\t",
         metavar="CHAR",
         help="field delimiter of a graph-learn TSV (default tab)",
@@ -325,9 +277,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from negseq.job import load_run_job, run_job
+    from negseq.job import run_job
 
-    result = run_job(load_run_job(args.job), quiet=args.quiet, verbose=args.verbose)
+    result = run_job(load_config(args.job, command="run"), quiet=args.quiet, verbose=args.verbose)
     if args.quiet:
         print(json.dumps({"model": result["model"], "most_popular": result["most_popular"]}))
     return 0

@@ -304,6 +304,14 @@ class _Text(_Check):
         return self.check(text)
 
 
+def delimiter_from_text(text: str, flag: str) -> str:
+    """A one-character delimiter as a command line gives it (`tab`, `\\t` or the character)."""
+    try:
+        return _Text(what="a single character", one_char=True, escapes=True).from_text(text)
+    except _Bad as bad:
+        raise NegseqError(f"command line: {flag}: expected {bad.expected}, got {_got(bad)}") from None
+
+
 def _encodable(text: str) -> bool:
     try:
         os.fsencode(text)
@@ -522,7 +530,9 @@ class DataConfig:
     item_field: str = _key(_Text(), "item column of the interaction log", "item_id")
     time_field: str = _key(_Text(), "timestamp column of the interaction log", "timestamp")
     max_seq_len: int = _key(_Int(1, 1 << 16), "history items kept per user (the most recent)", 200)
-    min_len: int = _key(_Int(2), "fewest interactions a user needs (a history and a target)", 2)
+    min_len: int = _key(
+        _Int(3), "fewest interactions a user needs (a training, a validation and an eval target)", 3
+    )
     item_weight_power: float = _key(
         _Float(0.0, 4.0),
         "item table weight = interaction count ^ power (0 uniform, 1 by count; word2vec's 0.75)",
@@ -655,17 +665,6 @@ class SamplerConfig:
         """`{kind: {key: value}}` with every key this kind has that is set (manifests, hashes)."""
         fields = {k: getattr(self, k) for k in _SAMPLER_KEYS[self.kind] if getattr(self, k) is not None}
         return {self.kind: {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
-
-    def build_sampler_args(self) -> dict[str, dict[str, Any]]:
-        """The dict today's `negseq.sampler.build_sampler` takes (paths already absolute). It has
-        no `item_id_delim` (its value is `[candidates] seq_delim`, which the commands pass on) and
-        samples as `exclude = "batch"`; any other exclusion is refused rather than ignored."""
-        if self.exclude != "batch":
-            raise NegseqError(
-                f"[sampler.{self.kind}] exclude: {self.exclude!r} is not implemented by this sampler yet"
-            )
-        ((kind, fields),) = self.table().items()
-        return {kind: {k: v for k, v in fields.items() if k not in ("item_id_delim", "exclude")}}
 
 
 @dataclass(frozen=True)
@@ -1190,6 +1189,21 @@ def load_config(
         present,
     )
     return resolved.config()
+
+
+def sampler_config(
+    table: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None, source: str | None = None
+) -> SamplerConfig:
+    """A `{kind: {key: value}}` sampler table (TorchEasyRec's message and keys, as a job file or a
+    library caller writes it) checked as `[sampler.<kind>]` of a job file: the same types, ranges
+    and required keys; relative paths resolve against `base_dir` (default: the working directory)."""
+    origin = _Origin(source or "sampler config", os.path.abspath(base_dir or os.getcwd()))
+    kind, values = _parse_sampler(table, origin)
+    config = SamplerConfig(kind=kind, **values)
+    for key in _SAMPLER_REQUIRED[kind]:
+        if getattr(config, key) is None:
+            raise origin.fail(f"[sampler.{kind}] {key}: required, got nothing")
+    return config
 
 
 @dataclass

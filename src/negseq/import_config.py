@@ -91,7 +91,10 @@ _PATH_FIELDS = {
     "pos_edge_input_path",
     "hard_neg_edge_input_path",
 }
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_PYARROW_SCHEMES = frozenset(
+    {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
+)  # FileSystem.from_uri
 
 _NOT_TRAINING = "negseq sample writes candidate sequences; it does not train, evaluate or export a model"
 _FG = (
@@ -100,7 +103,7 @@ _FG = (
 )
 # Why a field of EasyRecConfig / DataConfig cannot be carried over (the others: _GENERIC).
 _REASONS = {
-    "model_dir": "negseq sample writes its outputs to [output] path, set to 'sampled' here",
+    "model_dir": "negseq sample writes its outputs to [output] dir, set to 'sampled' here",
     "train_config": _NOT_TRAINING,
     "eval_config": _NOT_TRAINING,
     "export_config": _NOT_TRAINING,
@@ -113,7 +116,7 @@ _REASONS = {
     "fg_encoded": _FG,
     "fg_encoded_multival_sep": _FG,
     "fg_threads": _FG,
-    "eval_batch_size": "negseq sample has one [input] batch_size; set it when sampling the eval input",
+    "eval_batch_size": "negseq sample has one [candidates] batch_size; set it when sampling the eval input",
     "drop_remainder": "negseq never drops rows: the last, smaller batch is sampled too",
     "shuffle": "negseq sample keeps the input's order (outputs are keyed by batch index, for exactly-once)",
     "shuffle_buffer_size": "negseq sample keeps the input's order (outputs are keyed by batch index)",
@@ -195,8 +198,15 @@ def _resolve_path(value: str, base_dir: Path, where: str, out: Imported) -> str:
     if not value:
         out.drop(where, "empty in the config: set it before sampling")
         return value
-    if _URL.match(value):
-        out.drop(where, f"{value.split('://')[0]}:// tables: negseq reads local files (export it to Parquet)")
+    scheme = _URL.match(value)
+    if scheme and scheme.group(1).lower() not in _PYARROW_SCHEMES:
+        out.drop(
+            where,
+            f"{scheme.group(1)}:// tables: negseq reads local files and pyarrow filesystems "
+            f"({', '.join(sorted(_PYARROW_SCHEMES))}); export it to Parquet there",
+        )
+        return value
+    if scheme:
         return value
     return str(Path(os.path.normpath(base_dir / value)))
 
@@ -277,25 +287,16 @@ def _sequences(reader: _Reader, config: Message) -> list[_Sequence]:
 
 
 def _input(reader: _Reader, config: Message, data: Message, base_dir: Path, out: Imported) -> None:
-    """[input]: train_input_path (one file or folder), batch_size, the dataset type's format."""
+    """[input]: train_input_path (one file or folder) and the dataset type's format; [candidates]
+    batch_size."""
     table = out.tables.setdefault("input", {})
     path_field = reader.one(config, "train_input_path", "")
     if path_field is None:
         out.drop("train_input_path", "absent: set [input] path")
     else:
         path = str(reader.scalar(path_field, _STR, ""))
-        paths = [p for p in path.split(",") if p]
-        if len(paths) > 1:
-            out.drop(
-                "train_input_path",
-                f"{len(paths)} comma-separated inputs; negseq reads one file or folder "
-                f"(kept the first; sample the others with --input)",
-            )
-        path = paths[0] if paths else path
-        if "*" in Path(path).name and "*" not in str(Path(path).parent):
-            out.comments[("input", "path")] = f"train_input_path {path!r}: the folder its glob reads"
-            path = str(Path(path).parent)
-        table["path"] = _resolve_path(path, base_dir, "train_input_path", out)
+        paths = [_resolve_path(p, base_dir, "train_input_path", out) for p in path.split(",") if p]
+        table["path"] = paths[0] if len(paths) == 1 else paths  # files, folders and globs as given
     eval_field = reader.one(config, "eval_input_path", "")
     if eval_field is not None:
         eval_path = str(reader.scalar(eval_field, _STR, ""))
@@ -307,7 +308,8 @@ def _input(reader: _Reader, config: Message, data: Message, base_dir: Path, out:
                 "(negseq sample draws num_sample there too, not num_eval_sample)",
             )
     batch_size = reader.get(data, "batch_size", _UINT, "data_config.")
-    table["batch_size"] = 1024 if batch_size is None else batch_size  # TorchEasyRec's default
+    candidates = out.tables.setdefault("candidates", {"layout": "suffix"})
+    candidates["batch_size"] = 1024 if batch_size is None else batch_size  # TorchEasyRec's default
     dataset = reader.get(data, "dataset_type", "enum", "data_config.") or "OdpsDataset"
     fmt = _DATASET_FORMATS.get(dataset)
     if fmt is None:
@@ -366,10 +368,11 @@ def _candidates(reader: _Reader, config: Message, sampler: dict[str, Any], out: 
     history = [s for s in sequences if s is not candidate]
     lengths = sorted({s.length for s in history if s.length is not None})
     if len(lengths) == 1:
-        out.tables["data"] = {"max_seq_len": lengths[0]}
         names = ", ".join(s.name for s in history)
-        out.comments[("data", "max_seq_len")] = (
-            f"{names} sequence_length: the history `negseq run` keeps; `negseq sample` keeps histories whole"
+        out.drop(
+            f"{names}.sequence_length",
+            f"{lengths[0]}: the history `negseq run` keeps is its [data] max_seq_len; "
+            "`negseq sample` keeps histories whole",
         )
     elif len(lengths) > 1:
         out.drop(
@@ -393,7 +396,7 @@ def import_pipeline_config(path: str | Path, *, base_dir: str | Path | None = No
     kind, fields = _sampler(reader, data, base, out)
     _candidates(reader, config, fields, out)
     out.tables[f"sampler.{kind}"] = fields
-    out.tables["output"] = {"path": "sampled"}
+    out.tables["output"] = {"dir": "sampled"}
     handled = {"train_input_path", "eval_input_path", "data_config", "feature_configs"}
     for name in config.names():
         if name not in handled:

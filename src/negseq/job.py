@@ -1,30 +1,21 @@
 """`negseq run job.toml`: prepare -> sample -> train -> evaluate -> export, on Ray or in-process.
 
-```toml
-name = "synthetic"
-[data]          # an interaction log (Parquet, Arrow IPC, CSV) or [data.synthetic]
-interactions = "../../shared/data/ml-100k/u.data"
-delimiter = "\t"
-column_names = ["user_id", "item_id", "rating", "timestamp"]
-max_seq_len = 200
-[sampler.negative_sampler]     # build_sampler's keys; the item table defaults to the prepared one
-num_sample = 32
-[candidates]    # layout, neg_per_pos, seq_delim, batch_size
-[model]         # HSTUMatch settings (objective "autoregressive" or "last")
-[train]         # epochs, lr, max_steps, num_workers, use_gpu, checkpoint_every, eval_ks, seed
-[ray]           # executor "ray" (default) or "local"; address; num_cpus; actor pool size
-[output]        # dir, write_samples, format
-```
-
-With no `[ray] address` and no `RAY_ADDRESS` (set by `ray job submit`), a local Ray starts
-inside the process (the embedded default). Relative paths resolve against the job file.
+The job file's keys, types and defaults are `negseq.config`'s (README: configuration reference):
+`[data]` (an interaction log or `[data.synthetic]`), one `[sampler.<type>]` (TorchEasyRec's keys;
+the item table defaults to the prepared catalogue), `[candidates]`, `[model]`, `[train]`, `[ray]`,
+`[run]` and `[output]`. With no `[ray] address` and no `RAY_ADDRESS` (set by `ray job submit`), a
+local Ray starts inside the process (the embedded default); `[ray] executor = "local"` runs the
+same job on the in-process executor, without Ray.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
+import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -33,226 +24,109 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
+from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
+from negseq.config import JobConfig
 from negseq.errors import NegseqError
+from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import prepare
-from negseq.io.sinks import SampledSink, config_hash
+from negseq.io.sinks import SampledSink
 from negseq.io.sources import CsvOptions, Source
-from negseq.jobfile import checked_table, load_toml
+from negseq.model.export import export, predict
+from negseq.model.metrics import evaluate
 from negseq.sampler import ItemTable, build_sampler
-from negseq.train.settings import TrainSettings
+from negseq.synthetic import generate_interactions
+from negseq.train.loop import make_optimizer, train
+from negseq.train.progress import StepProgress
+from negseq.train.settings import TrainSettings, build_model
 
-_SECTIONS: dict[str, set[str]] = {
-    "data": {
-        "interactions",
-        "synthetic",
-        "format",
-        "delimiter",
-        "column_names",
-        "user_field",
-        "item_field",
-        "time_field",
-        "max_seq_len",
-        "min_len",
-        "item_weight_power",
-    },
-    "candidates": {"layout", "neg_per_pos", "seq_delim", "batch_size"},
-    "model": {
-        "embedding_dim",
-        "num_layers",
-        "num_heads",
-        "attention_dim",
-        "hidden_dim",
-        "dropout",
-        "input_dropout",
-        "temperature",
-        "similarity",
-        "objective",
-        "num_time_buckets",
-        "max_attn_len",
-        "kernel",
-    },
-    "train": {
-        "epochs",
-        "lr",
-        "weight_decay",
-        "max_steps",
-        "checkpoint_every",
-        "num_workers",
-        "use_gpu",
-        "eval_ks",
-        "max_failures",
-        "seed",
-    },
-    "ray": {
-        "executor",
-        "address",
-        "num_cpus",
-        "min_actors",
-        "max_actors",
-        "actor_cpus",
-        "local_workers",
-        "deterministic",
-    },
-    "output": {"dir", "write_samples", "format"},
-}
-_TOP_LEVEL = {"name", "sampler", *_SECTIONS}
+TRAIN_WORKER_CPUS = 1.0  # CPUs a Ray Train worker reserves
 
 
-@dataclass
-class RunJob:
-    """A parsed, checked `negseq run` job file."""
-
-    source: Path
-    name: str
-    sections: dict[str, dict[str, Any]]
-    sampler: dict[str, Any]
-
-    @property
-    def base_dir(self) -> Path:
-        return self.source.parent
-
-    def get(self, section: str, key: str, default: Any = None) -> Any:
-        return self.sections[section].get(key, default)
-
-    def path(self, value: str) -> Path:
-        p = Path(value)
-        return p if p.is_absolute() else self.base_dir / p
-
-    @property
-    def output_dir(self) -> Path:
-        return self.path(self.get("output", "dir", f"runs/{self.name}")).resolve()
-
-    @property
-    def objective(self) -> str:
-        return self.get("model", "objective", "autoregressive")
-
-    @property
-    def seq_delim(self) -> str:
-        """[candidates] seq_delim, or the sampler's item_id_delim (TorchEasyRec's name for it)."""
-        from negseq.sampler.config import sequence_delimiter
-
-        return sequence_delimiter(self.sampler, self.sections["candidates"], self.source)
-
-    @property
-    def candidate_field(self) -> str:
-        return "next_items" if self.objective == "autoregressive" else "target"
-
-
-def load_run_job(path: str | Path) -> RunJob:
-    """Read and check a job file: unknown tables or keys are errors that name them."""
-    source = Path(path)
-    raw = load_toml(source)
-    unknown = sorted(set(raw) - _TOP_LEVEL)
-    if unknown:
-        raise NegseqError(f"{source}: unknown table(s) or key(s) {', '.join(unknown)}")
-    sections = {name: checked_table(raw, name, keys, source) for name, keys in _SECTIONS.items()}
-    sampler = raw.get("sampler")
-    if not isinstance(sampler, dict) or len(sampler) != 1:
-        raise NegseqError(
-            f"{source}: needs exactly one [sampler.<type>] table, e.g. [sampler.negative_sampler]"
-        )
-    job = RunJob(source, str(raw.get("name", source.stem)), sections, sampler)
-    job.seq_delim  # noqa: B018  (checked now, before anything is written)
-    if ("interactions" in sections["data"]) == ("synthetic" in sections["data"]):
-        raise NegseqError(f"{source}: [data] needs exactly one of 'interactions' or 'synthetic'")
-    if job.objective not in ("autoregressive", "last"):
-        raise NegseqError(
-            f"{source}: [model] objective must be 'autoregressive' or 'last', got {job.objective!r}"
-        )
-    executor = job.get("ray", "executor", "ray")
-    if executor not in ("ray", "local"):
-        raise NegseqError(f"{source}: [ray] executor must be 'ray' or 'local', got {executor!r}")
-    return job
-
-
-def _prepare(job: RunJob, say: Callable[[str], None]) -> tuple[Any, pa.Table, ItemTable]:
-    """Interactions -> the prepared folder under <output>/prepared; returns it, the eval table and
-    the item vocabulary."""
-    from negseq.synthetic import generate_interactions
-
-    data = job.sections["data"]
-    if "synthetic" in data:
-        interactions = generate_interactions(**data["synthetic"])
+def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, pa.Table, ItemTable]:
+    """Interactions -> the prepared folder; returns it, the eval table and the item vocabulary."""
+    data = config.data
+    assert data is not None and config.prepare.dir is not None
+    if data.synthetic is not None:
+        interactions = generate_interactions(**dataclasses.asdict(data.synthetic))
         say(f"generated {interactions.num_rows} synthetic interactions")
     else:
-        csv = None
-        if "delimiter" in data or "column_names" in data:
-            csv = CsvOptions(delimiter=data.get("delimiter", ","), column_names=data.get("column_names"))
-        source = Source.open(data["interactions"], format=data.get("format"), csv=csv, base_dir=job.base_dir)
+        assert data.interactions is not None
+        csv = CsvOptions.for_format(data.format, data.delimiter, data.column_names)
+        source = Source.open(data.interactions, format=data.format, csv=csv)
         interactions = source.read_all()
         say(f"read {interactions.num_rows} interactions from {source.spec}")
     prepared, counts = prepare(
         interactions,
-        job.output_dir / "prepared",
-        user_field=data.get("user_field", "user_id"),
-        item_field=data.get("item_field", "item_id"),
-        time_field=data.get("time_field", "timestamp"),
-        max_seq_len=int(data.get("max_seq_len", 200)),
-        min_len=int(data.get("min_len", 2)),
-        item_weight_power=float(data.get("item_weight_power", 0.75)),
+        Path(config.prepare.dir),
+        user_field=data.user_field,
+        item_field=data.item_field,
+        time_field=data.time_field,
+        max_seq_len=data.max_seq_len,
+        min_len=data.min_len,
+        item_weight_power=data.item_weight_power,
     )
     say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
-    items = ItemTable.read(prepared.items)
-    return prepared, pq.read_table(prepared.eval), items
+    return prepared, pq.read_table(prepared.eval), ItemTable.read(prepared.items)
 
 
-def _sampler_config(job: RunJob, items_path: Path) -> dict[str, Any]:
-    """The job's sampler table, with the prepared catalogue and the objective's positive column."""
-    config = copy.deepcopy(job.sampler)
-    ((kind, fields),) = config.items()
-    item_key = "input_path" if kind == "negative_sampler" else "item_input_path"
-    fields.setdefault(item_key, str(items_path.resolve()))
-    fields.setdefault("item_id_field", job.candidate_field)
-    if fields["item_id_field"] != job.candidate_field:
-        raise NegseqError(
-            f"{job.source}: [sampler.{kind}] item_id_field is {fields['item_id_field']!r}, but the "
-            f"{job.objective!r} objective takes its positives from {job.candidate_field!r}"
-        )
-    if "user_id_field" in fields or kind != "negative_sampler":
-        fields.setdefault("user_id_field", "user_id")
-    return config
-
-
-def _train_settings(job: RunJob, num_items: int) -> TrainSettings:
-    model = job.sections["model"]
+def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
+    """The model and optimizer settings of a job, for every trainer."""
+    model, data = config.model, config.data
+    assert data is not None
     return TrainSettings(
         model={
             "num_items": num_items,
-            "embedding_dim": int(model.get("embedding_dim", 64)),
-            "num_layers": int(model.get("num_layers", 2)),
-            "max_seq_len": int(job.get("data", "max_seq_len", 200)),
-            "temperature": float(model.get("temperature", 0.05)),
-            "similarity": model.get("similarity", "cosine"),
-            "layout": job.get("candidates", "layout", "interleaved"),
-            "objective": job.objective,
-            "input_dropout_ratio": float(model.get("input_dropout", 0.2)),
-            "num_time_buckets": int(model.get("num_time_buckets", 0)),
+            "embedding_dim": model.embedding_dim,
+            "num_layers": model.num_layers,
+            "max_seq_len": data.max_seq_len,
+            "temperature": model.temperature,
+            "similarity": model.similarity,
+            "layout": config.candidates.layout,
+            "objective": model.objective,
+            "input_dropout_ratio": model.input_dropout,
+            "num_time_buckets": model.num_time_buckets,
         },
         stu={
-            "num_heads": int(model.get("num_heads", 1)),
-            "hidden_dim": model.get("hidden_dim"),
-            "attention_dim": model.get("attention_dim"),
-            "output_dropout_ratio": float(model.get("dropout", 0.2)),
-            "max_attn_len": int(model.get("max_attn_len", 0)),
-            "kernel": model.get("kernel", "auto"),
+            "num_heads": model.num_heads,
+            "hidden_dim": model.hidden_dim,
+            "attention_dim": model.attention_dim,
+            "output_dropout_ratio": model.dropout,
+            "max_attn_len": model.max_attn_len,
+            "kernel": model.kernel,
         },
-        lr=float(job.get("train", "lr", 1e-3)),
-        weight_decay=float(job.get("train", "weight_decay", 0.0)),
-        checkpoint_every=int(job.get("train", "checkpoint_every", 50)),
-        max_steps=job.get("train", "max_steps"),
-        seed=int(job.get("train", "seed", 0)),
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        checkpoint_every=config.train.checkpoint_every,
+        max_steps=config.train.max_steps,
+        seed=config.train.seed,
     )
 
 
-def _init_ray(job: RunJob, verbose: bool) -> bool:
+def check_ray_resources(config: JobConfig, cluster_cpus: float) -> None:
+    """The trainers and the fewest sampler actors must fit the cluster's CPUs together: trainers
+    holding every CPU wait forever on batches that no actor can start to sample."""
+    ray_config, workers = config.ray, config.train.num_workers
+    needed = workers * TRAIN_WORKER_CPUS + ray_config.min_actors * ray_config.actor_cpus
+    if needed > cluster_cpus:
+        raise NegseqError(
+            f"{config.source}: [train] num_workers {workers} x {TRAIN_WORKER_CPUS:g} CPU + [ray] "
+            f"min_actors {ray_config.min_actors} x actor_cpus {ray_config.actor_cpus:g} = {needed:g} CPUs, "
+            f"but Ray has {cluster_cpus:g}: the trainers would wait on batches no actor can sample"
+        )
+
+
+def _ray_address(config: JobConfig) -> str | None:
+    return config.ray.address or os.environ.get("RAY_ADDRESS")
+
+
+def _init_ray(config: JobConfig, verbose: bool) -> bool:
     """Join the configured cluster, the one `ray job submit` runs us in, or start an embedded one.
     Returns whether this process started Ray (and so shuts it down). Ray's own logs, warnings
     and Ray Data's progress bars show with `verbose` only."""
-    import logging
-
     import ray
 
     from negseq.executors.ray_logs import quiet_ray
@@ -261,19 +135,16 @@ def _init_ray(job: RunJob, verbose: bool) -> bool:
         quiet_ray()
     if ray.is_initialized():
         return False
-    address = job.get("ray", "address")
     kwargs: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
     }
-    if address:
-        ray.init(address=address, **kwargs)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)
+    if _ray_address(config):
+        ray.init(address=config.ray.address, **kwargs)
     else:
         ray.init(
             address="local",
-            num_cpus=int(job.get("ray", "num_cpus", os.cpu_count() or 2)),
+            num_cpus=config.ray.num_cpus or os.cpu_count() or 2,
             include_dashboard=False,
             **kwargs,
         )
@@ -285,77 +156,57 @@ def _init_ray(job: RunJob, verbose: bool) -> bool:
 class _Stage:
     """What both executors need once the data is prepared."""
 
-    job: RunJob
+    config: JobConfig
     work: BatchWork
     settings: TrainSettings
     quiet: bool
     verbose: bool
     say: Callable[[str], None]
 
+    @property
+    def total_steps(self) -> int:
+        plan = self.work.plan
+        total = plan.num_batches * len(plan.epochs)
+        return total if self.settings.max_steps is None else min(total, self.settings.max_steps)
 
-def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
+
+def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run the whole job; returns {"model": ..., "most_popular": ..., "train": ..., "outputs": ...}."""
-    from negseq.model.export import export, predict
-    from negseq.model.metrics import evaluate
-
     started = time.perf_counter()
 
     def say(message: str) -> None:
         if not quiet:
             print(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
-    out = job.output_dir
-    prepared, eval_table, items = _prepare(job, say)
-    settings = _train_settings(job, len(items))
-    sampler = build_sampler(_sampler_config(job, prepared.items), base_dir=job.base_dir)
-    spec = CandidateSpec(
-        layout=settings.model["layout"],
-        neg_per_pos=job.get("candidates", "neg_per_pos"),
-        seq_delim=job.seq_delim,
-    )
+    assert config.output.dir is not None and config.sampler is not None
+    if config.ray.executor == "ray" and not _ray_address(config):
+        check_ray_resources(config, float(config.ray.num_cpus or os.cpu_count() or 2))
+    out = Path(config.output.dir)
+    prepared, eval_table, items = _prepare(config, say)
+    settings = train_settings(config, len(items))
+    sampler = build_sampler(config.sampler)
+    cand = config.candidates
+    spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
     spec.check_sampler(sampler)
-    source = Source.open(prepared.train)
     plan = SamplingPlan(
-        source,
-        batch_size=int(job.get("candidates", "batch_size", 128)),
-        spec=spec,
-        epochs=tuple(range(int(job.get("train", "epochs", 1)))),
+        Source.open(str(prepared.train)), cand.batch_size, spec, epochs=tuple(range(config.train.epochs))
     )
-    write_samples = bool(job.get("output", "write_samples", True))
     samples_dir = out / "samples"
-    sink = (
-        SampledSink.create(
-            str(samples_dir), format=job.get("output", "format", "parquet"), inputs=[str(prepared.folder)]
+    sink = None
+    if config.output.write_samples:
+        sink = SampledSink.create(
+            str(samples_dir), format=config.output.format, inputs=[str(prepared.folder)]
         )
-        if write_samples
-        else None
-    )
-    time_field = "uih_ts" if settings.model["num_time_buckets"] else None
-    work = BatchWork(
-        sampler,
-        plan,
-        sink=sink,
-        collate=Collation(items, settings.model["max_seq_len"], "uih", time_field),
-    )
-    stage = _Stage(job, work, settings, quiet, verbose, say)
-    train_on = _train_on_ray if job.get("ray", "executor", "ray") == "ray" else _train_locally
+    time_field = "uih_ts" if config.model.num_time_buckets else None
+    collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
+    work = BatchWork(sampler, plan, sink=sink, collate=collate)
+    stage = _Stage(config, work, settings, quiet, verbose, say)
+    train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally
     try:
         model, train_metrics = train_on(stage)
         if sink is not None:
             manifest = sink.finish(
-                expected_batches=range(plan.num_batches),
-                describe={
-                    "seed": sampler.seed,
-                    "epoch": 0,
-                    "config_hash": config_hash(
-                        {
-                            "sampler": job.sampler,
-                            "candidates": job.sections["candidates"],
-                            "data": job.sections["data"],
-                        }
-                    ),
-                    "layout": spec.layout,
-                },
+                expected_batches=range(plan.num_batches), describe=work.describe(config.sampler.table())
             )
             say(
                 f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}"
@@ -366,7 +217,7 @@ def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[
         raise
     say(f"trained {train_metrics.get('step')} steps, last loss {train_metrics.get('loss', float('nan')):.4f}")
 
-    metrics = evaluate(model, eval_table, items, ks=tuple(job.get("train", "eval_ks", [10, 50, 200])))
+    metrics = evaluate(model, eval_table, items, ks=config.train.eval_ks)
     export_paths = export(model, out / "export", item_ids=items.ids)
     predict(model, eval_table, items, out / "embeddings", item_ids=items.ids)
     result = {
@@ -377,7 +228,7 @@ def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[
         "outputs": {
             "dir": str(out),
             "metrics": str(out / "metrics.json"),
-            "samples": str(samples_dir) if write_samples else None,
+            "samples": str(samples_dir) if sink is not None else None,
             "export": {k: str(v) for k, v in export_paths.items()},
             "embeddings": str(out / "embeddings"),
         },
@@ -389,53 +240,41 @@ def run_job(job: RunJob, *, quiet: bool = False, verbose: bool = False) -> dict[
         f"HR@10 {model_m['HR@10']:.4f} (most popular {pop_m['HR@10']:.4f}), "
         f"NDCG@10 {model_m['NDCG@10']:.4f}, MRR {model_m['MRR']:.4f}"
     )
-    say(f"outputs under {out} (metrics.json, export/, embeddings/{', samples/' if write_samples else ''})")
+    say(f"outputs under {out} (metrics.json, export/, embeddings/{', samples/' if sink is not None else ''})")
     return result
 
 
-def _total_steps(stage: _Stage) -> int:
-    plan = stage.work.plan
-    total = plan.num_batches * len(plan.epochs)
-    return total if stage.settings.max_steps is None else min(total, stage.settings.max_steps)
-
-
 def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
-    import shutil
-    import tempfile
-
     import ray
 
     from negseq.executors.ray_data import ActorPool, sampled_dataset, write_outputs
-    from negseq.train.progress import StepProgress
     from negseq.train.ray_train import fit
 
-    job, work = stage.job, stage.work
-    started_ray = _init_ray(job, stage.verbose)
-    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=job.output_dir))
+    config, work = stage.config, stage.work
+    started_ray = _init_ray(config, stage.verbose)
+    assert config.output.dir is not None
+    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=config.output.dir))
     try:
-        pool = ActorPool(
-            min_size=int(job.get("ray", "min_actors", 1)),
-            max_size=int(job.get("ray", "max_actors", 2)),
-            num_cpus=float(job.get("ray", "actor_cpus", 0.5)),
-        )
-        deterministic = bool(job.get("ray", "deterministic", True))
-        dataset = sampled_dataset(work, pool, work.plan.keys(), deterministic=deterministic)
+        check_ray_resources(config, float(ray.cluster_resources().get("CPU", 0)))
+        pool = ActorPool(config.ray.min_actors, config.ray.max_actors, config.ray.actor_cpus)
+        dataset = sampled_dataset(work, pool, work.plan.keys(), deterministic=config.ray.deterministic)
         stage.say(
             f"training on Ray Train: {len(work.plan.epochs)} epoch(s) of {work.plan.num_batches} batches, "
             f"sampled by {pool.min_size}-{pool.max_size} actor(s)"
         )
-        bar = StepProgress(_total_steps(stage), quiet=stage.quiet)
+        bar = StepProgress(stage.total_steps, quiet=stage.quiet)
         try:
-            use_gpu = job.get("train", "use_gpu")
+            use_gpu = config.train.use_gpu
             model, metrics = fit(
                 stage.settings,
                 dataset,
                 storage_path=storage,
-                name=job.name,
-                num_workers=int(job.get("train", "num_workers", 1)),
-                use_gpu=None if use_gpu in (None, "auto") else bool(use_gpu),
-                max_failures=int(job.get("train", "max_failures", 1)),
-                deterministic=deterministic,
+                name=config.name,
+                num_workers=config.train.num_workers,
+                cpus_per_worker=TRAIN_WORKER_CPUS,
+                use_gpu=None if use_gpu == "auto" else bool(use_gpu),
+                max_failures=config.train.max_failures,
+                deterministic=config.ray.deterministic,
                 on_progress=lambda p: bar.update(p["step"], p["loss"], p["rows"]),
             )
         finally:
@@ -450,20 +289,12 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 
 
 def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
-    import torch
-
-    from negseq.batch import JaggedBatch
-    from negseq.executors.local import LocalExecutor
-    from negseq.train.loop import make_optimizer, train
-    from negseq.train.progress import StepProgress
-    from negseq.train.settings import build_model
-
-    job, settings, work = stage.job, stage.settings, stage.work
+    config, settings, work = stage.config, stage.settings, stage.work
     model = build_model(settings)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
-    device = "cuda" if torch.cuda.is_available() and job.get("train", "use_gpu") is not False else "cpu"
+    device = "cuda" if torch.cuda.is_available() and config.train.use_gpu is not False else "cpu"
     model.to(device)
-    executor = LocalExecutor(work, num_workers=int(job.get("ray", "local_workers", 2)))
+    executor = LocalExecutor(work, num_workers=config.run.workers, max_in_flight=config.run.max_in_flight)
 
     def batches() -> Iterator[JaggedBatch]:
         for epoch in work.plan.epochs:
@@ -471,7 +302,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
                 yield JaggedBatch.from_arrays(arrays)
 
     stream = batches()
-    bar = StepProgress(_total_steps(stage), quiet=stage.quiet)
+    bar = StepProgress(stage.total_steps, quiet=stage.quiet)
     try:
         report = train(
             model,

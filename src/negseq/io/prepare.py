@@ -1,11 +1,12 @@
-"""Interaction log -> per-user training and evaluation sequences (leave-last-out, as HSTU),
-and the item catalogue the samplers and the model share.
+"""Interaction log -> per-user training, validation and evaluation sequences (leave-last-out,
+as HSTU and SASRec), and the item catalogue the samplers and the model share.
 
 Each user's interactions are ordered by time, ties broken by item id, so the split is
-deterministic. With items i_1..i_K (K >= min_len):
+deterministic. With items i_1..i_K (K >= min_len >= 3):
 
-- eval row:  history i_1..i_{K-1}, target i_K
-- train row: history i_1..i_{K-2}, target i_{K-1} (the history may be empty when K = 2)
+- eval row:  history i_1..i_{K-1}, target i_K (the test item, scored once at the end)
+- valid row: history i_1..i_{K-2}, target i_{K-1} (early stopping and checkpoint choice)
+- train row: history i_1..i_{K-3}, target i_{K-2} (the history may be empty when K = 3)
 
 Histories keep the most recent `max_seq_len` items. `next_items` = uih[1:] + [target], the
 positive of every history position for the autoregressive objective.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -97,8 +99,10 @@ class _Split:
 def _split(
     interactions: pa.Table | pa.RecordBatch, user_field: str, item_field: str, time_field: str, min_len: int
 ) -> _Split:
-    if min_len < 2:
-        raise NegseqError(f"min_len must be >= 2 (a history and a target), got {min_len}")
+    if min_len < 3:
+        raise NegseqError(
+            f"min_len must be >= 3 (a training, a validation and an eval target), got {min_len}"
+        )
     if isinstance(interactions, pa.RecordBatch):
         interactions = pa.Table.from_batches([interactions])
     users = _int64_column(interactions, user_field)
@@ -113,21 +117,27 @@ def _split(
     return _Split(users, items, times, first[keep], last[keep])
 
 
-def _sequences(split: _Split, max_seq_len: int) -> tuple[pa.Table, pa.Table]:
+class Splits(NamedTuple):
+    """The three sequence tables of one log (see the module docstring)."""
+
+    train: pa.Table
+    valid: pa.Table
+    eval: pa.Table
+
+
+def _sequences(split: _Split, max_seq_len: int) -> Splits:
     if max_seq_len < 1:
         raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
     u, i, t = split.users, split.items, split.times
-    eval_table = _rows(u, i, t, split.first, split.last - 1, max_seq_len)
-    train_table = _rows(u, i, t, split.first, split.last - 2, max_seq_len)
-    return train_table, eval_table
+    return Splits(*(_rows(u, i, t, split.first, split.last - back, max_seq_len) for back in (3, 2, 1)))
 
 
 def _catalogue(split: _Split, weight_power: float) -> pa.Table:
-    """`id` (every item of the log, sorted), `count` (its interactions outside the evaluation
-    targets: nothing leaks from the held-out items) and `weight` = count ** weight_power."""
+    """`id` (every item of the log, sorted), `count` (its interactions outside the validation and
+    evaluation targets: nothing leaks from the held-out items) and `weight` = count ** power."""
     ids = np.unique(split.items)
     held_out = np.zeros(len(split.items), bool)
-    held_out[split.last - 1] = True
+    held_out[split.last - 1] = held_out[split.last - 2] = True
     counts = np.bincount(np.searchsorted(ids, split.items[~held_out]), minlength=len(ids)).astype(np.int64)
     return pa.table({"id": ids, "weight": counts.astype(np.float64) ** weight_power, "count": counts})
 
@@ -139,25 +149,29 @@ def prepare_sequences(
     item_field: str,
     time_field: str,
     max_seq_len: int,
-    min_len: int = 2,
-) -> tuple[pa.Table, pa.Table]:
-    """(train, eval) sequence tables, one row per user with at least `min_len` interactions.
+    min_len: int = 3,
+) -> Splits:
+    """(train, valid, eval) sequence tables, one row per user with at least `min_len`
+    interactions (the others are left out of all three).
 
     Columns: user_id, uih, uih_ts, target, target_ts, next_items (see the module docstring).
-    Users with fewer than `min_len` interactions are left out of both tables.
     """
     return _sequences(_split(interactions, user_field, item_field, time_field, min_len), max_seq_len)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A prepared folder: `train.parquet`, `eval.parquet` (leave-last-out) and `items.parquet`."""
+    """A prepared folder: `train.parquet`, `valid.parquet`, `eval.parquet` and `items.parquet`."""
 
     folder: Path
 
     @property
     def train(self) -> Path:
         return self.folder / "train.parquet"
+
+    @property
+    def valid(self) -> Path:
+        return self.folder / "valid.parquet"
 
     @property
     def eval(self) -> Path:
@@ -176,23 +190,19 @@ def prepare(
     item_field: str = "item_id",
     time_field: str = "timestamp",
     max_seq_len: int = 200,
-    min_len: int = 2,
+    min_len: int = 3,
     item_weight_power: float = 0.75,
 ) -> tuple[Prepared, dict[str, int]]:
     """Write the prepared folder for an interaction log; returns it and its row counts. The one
     prepare of `negseq prepare` and `negseq run`. Item weights are count ** `item_weight_power`
     (0: uniform; 1: by popularity; 0.75: word2vec's unigram^0.75)."""
     split = _split(interactions, user_field, item_field, time_field, min_len)
-    train, evaluation = _sequences(split, max_seq_len)
+    splits = _sequences(split, max_seq_len)
     items = _catalogue(split, item_weight_power)
     prepared = Prepared(Path(out))
     prepared.folder.mkdir(parents=True, exist_ok=True)
-    for path, table in ((prepared.train, train), (prepared.eval, evaluation), (prepared.items, items)):
+    tables = {prepared.train: splits.train, prepared.valid: splits.valid, prepared.eval: splits.eval}
+    for path, table in {**tables, prepared.items: items}.items():
         pq.write_table(table, path)
-    counts = {
-        "interactions": interactions.num_rows,
-        "train": train.num_rows,
-        "eval": evaluation.num_rows,
-        "items": items.num_rows,
-    }
-    return prepared, counts
+    counts = {"interactions": interactions.num_rows, **{p.stem: t.num_rows for p, t in tables.items()}}
+    return prepared, {**counts, "items": items.num_rows}

@@ -52,6 +52,13 @@ class CsvOptions:
     delimiter: str = ","
     column_names: Sequence[str] | None = None
 
+    @classmethod
+    def for_format(
+        cls, format: str | None, delimiter: str = ",", column_names: Sequence[str] | None = None
+    ) -> CsvOptions | None:
+        """The options of an input in `format`: None for Parquet and IPC, which need none."""
+        return None if format in ("parquet", "ipc") else cls(delimiter, column_names)
+
     def read_options(self) -> pacsv.ReadOptions:
         return pacsv.ReadOptions(column_names=list(self.column_names) if self.column_names else None)
 
