@@ -7,9 +7,9 @@ import logging
 import os
 import warnings
 
-# Set before Ray starts its processes, which inherit them: C++ core-worker and raylet logs at
-# error level, no usage-stats notice.
-_QUIET_ENV = {"RAY_BACKEND_LOG_LEVEL": "error", "RAY_USAGE_STATS_ENABLED": "0"}
+# Set before Ray starts its processes, which inherit it: no usage-stats notice. (Ray's C++ logs
+# go to its session folder; workers' output reaches the driver only with log_to_driver.)
+_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def quiet_ray() -> None:
