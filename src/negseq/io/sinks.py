@@ -24,6 +24,7 @@ Safety (DESIGN §9):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -234,6 +235,8 @@ class SampledSink:
             "num_files": len(summaries),
             "files": [{k: s[k] for k in ("name", "batch_index", "rows_in", "rows_out")} for s in summaries],
             "schema": schema.to_string(show_schema_metadata=False),
+            # the parts' Arrow schema, exactly: `pa.ipc.read_schema(pa.py_buffer(b64decode(...)))`
+            "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
             "sampler_stats": totals,
             **describe,
         }
