@@ -43,6 +43,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from negseq.io.prepare import prepare
+    from negseq.io.rundir import PREPARED_FILES, claim_folder
     from negseq.io.sources import CsvOptions, Source
 
     config = load_config(args.job, command="prepare", flags=flag_values(args, "prepare"))
@@ -56,6 +57,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         assert data.interactions is not None
         csv = CsvOptions.for_format(data.format, data.delimiter, data.column_names)
         interactions = Source.open(data.interactions, format=data.format, csv=csv).read_all()
+    claim_folder(config.prepare.dir, PREPARED_FILES, what="[prepare] dir")  # DESIGN §9
     prepared, counts = prepare(
         interactions,
         Path(config.prepare.dir),

@@ -292,6 +292,14 @@ def _foreign_entries(fs: pafs.FileSystem, out: str) -> list[str]:
     return [e.base_name for e in entries if e.base_name not in ours]
 
 
+def foreign_entries(spec: str, base_dir: Any = None) -> list[str]:
+    """Names in the output folder `spec` that negseq did not write (none when it does not exist)."""
+    fs, out = open_output(spec, base_dir)
+    if fs.get_file_info(out).type != pafs.FileType.Directory:
+        return []
+    return sorted(_foreign_entries(fs, out))
+
+
 def open_output(spec: str, base_dir: Any = None) -> tuple[pafs.FileSystem, str]:
     fs, out = resolve_location(spec, base_dir)
     return fs, out.rstrip("/")
