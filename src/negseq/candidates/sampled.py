@@ -217,21 +217,8 @@ class SampledBatch:
     ) -> JaggedArrays:
         """The batch as `JaggedArrays`: the `uih_field` history (its most recent `max_seq_len`
         items, with `timestamp_field` beside it) and the candidates, as dense item rows."""
-        if max_seq_len < 1:
-            raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
-        uih_ids, uih_counts = _id_lists(self.source, uih_field)
-        uih_ids, uih_counts = truncate_recent(uih_ids, uih_counts, max_seq_len)
-        timestamps = None
-        if timestamp_field is not None:
-            ts, ts_counts = _id_lists(self.source, timestamp_field)
-            ts, ts_counts = truncate_recent(ts, ts_counts, max_seq_len)
-            if not np.array_equal(ts_counts, uih_counts):
-                row = int(np.flatnonzero(ts_counts != uih_counts)[0])
-                raise NegseqError(
-                    f"batch {self.key.batch_index}, row {row}: {timestamp_field!r} and {uih_field!r} "
-                    "differ in length"
-                )
-            timestamps = ts
+        history = _History(vocab, uih_field, max_seq_len, timestamp_field)
+        uih_values, uih_offsets, timestamps = history.arrays(self.source, self.key.batch_index)
         lengths = self.pos_lengths.astype(np.int64)
         if self.spec.layout == "interleaved":
             block = np.empty((len(self.positives), 1 + self.neg_per_pos), np.int64)
@@ -249,8 +236,8 @@ class SampledBatch:
         return JaggedArrays(
             key=self.key,
             layout=self.spec.layout,
-            uih_values=np.asarray(vocab.dense_rows(uih_ids), np.int64),
-            uih_offsets=offsets_of(uih_counts),
+            uih_values=uih_values,
+            uih_offsets=uih_offsets,
             uih_timestamps=timestamps,
             candidate_values=np.asarray(vocab.dense_rows(candidates), np.int64),
             candidate_offsets=offsets,
@@ -265,6 +252,85 @@ class SampledBatch:
 
 def _id_lists(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
     return flatten_id_column(column_of(batch, name), column=name)
+
+
+@dataclass(frozen=True)
+class _History:
+    """How a batch's history column becomes training arrays (`to_jagged`, `jagged_from_arrow`)."""
+
+    vocab: DenseRows
+    uih_field: str
+    max_seq_len: int
+    timestamp_field: str | None
+
+    def arrays(
+        self, batch: pa.RecordBatch, batch_index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(dense rows, offsets, timestamps) of the most recent `max_seq_len` history items."""
+        if self.max_seq_len < 1:
+            raise NegseqError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        ids, counts = truncate_recent(*_id_lists(batch, self.uih_field), self.max_seq_len)
+        timestamps = None
+        if self.timestamp_field is not None:
+            timestamps, ts_counts = truncate_recent(*_id_lists(batch, self.timestamp_field), self.max_seq_len)
+            if not np.array_equal(ts_counts, counts):
+                row = int(np.flatnonzero(ts_counts != counts)[0])
+                raise NegseqError(
+                    f"batch {batch_index}, row {row}: {self.timestamp_field!r} and {self.uih_field!r} "
+                    "differ in length"
+                )
+        return np.asarray(self.vocab.dense_rows(ids), np.int64), offsets_of(counts), timestamps
+
+
+def jagged_from_arrow(
+    part: pa.RecordBatch | pa.Table,
+    *,
+    key: BatchKey,
+    spec: CandidateSpec,
+    item_field: str,
+    vocab: DenseRows,
+    uih_field: str,
+    max_seq_len: int,
+    timestamp_field: str | None = None,
+) -> JaggedArrays:
+    """A written sampled batch (`to_arrow`'s columns) as `JaggedArrays`, the candidate column read
+    in its layout: what `to_jagged` gave when it was sampled, but for `neg_probability`, which
+    files do not hold (None: no logQ correction)."""
+    part, index = _as_record_batch(part), key.batch_index
+    if uih_field == item_field:
+        raise NegseqError(f"batch {index}: the history column {uih_field!r} is the candidate column")
+    ids, counts = _in_batch(index, flatten_id_column, column_of(part, item_field), spec.seq_delim, item_field)
+    pos_lengths = np.asarray(column_of(part, CAND_POS_LENGTHS).to_numpy(zero_copy_only=False), np.int32)
+    num_pos = int(pos_lengths.sum())
+    hard = None
+    if HARD_NEG_INDICES in part.schema.names:
+        pairs = column_of(part, HARD_NEG_INDICES).flatten().to_numpy(zero_copy_only=False)
+        hard = np.asarray(pairs, np.int32).reshape(-1, 2) if len(pairs) else None
+    num_hard = 0 if hard is None else len(hard)
+    neg_per_pos = num_shared = 0
+    if spec.layout == "interleaved":
+        neg_per_pos = (len(ids) - num_pos) // num_pos if num_pos else spec.neg_per_pos or 0
+    else:
+        num_shared = len(ids) - num_pos - num_hard
+    history = _History(vocab, uih_field, max_seq_len, timestamp_field)
+    uih_values, uih_offsets, timestamps = history.arrays(part, index)
+    try:
+        return JaggedArrays(
+            key=key,
+            layout=spec.layout,
+            uih_values=uih_values,
+            uih_offsets=uih_offsets,
+            uih_timestamps=timestamps,
+            candidate_values=np.asarray(vocab.dense_rows(ids), np.int64),
+            candidate_offsets=offsets_of(counts),
+            cand_pos_lengths=pos_lengths,
+            neg_per_pos=neg_per_pos,
+            num_shared_negatives=num_shared,
+            num_hard_negatives=num_hard,
+            hard_neg_indices=hard,
+        )
+    except NegseqError as exc:  # a file whose columns were edited, or not negseq's
+        raise NegseqError(f"{exc} (column {item_field!r} against {CAND_POS_LENGTHS})") from None
 
 
 def _hard_indices_column(num_rows: int, hard_neg_indices: np.ndarray | None) -> pa.Array:

@@ -5,8 +5,10 @@ A claimed folder holds `_negseq_run.json`, written before anything else: the fil
 there (relative paths) and its sink folders (`samples/`, whose own manifest proves what is
 negseq's, `negseq.io.sinks`). A folder may be claimed when it does not exist, is empty, or holds
 only what records in it account for: files a record lists (a record in a subfolder, such as the
-one `negseq prepare` leaves in `prepared/`, counts for that subfolder), the sinks' own files,
-and negseq's temporary folders (`.negseq-ray-train-*`, which the run that made them removes).
+one `negseq prepare` leaves in `prepared/`, counts for that subfolder), sampled-output folders
+whose manifests account for every file in them (`samples/`, or `negseq sample`'s folder inside a
+prepared one), and negseq's temporary folders (`.negseq-ray-train-*`, which the run that made
+them removes).
 Anything else is refused, named, before anything is written.
 
 `negseq run`'s folder (`runs/<name>/` by default) holds `prepared/`, `samples/`, `export/`,
@@ -24,7 +26,7 @@ from typing import Any
 
 import negseq
 from negseq.errors import NegseqError
-from negseq.io.sinks import foreign_entries
+from negseq.io.sinks import MANIFEST_STEM, STAGING_PREFIX, foreign_entries
 
 RECORD = "_negseq_run.json"
 TEMPORARY_PREFIXES = (".negseq-ray-train-", f".{RECORD}.tmp-")
@@ -55,6 +57,12 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
     return record
 
 
+def _is_sink(folder: Path) -> bool:
+    """Whether `folder` is a sampled-output folder (`negseq sample`'s, say, inside a prepared
+    folder): its manifest or staging folder proves what in it is negseq's."""
+    return any(p.name.startswith((f"{MANIFEST_STEM}.", STAGING_PREFIX)) for p in folder.iterdir())
+
+
 def _foreign(folder: Path) -> list[str]:
     """Paths under `folder` (relative) that no negseq record there accounts for."""
     ours: set[str] = set()  # files, relative to `folder`
@@ -75,7 +83,7 @@ def _foreign(folder: Path) -> list[str]:
                 found.append(relative)  # writing through a link could reach anything
             elif entry.name.startswith(TEMPORARY_PREFIXES):
                 continue  # negseq's own temporary folder or record; never removed here
-            elif relative in sinks and entry.is_dir():
+            elif entry.is_dir() and (relative in sinks or _is_sink(entry)):
                 found.extend(f"{relative}/{name}" for name in foreign_entries(str(entry)))
             elif entry.is_dir():
                 if any(name.startswith(relative + "/") for name in ours | sinks):
