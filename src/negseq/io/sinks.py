@@ -7,6 +7,12 @@ Layout of a finished output folder:
   exactly, and whose key-value metadata (`negseq.manifest`) is the manifest as JSON. Being a
   Parquet file of the same schema, it lets Polars (`scan_parquet('dir/')`), DuckDB
   (`read_parquet('dir/*.parquet')`) and pyarrow.dataset open the folder unchanged.
+  The manifest: `negseq_version`, `format`, `rows_in`, `rows_out`, `num_files`, `files` (name,
+  batch_index, rows), `schema` (text) and `arrow_schema` (the IPC-serialized schema, base64),
+  `sampler_stats`, and what the run describes (`BatchWork.describe`): `sampler` (type and
+  config), `num_sample`, `num_hard_sample`, `layout`, `neg_per_pos`, `seq_delim`, `seed`,
+  `epoch`, `training`, `batch_size`, `input`, `candidate_column`, `attribute_columns` and the
+  `config_hash` of those.
 
 Safety (DESIGN §9):
 - `SampledSink.create` checks before anything is written: the folder must be new, empty, or hold
