@@ -140,6 +140,7 @@ class SampledSink:
     format: str
     staging: str
     label: str
+    made_folder: bool = False  # `create` made `out`: `abort` removes it again while it is empty
 
     @classmethod
     def create(
@@ -175,7 +176,7 @@ class SampledSink:
                 )
         staging = f"{out}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         fs.create_dir(staging, recursive=True)
-        return cls(out, fs, format, staging, str(spec))
+        return cls(out, fs, format, staging, str(spec), info.type == pafs.FileType.NotFound)
 
     def write(self, sampled: SampledBatch) -> dict[str, Any]:
         """Write one batch's part (its `to_arrow()`) into the staging folder; returns its summary."""
@@ -278,9 +279,12 @@ class SampledSink:
             fs.delete_dir(folder)
 
     def abort(self) -> None:
-        """Remove this run's staging folder; the previous output stays as it was."""
+        """Remove this run's staging folder (and the output folder, when this run made it and it
+        holds nothing else); the previous output stays as it was."""
         if self.filesystem.get_file_info(self.staging).type == pafs.FileType.Directory:
             self.filesystem.delete_dir(self.staging)
+        if self.made_folder and not _entries(self.filesystem, self.out):
+            self.filesystem.delete_dir(self.out)
 
 
 def _foreign_entries(fs: pafs.FileSystem, out: str) -> list[str]:
