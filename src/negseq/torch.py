@@ -108,7 +108,9 @@ class SampledDataset(IterableDataset):
         def load(indices: list[int]) -> Iterator[JaggedArrays]:
             reader = SourceReader(plan.source)  # one a worker: it keeps files open
             for index in indices:
-                yield work(reader.read(plan.descriptors[index]), epoch, index)
+                arrays = work(reader.read(plan.descriptors[index]), epoch, index)
+                assert isinstance(arrays, JaggedArrays)  # the work collates
+                yield arrays
 
         return cls(range(plan.num_batches), load)
 
