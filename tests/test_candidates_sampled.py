@@ -4,8 +4,11 @@ the Arrow transport of JaggedArrays and JaggedBatch.from_arrays."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,6 +21,7 @@ from negseq.candidates import (
     JaggedArrays,
     arrays_from_table,
     arrays_to_table,
+    jagged_from_arrow,
     sample_batch,
 )
 from negseq.candidates.jagged_arrays import truncate_recent
@@ -132,6 +136,40 @@ def test_to_jagged_equals_the_dense_rows_of_to_arrow(pos, kind, layout, hard, n,
         assert tail == sampled.negatives.tolist() + sampled.hard_negatives.tolist()
     probability = WEIGHTS[sampled.negatives - 1] / WEIGHTS.sum()
     np.testing.assert_allclose(arrays.neg_probability, probability)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    pos=rows,
+    kind=st.sampled_from(["string", "list", "int"]),
+    layout=st.sampled_from(["interleaved", "suffix"]),
+    hard=st.booleans(),
+    n=st.integers(0, 3),
+    max_seq_len=st.integers(1, 5),
+)
+def test_a_written_batch_reads_back_as_it_was_sampled(pos, kind, layout, hard, n, max_seq_len):
+    """`jagged_from_arrow` of a part as written (through Parquet) equals `to_jagged`, but for the
+    draw probabilities, which files do not hold."""
+    if kind == "int":
+        pos = [None if r is None or not r else r[:1] for r in pos]
+    hard = hard and layout == "suffix"
+    history = [[(5 * i + k) % 50 for k in range(i % 4)] for i in range(len(pos))]
+    batch = pa.record_batch(
+        {
+            "user": pa.array([1 + i % 4 for i in range(len(pos))], pa.int64()),
+            "uih": pa.array(history, pa.list_(pa.int64())),
+            "ts": pa.array([[7 * k for k in range(len(h))] for h in history], pa.list_(pa.int64())),
+            "pos": _column(pos, kind),
+        }
+    )
+    spec = CandidateSpec(layout=layout, neg_per_pos=n if layout == "interleaved" else None)
+    sampled = sample_batch(batch, _sampler(hard), spec, epoch=1, batch_index=3)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_batches([sampled.to_arrow()]), sink)
+    part = pq.read_table(pa.BufferReader(sink.getvalue()))
+    columns = dict(uih_field="uih", max_seq_len=max_seq_len, timestamp_field="ts")
+    back = jagged_from_arrow(part, key=sampled.key, spec=spec, item_field="pos", vocab=VOCAB, **columns)
+    _same(back, replace(sampled.to_jagged(VOCAB, **columns), neg_probability=None))
 
 
 def _arrays(seed: int, layout: str, with_optional: bool) -> JaggedArrays:

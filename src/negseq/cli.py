@@ -43,6 +43,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from negseq.io.prepare import prepare
+    from negseq.io.rundir import PREPARED_FILES, claim_folder
     from negseq.io.sources import CsvOptions, Source
 
     config = load_config(args.job, command="prepare", flags=flag_values(args, "prepare"))
@@ -56,6 +57,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         assert data.interactions is not None
         csv = CsvOptions.for_format(data.format, data.delimiter, data.column_names)
         interactions = Source.open(data.interactions, format=data.format, csv=csv).read_all()
+    claim_folder(config.prepare.dir, PREPARED_FILES, what="[prepare] dir")  # DESIGN §9
     prepared, counts = prepare(
         interactions,
         Path(config.prepare.dir),
@@ -134,9 +136,9 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _candidate_columns(names: Sequence[str], manifest: dict[str, Any] | None) -> list[str]:
-    """The candidate columns among `names`, in this order: the sampler's item_id_field and
-    attr_fields when the manifest records the sampler's config, then cand_pos_lengths and
-    hard_neg_indices."""
+    """The candidate columns among `names`, in this order: the candidate column and the
+    attribute columns the manifest names (else the sampler's item_id_field and attr_fields when
+    it records the sampler's config), then cand_pos_lengths and hard_neg_indices."""
     from negseq.candidates import CAND_POS_LENGTHS, HARD_NEG_INDICES
 
     def sampler_configs(value: Any, depth: int) -> Iterator[dict[str, Any]]:
@@ -147,6 +149,8 @@ def _candidate_columns(names: Sequence[str], manifest: dict[str, Any] | None) ->
                 yield from sampler_configs(inner, depth - 1)
 
     wanted: list[str] = []
+    if manifest is not None and isinstance(manifest.get("candidate_column"), str):
+        wanted += [manifest["candidate_column"], *manifest.get("attribute_columns", {})]
     for config in sampler_configs(manifest, 3):
         attrs = config.get("attr_fields")
         wanted += [config["item_id_field"], *(attrs if isinstance(attrs, list) else [])]

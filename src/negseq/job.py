@@ -33,6 +33,7 @@ from negseq.errors import NegseqError
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import prepare
+from negseq.io.rundir import claim_run_folder
 from negseq.io.sinks import SampledSink
 from negseq.io.sources import CsvOptions, Source
 from negseq.model.export import export, predict
@@ -182,6 +183,7 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     if config.ray.executor == "ray" and not _ray_address(config):
         check_ray_resources(config, float(config.ray.num_cpus or os.cpu_count() or 2))
     out = Path(config.output.dir)
+    claim_run_folder(out, config.prepare.dir)  # DESIGN §9: before anything is written
     prepared, eval_table, items = _prepare(config, say)
     settings = train_settings(config, len(items))
     sampler = build_sampler(config.sampler)

@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from negseq.candidates import CandidateSpec
 from negseq.config import JobConfig
-from negseq.errors import NegseqError
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, SamplingPlan
 from negseq.io.sinks import SampledSink
@@ -33,12 +32,7 @@ def run_sample(config: JobConfig, *, progress: bool = False) -> dict[str, Any]:
     csv = CsvOptions.for_format(inp.format, inp.delimiter, inp.column_names)
     source = Source.open(list(inp.path), format=inp.format, csv=csv)
     source.require([f for f in (sampler.item_id_field, sampler.user_id_field) if f is not None])
-    clash = sorted(set(spec.output_columns(sampler)) & set(source.schema.names))
-    if clash:
-        raise NegseqError(
-            f"{source.spec}: input column(s) {clash} are negseq output columns (is this a sampled "
-            "output?); sample the original input instead"
-        )
+    spec.check_input(sampler, source.schema, source.spec)
     plan = SamplingPlan(source, cand.batch_size, spec, epochs=(config.run.epoch,))
     sink = SampledSink.create(config.output.dir, format=config.output.format, inputs=source.roots)
     work = BatchWork(sampler, plan, sink=sink, write_epoch=config.run.epoch)

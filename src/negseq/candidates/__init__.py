@@ -23,6 +23,7 @@ from negseq.candidates.sampled import (
     HARD_NEG_INDICES,
     CandidateSpec,
     SampledBatch,
+    jagged_from_arrow,
     sample_batch,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "combine_neg_as_candidate_sequence",
     "combine_negs_to_candidate_suffix",
     "flatten_id_column",
+    "jagged_from_arrow",
     "sample_batch",
 ]

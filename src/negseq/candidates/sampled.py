@@ -6,8 +6,9 @@
 negatives with `hard_neg_indices`, the layout and the key. Two encoders read it and nothing
 else does:
 
-- `to_arrow()`: TorchEasyRec's columns (the candidate column in the input's type,
-  `cand_pos_lengths`, `hard_neg_indices`) for files and the service;
+- `to_arrow()`: TorchEasyRec's columns (the candidate column in the input's type, the
+  negatives' attribute columns aligned with it (`negseq.candidates.attributes`),
+  `cand_pos_lengths`, `hard_neg_indices`) for files, the service and `negseq run`'s samples;
 - `to_jagged()`: numpy arrays of dense item rows (`JaggedArrays`) for training, built from the
   ids directly: training never parses a string or list column back into ids.
 """
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from negseq.candidates.attributes import AttributeColumn, attribute_values, lay_out, plan_attributes
 from negseq.candidates.combine import (
     combine_neg_as_candidate_sequence,
     combine_negs_to_candidate_suffix,
@@ -80,6 +82,29 @@ class CandidateSpec:
         """The columns `to_arrow` adds beside the source's (an input holding one is an error)."""
         return [CAND_POS_LENGTHS] + ([HARD_NEG_INDICES] if sampler.is_hard else [])
 
+    def check_input(self, sampler: Any, schema: pa.Schema, where: str) -> tuple[AttributeColumn, ...]:
+        """Refuse an input whose columns collide with what `to_arrow` writes (DESIGN §9), before
+        anything is written; returns the attribute columns it will write."""
+        clash = sorted(set(self.output_columns(sampler)) & set(schema.names))
+        if clash:
+            raise NegseqError(
+                f"{where}: input column(s) {clash} are negseq output columns (is this a sampled "
+                "output?); sample the original input instead"
+            )
+        try:
+            return plan_attributes(sampler, schema, self.output_columns(sampler))
+        except NegseqError as exc:
+            raise NegseqError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CandidateAttribute:
+    """One attribute column of a sampled batch: what it is, and its values for the positives,
+    the negatives, then the hard negatives (typed `column.value_type`)."""
+
+    column: AttributeColumn
+    values: pa.Array
+
 
 @dataclass(frozen=True)
 class SampledBatch:
@@ -100,6 +125,7 @@ class SampledBatch:
     hard_attributes: pa.RecordBatch | None
     hard_neg_indices: np.ndarray | None
     stats: Mapping[str, int] = field(default_factory=dict)
+    attributes: tuple[CandidateAttribute, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.pos_lengths) != self.source.num_rows or int(self.pos_lengths.sum()) != len(
@@ -117,6 +143,9 @@ class SampledBatch:
             self.hard_neg_indices is None or self.hard_neg_indices.shape != (len(self.hard_negatives), 2)
         ):
             raise AssertionError("SampledBatch: hard negatives need hard_neg_indices [H, 2]")
+        total = len(self.positives) + len(self.negatives) + len(self.hard_negatives)
+        if any(len(a.values) != total for a in self.attributes):
+            raise AssertionError("SampledBatch: an attribute column disagrees with the candidates")
 
     @property
     def num_rows(self) -> int:
@@ -127,8 +156,10 @@ class SampledBatch:
     def to_arrow(self) -> pa.RecordBatch:
         """The source columns with the item column replaced by the candidate sequences (same
         type family: strings stay strings, lists stay lists, an int64 column becomes
-        list<int64>), then `cand_pos_lengths` (int32) and, for a hard sampler,
-        `hard_neg_indices` (list<int32>: flattened (query row, offset) pairs on the last row)."""
+        list<int64>), each attribute column laid out as the candidates (an input column of
+        that name in its place, a new one right after the candidate column), then
+        `cand_pos_lengths` (int32) and, for a hard sampler, `hard_neg_indices` (list<int32>:
+        flattened (query row, offset) pairs on the last row)."""
         positives = column_of(self.source, self.item_field)
         if self.spec.layout == "interleaved":
             candidates, _ = combine_neg_as_candidate_sequence(
@@ -138,15 +169,43 @@ class SampledBatch:
             candidates, _ = combine_negs_to_candidate_suffix(
                 positives, self.negatives, self.spec.seq_delim, hard_negs=self.hard_negatives
             )
-        names = self.source.schema.names
-        arrays = [candidates if name == self.item_field else self.source.column(name) for name in names]
-        fields = [pa.field(name, array.type) for name, array in zip(names, arrays, strict=True)]
+        laid_out = self._attribute_columns(candidates)
+        columns: list[tuple[str, pa.Array]] = []
+        for name in self.source.schema.names:
+            if name == self.item_field:
+                columns.append((name, candidates))
+                columns += [(n, a) for n, a in laid_out.items() if n not in self.source.schema.names]
+            else:
+                columns.append((name, laid_out.get(name, self.source.column(name))))
+        arrays = [array for _, array in columns]
+        fields = [pa.field(name, array.type) for name, array in columns]
         arrays.append(pa.array(self.pos_lengths, type=pa.int32()))
         fields.append(pa.field(CAND_POS_LENGTHS, pa.int32()))
         if self.has_hard:
             arrays.append(_hard_indices_column(self.num_rows, self.hard_neg_indices))
             fields.append(pa.field(HARD_NEG_INDICES, pa.list_(pa.int32())))
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def _attribute_columns(self, candidates: pa.Array) -> dict[str, pa.Array]:
+        """Each attribute's values in the candidates' order and rows."""
+        if not self.attributes:
+            return {}
+        num_pos, lengths = len(self.positives), self.pos_lengths.astype(np.int64)
+        if self.spec.layout == "interleaved":
+            n = self.neg_per_pos
+            block = np.empty((num_pos, 1 + n), np.int64)
+            block[:, 0] = np.arange(num_pos)
+            block[:, 1:] = num_pos + np.arange(num_pos * n).reshape(num_pos, n)
+            order, row_lengths = block.reshape(-1), lengths * (1 + n)
+        else:
+            order = np.arange(num_pos + len(self.negatives) + len(self.hard_negatives), dtype=np.int64)
+            row_lengths = lengths.copy()
+            if self.num_rows:
+                row_lengths[-1] += len(order) - num_pos
+        return {
+            a.column.name: lay_out(a.column, a.values, order, row_lengths, candidates, self.spec.seq_delim)
+            for a in self.attributes
+        }
 
     def to_jagged(
         self,
@@ -158,21 +217,8 @@ class SampledBatch:
     ) -> JaggedArrays:
         """The batch as `JaggedArrays`: the `uih_field` history (its most recent `max_seq_len`
         items, with `timestamp_field` beside it) and the candidates, as dense item rows."""
-        if max_seq_len < 1:
-            raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
-        uih_ids, uih_counts = _id_lists(self.source, uih_field)
-        uih_ids, uih_counts = truncate_recent(uih_ids, uih_counts, max_seq_len)
-        timestamps = None
-        if timestamp_field is not None:
-            ts, ts_counts = _id_lists(self.source, timestamp_field)
-            ts, ts_counts = truncate_recent(ts, ts_counts, max_seq_len)
-            if not np.array_equal(ts_counts, uih_counts):
-                row = int(np.flatnonzero(ts_counts != uih_counts)[0])
-                raise NegseqError(
-                    f"batch {self.key.batch_index}, row {row}: {timestamp_field!r} and {uih_field!r} "
-                    "differ in length"
-                )
-            timestamps = ts
+        history = _History(vocab, uih_field, max_seq_len, timestamp_field)
+        uih_values, uih_offsets, timestamps = history.arrays(self.source, self.key.batch_index)
         lengths = self.pos_lengths.astype(np.int64)
         if self.spec.layout == "interleaved":
             block = np.empty((len(self.positives), 1 + self.neg_per_pos), np.int64)
@@ -190,8 +236,8 @@ class SampledBatch:
         return JaggedArrays(
             key=self.key,
             layout=self.spec.layout,
-            uih_values=np.asarray(vocab.dense_rows(uih_ids), np.int64),
-            uih_offsets=offsets_of(uih_counts),
+            uih_values=uih_values,
+            uih_offsets=uih_offsets,
             uih_timestamps=timestamps,
             candidate_values=np.asarray(vocab.dense_rows(candidates), np.int64),
             candidate_offsets=offsets,
@@ -206,6 +252,85 @@ class SampledBatch:
 
 def _id_lists(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
     return flatten_id_column(column_of(batch, name), column=name)
+
+
+@dataclass(frozen=True)
+class _History:
+    """How a batch's history column becomes training arrays (`to_jagged`, `jagged_from_arrow`)."""
+
+    vocab: DenseRows
+    uih_field: str
+    max_seq_len: int
+    timestamp_field: str | None
+
+    def arrays(
+        self, batch: pa.RecordBatch, batch_index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(dense rows, offsets, timestamps) of the most recent `max_seq_len` history items."""
+        if self.max_seq_len < 1:
+            raise NegseqError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        ids, counts = truncate_recent(*_id_lists(batch, self.uih_field), self.max_seq_len)
+        timestamps = None
+        if self.timestamp_field is not None:
+            timestamps, ts_counts = truncate_recent(*_id_lists(batch, self.timestamp_field), self.max_seq_len)
+            if not np.array_equal(ts_counts, counts):
+                row = int(np.flatnonzero(ts_counts != counts)[0])
+                raise NegseqError(
+                    f"batch {batch_index}, row {row}: {self.timestamp_field!r} and {self.uih_field!r} "
+                    "differ in length"
+                )
+        return np.asarray(self.vocab.dense_rows(ids), np.int64), offsets_of(counts), timestamps
+
+
+def jagged_from_arrow(
+    part: pa.RecordBatch | pa.Table,
+    *,
+    key: BatchKey,
+    spec: CandidateSpec,
+    item_field: str,
+    vocab: DenseRows,
+    uih_field: str,
+    max_seq_len: int,
+    timestamp_field: str | None = None,
+) -> JaggedArrays:
+    """A written sampled batch (`to_arrow`'s columns) as `JaggedArrays`, the candidate column read
+    in its layout: what `to_jagged` gave when it was sampled, but for `neg_probability`, which
+    files do not hold (None: no logQ correction)."""
+    part, index = _as_record_batch(part), key.batch_index
+    if uih_field == item_field:
+        raise NegseqError(f"batch {index}: the history column {uih_field!r} is the candidate column")
+    ids, counts = _in_batch(index, flatten_id_column, column_of(part, item_field), spec.seq_delim, item_field)
+    pos_lengths = np.asarray(column_of(part, CAND_POS_LENGTHS).to_numpy(zero_copy_only=False), np.int32)
+    num_pos = int(pos_lengths.sum())
+    hard = None
+    if HARD_NEG_INDICES in part.schema.names:
+        pairs = column_of(part, HARD_NEG_INDICES).flatten().to_numpy(zero_copy_only=False)
+        hard = np.asarray(pairs, np.int32).reshape(-1, 2) if len(pairs) else None
+    num_hard = 0 if hard is None else len(hard)
+    neg_per_pos = num_shared = 0
+    if spec.layout == "interleaved":
+        neg_per_pos = (len(ids) - num_pos) // num_pos if num_pos else spec.neg_per_pos or 0
+    else:
+        num_shared = len(ids) - num_pos - num_hard
+    history = _History(vocab, uih_field, max_seq_len, timestamp_field)
+    uih_values, uih_offsets, timestamps = history.arrays(part, index)
+    try:
+        return JaggedArrays(
+            key=key,
+            layout=spec.layout,
+            uih_values=uih_values,
+            uih_offsets=uih_offsets,
+            uih_timestamps=timestamps,
+            candidate_values=np.asarray(vocab.dense_rows(ids), np.int64),
+            candidate_offsets=offsets_of(counts),
+            cand_pos_lengths=pos_lengths,
+            neg_per_pos=neg_per_pos,
+            num_shared_negatives=num_shared,
+            num_hard_negatives=num_hard,
+            hard_neg_indices=hard,
+        )
+    except NegseqError as exc:  # a file whose columns were edited, or not negseq's
+        raise NegseqError(f"{exc} (column {item_field!r} against {CAND_POS_LENGTHS})") from None
 
 
 def _hard_indices_column(num_rows: int, hard_neg_indices: np.ndarray | None) -> pa.Array:
@@ -238,12 +363,7 @@ def sample_batch(
     suffix: the sampler's shared negatives, then the hard ones. No positives, no negatives."""
     spec.check_sampler(sampler)
     source = _as_record_batch(batch)
-    clash = sorted(set(spec.output_columns(sampler)) & set(source.schema.names))
-    if clash:
-        raise NegseqError(
-            f"batch {batch_index}: input column(s) {clash} are negseq output columns; an input "
-            "that was already sampled cannot be sampled again into the same names"
-        )
+    planned = spec.check_input(sampler, source.schema, f"batch {batch_index}")
     item_field = sampler.item_id_field
     flat, counts = build_sampler_input(source, item_field, sampler.user_id_field, spec.seq_delim)
     positives = np.asarray(flat[item_field].to_numpy(), np.int64)
@@ -265,6 +385,25 @@ def sample_batch(
         negatives, stats, probability = np.empty(0, np.int64), {}, np.empty(0, np.float64)
         attributes = sampler.items.attributes(np.empty(0, np.int64), sampler.attr_fields, item_field)
         hard_ids, hard_attributes, hard_indices = np.empty(0, np.int64), None, None
+    attribute_columns = tuple(
+        CandidateAttribute(
+            column,
+            _in_batch(
+                batch_index,
+                attribute_values,
+                column,
+                source=source,
+                item_field=item_field,
+                items=sampler.items,
+                positives=positives,
+                pos_lengths=counts,
+                negatives=attributes,
+                hard_negatives=hard_attributes,
+                seq_delim=spec.seq_delim,
+            ),
+        )
+        for column in planned
+    )
     return SampledBatch(
         key=key,
         spec=spec,
@@ -281,4 +420,13 @@ def sample_batch(
         hard_attributes=hard_attributes,
         hard_neg_indices=hard_indices,
         stats=stats,
+        attributes=attribute_columns,
     )
+
+
+def _in_batch(batch_index: int, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)`, its NegseqError naming the batch."""
+    try:
+        return function(*args, **kwargs)
+    except NegseqError as exc:
+        raise NegseqError(f"batch {batch_index}, {exc}") from None

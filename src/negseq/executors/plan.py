@@ -82,17 +82,25 @@ class BatchWork:
         sampler, spec = self.sampler, self.plan.spec
         ((kind, fields),) = sampler_config.items()
         hard = getattr(sampler, "hard", None)
+        num_sample = sampler.shared_sample_num(self.plan.training)
+        attributes = spec.check_input(sampler, self.plan.source.schema, self.plan.source.spec)
         fields = {
             "sampler": {"type": kind, "config": fields},
-            "num_sample": sampler.shared_sample_num(self.plan.training),
+            "num_sample": num_sample,
             "num_hard_sample": None if hard is None else hard.num_hard_sample,
             "layout": spec.layout,
-            "neg_per_pos": spec.neg_per_pos,
+            # the negatives each positive got (interleaved); the suffix layout shares num_sample
+            "neg_per_pos": (num_sample if spec.neg_per_pos is None else spec.neg_per_pos)
+            if spec.layout == "interleaved"
+            else None,
             "seq_delim": spec.seq_delim,
             "seed": int(sampler.seed),
             "epoch": self.write_epoch,
+            "training": self.plan.training,
             "batch_size": self.plan.batch_size,
             "input": self.plan.source.spec,
+            "candidate_column": sampler.item_id_field,
+            "attribute_columns": {a.name: a.field for a in attributes},
         }
         return {**fields, "config_hash": config_hash(fields)}
 

@@ -7,6 +7,12 @@ Layout of a finished output folder:
   exactly, and whose key-value metadata (`negseq.manifest`) is the manifest as JSON. Being a
   Parquet file of the same schema, it lets Polars (`scan_parquet('dir/')`), DuckDB
   (`read_parquet('dir/*.parquet')`) and pyarrow.dataset open the folder unchanged.
+  The manifest: `negseq_version`, `format`, `rows_in`, `rows_out`, `num_files`, `files` (name,
+  batch_index, rows), `schema` (text) and `arrow_schema` (the IPC-serialized schema, base64),
+  `sampler_stats`, and what the run describes (`BatchWork.describe`): `sampler` (type and
+  config), `num_sample`, `num_hard_sample`, `layout`, `neg_per_pos`, `seq_delim`, `seed`,
+  `epoch`, `training`, `batch_size`, `input`, `candidate_column`, `attribute_columns` and the
+  `config_hash` of those.
 
 Safety (DESIGN §9):
 - `SampledSink.create` checks before anything is written: the folder must be new, empty, or hold
@@ -24,6 +30,7 @@ Safety (DESIGN §9):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -133,6 +140,7 @@ class SampledSink:
     format: str
     staging: str
     label: str
+    made_folder: bool = False  # `create` made `out`: `abort` removes it again while it is empty
 
     @classmethod
     def create(
@@ -168,7 +176,7 @@ class SampledSink:
                 )
         staging = f"{out}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         fs.create_dir(staging, recursive=True)
-        return cls(out, fs, format, staging, str(spec))
+        return cls(out, fs, format, staging, str(spec), info.type == pafs.FileType.NotFound)
 
     def write(self, sampled: SampledBatch) -> dict[str, Any]:
         """Write one batch's part (its `to_arrow()`) into the staging folder; returns its summary."""
@@ -234,6 +242,8 @@ class SampledSink:
             "num_files": len(summaries),
             "files": [{k: s[k] for k in ("name", "batch_index", "rows_in", "rows_out")} for s in summaries],
             "schema": schema.to_string(show_schema_metadata=False),
+            # the parts' Arrow schema, exactly: `pa.ipc.read_schema(pa.py_buffer(b64decode(...)))`
+            "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
             "sampler_stats": totals,
             **describe,
         }
@@ -269,9 +279,12 @@ class SampledSink:
             fs.delete_dir(folder)
 
     def abort(self) -> None:
-        """Remove this run's staging folder; the previous output stays as it was."""
+        """Remove this run's staging folder (and the output folder, when this run made it and it
+        holds nothing else); the previous output stays as it was."""
         if self.filesystem.get_file_info(self.staging).type == pafs.FileType.Directory:
             self.filesystem.delete_dir(self.staging)
+        if self.made_folder and not _entries(self.filesystem, self.out):
+            self.filesystem.delete_dir(self.out)
 
 
 def _foreign_entries(fs: pafs.FileSystem, out: str) -> list[str]:
@@ -287,6 +300,14 @@ def _foreign_entries(fs: pafs.FileSystem, out: str) -> list[str]:
     if top is not None:
         ours |= _named_by(top) | {PurePosixPath(top["_path"]).name}
     return [e.base_name for e in entries if e.base_name not in ours]
+
+
+def foreign_entries(spec: str, base_dir: Any = None) -> list[str]:
+    """Names in the output folder `spec` that negseq did not write (none when it does not exist)."""
+    fs, out = open_output(spec, base_dir)
+    if fs.get_file_info(out).type != pafs.FileType.Directory:
+        return []
+    return sorted(_foreign_entries(fs, out))
 
 
 def open_output(spec: str, base_dir: Any = None) -> tuple[pafs.FileSystem, str]:

@@ -436,6 +436,10 @@ class ItemTable:
     def schema(self) -> pa.Schema:
         return self.table.schema
 
+    def holds_ids(self, name: str) -> bool:
+        """Whether column `name` holds the ids themselves (`id`, or an int64 column equal to it)."""
+        return name == "id" or name in self._id_copies
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """0-based row of each id, -1 for an unknown id."""
         return self.index.rows(ids)

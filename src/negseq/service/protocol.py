@@ -31,9 +31,12 @@ rows [num_negatives, num_negatives + num_hard) the hard negatives:
     _hard_offset      int32   hard samplers only: hard_neg_indices[:, 1]; null on simple rows
 
 and `app_metadata` JSON: the request key plus `num_negatives`, `num_hard`, `expand_factor` and the
-sampler's `stats`. Response, candidates mode: the batch `sample_candidates` returns (the item
-column replaced by candidate sequences, plus `cand_pos_lengths` and, for hard samplers,
-`hard_neg_indices`), with `app_metadata` JSON: the request key plus `stats`.
+sampler's `stats`. Response, candidates mode: the batch's `SampledBatch.to_arrow()`, as files
+hold it (the item column replaced by candidate sequences; the sampler's attribute columns, named
+and laid out as the candidates (`negseq.candidates.attributes`); `cand_pos_lengths` and, for hard
+samplers, `hard_neg_indices`), with `app_metadata` JSON: the request key plus `stats`. A request
+whose columns collide with those (an already sampled batch, an attribute column that cannot line
+up with the item column) is refused, naming the column.
 
 A Flight stream has one schema, so one exchange answers one mode (and, in candidates mode, one
 input schema); a request that would change the response schema is refused: open a new exchange.
