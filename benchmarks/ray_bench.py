@@ -28,6 +28,7 @@ import tomllib
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negseq.candidates import CandidateSpec
@@ -105,7 +106,7 @@ def _ray_rate(work: BatchWork, actors: int) -> float:
     dataset = sampled_dataset(work, ActorPool(actors, actors, 0.5), work.plan.keys())
     blocks = dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
     return _steady_rate(
-        blocks, lambda block: sum(block.column("cand_pos_lengths").value_lengths().to_pylist())
+        blocks, lambda block: pc.sum(pc.list_value_length(block.column("cand_pos_lengths"))).as_py()
     )
 
 
