@@ -35,6 +35,7 @@ from negseq.service.protocol import (
     Request,
     encode_metadata,
     encode_negatives,
+    id_type,
     parse_request,
 )
 from negseq.service.stats import MetricsEndpoint, ServiceStats
@@ -122,6 +123,7 @@ class SamplerServer(flight.FlightServerBase):
         if max_concurrent < 1:
             raise NegseqError(f"max_concurrent must be >= 1, got {max_concurrent}")
         self.sampler = sampler
+        self.id_type = id_type(sampler.items.ids)  # the `_id` column's type in every answer
         self.limits = limits or Limits()
         self.candidates = candidates or CandidateDefaults()
         self.sampler_config = config
@@ -266,7 +268,7 @@ class SamplerServer(flight.FlightServerBase):
             per_positive=request.per_positive,
             training=request.training,
         )
-        out, meta = encode_negatives(result, sampler.is_hard)
+        out, meta = encode_negatives(result, sampler.is_hard, self.id_type)
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
@@ -339,6 +341,7 @@ class SamplerServer(flight.FlightServerBase):
             "is_hard": bool(s.is_hard),
             "seed": s.seed,
             "num_items": len(s.items),
+            "id_type": str(self.id_type),
             "candidates": dataclasses.asdict(self.candidates),
             "limits": dataclasses.asdict(self.limits),
         }
