@@ -37,7 +37,13 @@ from negseq.sampler import (
 from negseq.service import Limits, Request, SamplerClient, SamplerServer
 from negseq.service.auth import read_token_file
 from negseq.service.job import CandidateDefaults, ServiceJob
-from negseq.service.protocol import decode_negatives, encode_negatives, id_type, parse_request
+from negseq.service.protocol import (
+    decode_negatives,
+    encode_negatives,
+    id_attributes,
+    id_type,
+    parse_request,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -222,6 +228,23 @@ def test_protocol_encode_decode_is_lossless(ids_type):
     _assert_same(decoded, result)
     for ids in (decoded.ids, decoded.hard_ids):  # as the in-process sampler gives them
         assert ids.dtype == np.int64 and ids.flags.writeable
+
+
+def test_attributes_that_are_the_ids_stay_off_the_wire():
+    sampler = _make("hard_v2")
+    assert id_attributes(sampler) == ("item_id",)  # COMMON lists the item id among attr_fields
+    result = sampler.get(_batch(9), epoch=4, batch_index=8, per_positive=2)
+    batch, meta = encode_negatives(result, hard=True, ids_type=pa.int32(), id_attrs=id_attributes(sampler))
+    assert batch.schema.names == ["_id", "title", "cate", "_hard_query_row", "_hard_offset"]
+    assert meta["id_attrs"] == {"item_id": 0}
+    decoded = decode_negatives(batch, json.loads(json.dumps(meta)))
+    _assert_same(decoded, result)  # item_id is back, in its place, as int64
+    assert decoded.negatives.schema == result.negatives.schema
+    copies = ItemTable.from_arrow(_item_table().append_column("id_copy", pa.array(ITEMS.ids)))
+    both = NegativeSampler(copies, num_sample=4, attr_fields=["cate", "id_copy"], item_id_field="item_id")
+    assert id_attributes(both) == ("id_copy",)
+    plain = NegativeSampler(ITEMS, num_sample=4, attr_fields=["cate"], item_id_field="item_id")
+    assert id_attributes(plain) == ()
 
 
 def test_id_type_is_int32_only_when_every_item_id_fits():

@@ -35,6 +35,7 @@ from negseq.service.protocol import (
     Request,
     encode_metadata,
     encode_negatives,
+    id_attributes,
     id_type,
     parse_request,
 )
@@ -124,6 +125,7 @@ class SamplerServer(flight.FlightServerBase):
             raise NegseqError(f"max_concurrent must be >= 1, got {max_concurrent}")
         self.sampler = sampler
         self.id_type = id_type(sampler.items.ids)  # the `_id` column's type in every answer
+        self.id_attrs = id_attributes(sampler)  # attribute columns an answer leaves out (= `_id`)
         self.limits = limits or Limits()
         self.candidates = candidates or CandidateDefaults()
         self.sampler_config = config
@@ -268,7 +270,7 @@ class SamplerServer(flight.FlightServerBase):
             per_positive=request.per_positive,
             training=request.training,
         )
-        out, meta = encode_negatives(result, sampler.is_hard, self.id_type)
+        out, meta = encode_negatives(result, sampler.is_hard, self.id_type, self.id_attrs)
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
