@@ -13,10 +13,10 @@ Prints one JSON object: per phase requests/s, rows/s (positives), negatives/s, c
 p50/p99 latency and errors (must be 0); the medians over --repeats; the service/in-process rows/s
 ratios (median of the per-repeat ratios, plain and TLS) and the CPU ratios (in-process CPU a
 request over client + server CPU a request: what the rows/s ratio tends to on a quiet 2-core
-host); `uptime` before and after; the servers' own stats. The TLS phase needs the `cryptography` package (the dev extra): tests/certs.py makes
-the certificates. Each phase also records the CPU a request cost the benchmark process (the
-clients, or the in-process sampling) and the server process: on a shared host those move far less
-than rows/s.
+host); `uptime` before and after; the servers' own stats. The TLS phase needs the `cryptography`
+package (the dev extra): tests/certs.py makes the certificates. Each phase also records the CPU a
+request cost the benchmark process (the clients, or the in-process sampling) and the server
+process: on a shared host those move far less than rows/s.
 """
 
 from __future__ import annotations
