@@ -254,6 +254,25 @@ def test_id_type_is_int32_only_when_every_item_id_fits():
     assert id_type(np.array([-(2**31) - 1, 5])) == pa.int64()
 
 
+def test_negatives_mode_gathers_int32_ids_and_leaves_the_sampler_alone():
+    sampler = _make("hard")
+    server = SamplerServer(sampler)
+    try:
+        assert server._negatives_sampler.items.ids.dtype == np.int32  # gathered as they travel
+        assert sampler.items.ids.dtype == np.int64 and server.sampler is sampler
+        batch = _batch(12)
+        with SamplerClient(server.location) as client:
+            got = client.sample(batch, epoch=1, batch_index=5)
+            seeded = client.sample(batch, epoch=1, batch_index=5, seed=7)
+        _assert_same(got, _make("hard").get(batch, epoch=1, batch_index=5))
+        reference = HardNegativeSampler(
+            ITEMS, HARD, num_sample=40, num_hard_sample=3, user_id_field="user_id", **{**COMMON, "seed": 7}
+        )
+        _assert_same(seeded, reference.get(batch, epoch=1, batch_index=5))
+    finally:
+        server.shutdown()
+
+
 def test_ids_beyond_int32_travel_as_int64():
     table = _item_table()
     table = table.set_column(0, "id", pa.array(table["id"].to_numpy() + 2**40))
