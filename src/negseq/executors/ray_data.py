@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from negseq.candidates import arrays_to_table
+from negseq.candidates import JaggedArrays, arrays_to_table
 from negseq.executors.plan import BatchWork
 from negseq.io.sources import SourceReader
 
@@ -54,9 +55,10 @@ class SampleBatches:
             self.work(self.reader.read(descriptors[index]), epoch, index)
             for epoch, index in zip(keys["epoch"].tolist(), keys["batch_index"].tolist(), strict=True)
         ]
-        if self.work.collate is not None:
-            return arrays_to_table(results)
-        return pa.Table.from_pylist([{k: v for k, v in r.items() if k != "stats"} for r in results])
+        if self.work.collate is not None:  # the work returns arrays when it collates, else summaries
+            return arrays_to_table([cast(JaggedArrays, r) for r in results])
+        summaries = [cast(dict, r) for r in results]
+        return pa.Table.from_pylist([{k: v for k, v in s.items() if k != "stats"} for s in summaries])
 
 
 def sampled_dataset(

@@ -28,7 +28,7 @@ from torch import nn
 
 from negseq.errors import NegseqError
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import DenseRows, history_feature
+from negseq.model.inputs import Catalogue, history_feature
 from negseq.model.jagged import jagged_to_padded_dense
 
 
@@ -160,7 +160,7 @@ def _write_ipc(table: pa.Table, path: Path) -> None:
 def predict(
     model: HSTUMatch,
     sequences: pa.Table,
-    items: DenseRows,
+    items: Catalogue,
     out_dir: str | Path,
     *,
     item_ids: np.ndarray | None = None,
