@@ -33,20 +33,22 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from negseq.candidates import Layout
 from negseq.errors import NegseqError
 from negseq.sampler import SampleResult
 from negseq.service.auth import bearer_headers
 from negseq.service.exchanges import Exchange, ExchangePool
 from negseq.service.protocol import Request, decode_metadata, decode_negatives
 from negseq.service.tls import PemSource, is_loopback, pem_bytes
+
+if TYPE_CHECKING:  # the client never loads the candidates package (its tables, its kernels)
+    from negseq.candidates import Layout
 
 log = logging.getLogger("negseq.service.client")
 

@@ -55,17 +55,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 
-from negseq.candidates import LAYOUTS, Layout
 from negseq.errors import NegseqError
 from negseq.sampler import SampleResult
 from negseq.sampler.arrow_numpy import arrow_int64
 
+if TYPE_CHECKING:  # clients import this module: the candidates package stays unloaded
+    from negseq.candidates import Layout
+
 MODES = ("negatives", "candidates")
+LAYOUTS: tuple[Layout, ...] = ("interleaved", "suffix")  # negseq.candidates.LAYOUTS (a test checks)
 ID_COLUMN = "_id"
 HARD_QUERY_ROW_COLUMN = "_hard_query_row"
 HARD_OFFSET_COLUMN = "_hard_offset"
