@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
 from negseq.config import JobConfig
 from negseq.errors import NegseqError
+from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import prepare
@@ -202,6 +204,9 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     time_field = "uih_ts" if config.model.num_time_buckets else None
     collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
+    warning = exclusion_warning(work)
+    if warning is not None:
+        print(f"[negseq run] {warning}", file=sys.stderr, flush=True)
     stage = _Stage(config, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally
     try:
@@ -210,9 +215,7 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
             manifest = sink.finish(
                 expected_batches=range(plan.num_batches), describe=work.describe(config.sampler.table())
             )
-            say(
-                f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}"
-            )
+            say(f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}")
     except BaseException:
         if sink is not None:
             sink.abort()
