@@ -34,7 +34,7 @@ count among them, over M); under "batch" and "none" the draws share one distribu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -64,8 +64,9 @@ class Exclusion:
     Draw s belongs to positive s // `group`, whose excluded set is number `set_of_positive[q]`
     (None: one set, number 0, for every positive). `mass[e]` is set e's proposal mass, `draws[e]`
     how many of the call's draws avoided it. `kept` holds the draws (ascending) that are still in
-    their set after the last redraw round. `members` (needed only with several sets in shared
-    mode) holds each set's distinct item rows as sorted keys `e * num_items + row`.
+    their set after the last redraw round. `members` (called only for the probabilities of
+    several sets in shared mode, so `get` does not pay for it) gives each set's distinct item rows
+    as sorted keys `e * num_items + row`.
     """
 
     group: int
@@ -75,7 +76,7 @@ class Exclusion:
     draws: np.ndarray
     kept: np.ndarray
     set_of_positive: np.ndarray | None = None
-    members: np.ndarray | None = None
+    members: Callable[[], np.ndarray] | None = None
     num_items: int = 0
 
     @classmethod
@@ -90,7 +91,7 @@ class Exclusion:
         kept: np.ndarray,
         num_positives: int,
         set_of_positive: np.ndarray | None = None,
-        members: np.ndarray | None = None,
+        members: Callable[[], np.ndarray] | None = None,
         num_items: int = 0,
     ) -> Exclusion:
         per_positive = draws_per_positive(num_positives, group, num_draws)
@@ -142,7 +143,7 @@ class Exclusion:
         share = self.draws / self.draws.sum()
         base = float(np.dot(share, free_rounds))
         assert self.members is not None and self.num_items > 0
-        member_sets, member_items = np.divmod(self.members, self.num_items)
+        member_sets, member_items = np.divmod(self.members(), self.num_items)
         loss = share[member_sets] * (free_rounds - kept_rounds)[member_sets]
         order = np.argsort(member_items, kind="stable")
         items, starts = np.unique(member_items[order], return_index=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -352,7 +353,7 @@ class NegativeSampler(_Sampler):
             kept=kept,
             num_positives=num_positives,
             set_of_positive=row_of,
-            members=members,
+            members=lambda: members,
             num_items=num_items,
             **sets,
         )
@@ -437,24 +438,7 @@ class NegativeSamplerV2(_Sampler):
         own = kernels.in_user_items(positive_rows, user_rows, csr.indptr, csr.items)
         extra = (positive_rows >= 0) & ~own
         mass[extra] += self._pool_probability[positive_rows[extra]]
-        members = None
-        if draws.shared:  # the sets of the positives that own draws, as keys set * num_items + row
-            owners = np.arange(min(num_positives, -(-len(draws.rows) // draws.group)), dtype=np.int64)
-            users = user_rows[owners]
-            known = users >= 0
-            starts = np.where(known, csr.indptr[np.maximum(users, 0)], 0)
-            counts = np.where(known, csr.indptr[np.maximum(users, 0) + 1] - starts, 0)
-            edges = np.repeat(starts + counts - np.cumsum(counts), counts) + np.arange(int(counts.sum()))
-            own_rows = positive_rows[owners]
-            has = own_rows >= 0
-            members = np.unique(
-                np.concatenate(
-                    [
-                        np.repeat(owners, counts) * num_items + csr.items[edges],
-                        owners[has] * num_items + own_rows[has],
-                    ]
-                )
-            )
+        members = partial(self._members, draws, positive_rows, user_rows) if draws.shared else None
         return Exclusion.of_sets(
             group=draws.group,
             num_draws=len(draws.rows),
@@ -467,6 +451,23 @@ class NegativeSamplerV2(_Sampler):
             members=members,
             num_items=num_items,
         )
+
+    def _members(self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
+        """The sets of the positives that own draws, as sorted keys set * num_items + item row."""
+        csr, num_items = self._positives, len(self.items)
+        owners = np.arange(min(len(positive_rows), -(-len(draws.rows) // draws.group)), dtype=np.int64)
+        users = user_rows[owners]
+        known = users >= 0
+        starts = np.where(known, csr.indptr[np.maximum(users, 0)], 0)
+        counts = np.where(known, csr.indptr[np.maximum(users, 0) + 1] - starts, 0)
+        edges = np.repeat(starts + counts - np.cumsum(counts), counts) + np.arange(int(counts.sum()))
+        own_rows = positive_rows[owners]
+        has = own_rows >= 0
+        keys = [
+            np.repeat(owners, counts) * num_items + csr.items[edges],
+            owners[has] * num_items + own_rows[has],
+        ]
+        return np.unique(np.concatenate(keys))
 
 
 class HardNegativeSampler(NegativeSampler):
