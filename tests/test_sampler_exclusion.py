@@ -121,7 +121,9 @@ def reference_probability(result, sets: list[set[int]], retries: int, shared: bo
         m = proposal[on].sum()
         return np.where(on, proposal * m**retries, proposal * sum(m**t for t in range(retries + 1)))
 
-    laws = np.stack([law(s) for s in sets]) if sets else np.zeros((0, len(proposal)))
+    if not sets:
+        return np.empty(0)
+    laws = np.stack([law(s) for s in sets])
     if shared:
         return laws.mean(axis=0)[result.rows]
     return laws[np.arange(len(result.rows)), result.rows]
@@ -145,12 +147,15 @@ def test_probabilities_match_a_set_by_set_reference(rows, exclude, shared, n, re
     result = s.get(batch, per_positive=per_positive, row_lengths=lengths, batch_index=key)
     owner = np.repeat(np.arange(len(rows)), lengths)
     group = result.expand_factor
+    known = {int(i) - 1 for i in flat if i <= 12}
     sets = []
     for slot in range(len(result.ids)):
         q = slot // group
-        known = {int(i) - 1 for i in flat if i <= 12}
+        if q >= len(flat):  # a call without positives: nothing to avoid
+            sets.append(set())
+            continue
         mine = {int(i) - 1 for i in rows[owner[q]] if i <= 12}
-        sets.append({"batch": known, "user": mine, "none": set()}[exclude] if q < len(flat) else set())
+        sets.append({"batch": known, "user": mine, "none": set()}[exclude])
     np.testing.assert_allclose(s.probability(result), reference_probability(result, sets, retries, shared))
     assert result.stats["collisions_kept"] == sum(
         int(r) in st_ for r, st_ in zip(result.rows, sets, strict=True)
@@ -264,24 +269,26 @@ def test_logq_uses_the_exact_probability_by_hand():
     items = ItemTable.from_arrow(pa.table({"id": np.arange(1, 5, dtype=np.int64), "weight": [1.0, 2, 3, 4]}))
     s = NegativeSampler(items, num_sample=2, item_id_field="pos", max_retries=1, exclude="batch")
     sampled = sample_batch(pa.record_batch({"pos": pa.array([4], pa.int64())}), s, CandidateSpec())
-    assert sampled.negatives.tolist() == [3, 1]  # the draws of key (0, 0, 0)
-    by_hand = [0.3 * 1.4, 0.1 * 1.4]
+    # the draws of key (0, 0, 0): item 1, then item 4 twice (a collision kept after one redraw)
+    assert sampled.negatives.tolist() == [1, 4]
+    by_hand = [0.1 * 1.4, 0.4 * 0.4]
     np.testing.assert_allclose(sampled.neg_probability, by_hand)
     batch = JaggedBatch.from_arrays(sampled.to_jagged(items, uih_field="pos", max_seq_len=4))
-    scores = torch.tensor([[0.5, 0.2, -0.1]])  # positive, negative 3, negative 1
+    scores = torch.tensor([[0.5, 0.2, -0.1]])  # positive 4, negative 1, negative 4
     log_p = torch.log(batch.neg_probability).view(1, 2)
+    hits = torch.tensor([[True, False]])  # negative 4 is the positive: masked, still one of k draws
     logits, _ = sampled_softmax_logits(
         [
             LogitBlock(scores[:, :1], torch.ones(1, 1, dtype=torch.bool)),
-            LogitBlock(scores[:, 1:], torch.ones(1, 2, dtype=torch.bool), log_p, 2),
+            LogitBlock(scores[:, 1:], hits, log_p, 2),
         ],
         temperature=0.5,
     )
-    # s / T, each negative less log(k p), k = 2 draws
-    expected = [1.0, 0.4 - math.log(2 * 0.42), -0.2 - math.log(2 * 0.14)]
+    # s / T; the negative less log(k p), k = 2 draws
+    expected = [1.0, 0.4 - math.log(2 * 0.14), -math.inf]
     torch.testing.assert_close(logits, torch.tensor([expected]))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0]))
-    assert float(loss) == pytest.approx(-1.0 + math.log(sum(math.exp(x) for x in expected)), rel=1e-6)
+    assert float(loss) == pytest.approx(-1.0 + math.log(math.exp(1.0) + math.exp(expected[1])), rel=1e-6)
 
 
 # ---- the config key --------------------------------------------------------------------------
