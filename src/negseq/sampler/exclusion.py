@@ -66,7 +66,7 @@ class Exclusion:
     how many of the call's draws avoided it. `kept` holds the draws (ascending) that are still in
     their set after the last redraw round. `members` (called only for the probabilities of
     several sets in shared mode, so `get` does not pay for it) gives each set's distinct item rows
-    as sorted keys `e * num_items + row`.
+    as pairs (set numbers, item rows).
     """
 
     group: int
@@ -76,7 +76,7 @@ class Exclusion:
     draws: np.ndarray
     kept: np.ndarray
     set_of_positive: np.ndarray | None = None
-    members: Callable[[], np.ndarray] | None = None
+    members: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     num_items: int = 0
 
     @classmethod
@@ -91,14 +91,22 @@ class Exclusion:
         kept: np.ndarray,
         num_positives: int,
         set_of_positive: np.ndarray | None = None,
-        members: Callable[[], np.ndarray] | None = None,
+        one_set_per_positive: bool = False,
+        members: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
         num_items: int = 0,
     ) -> Exclusion:
-        per_positive = draws_per_positive(num_positives, group, num_draws)
-        if set_of_positive is None:
-            draws = np.array([per_positive.sum()], np.int64)
+        """The exclusion of a call whose `num_draws` draws belong `group` a positive (`shared`:
+        draw s to positive s // group, the first positives'); `set_of_positive[q] == q` when
+        `one_set_per_positive`."""
+        if set_of_positive is None:  # one set: every draw that belongs to a positive avoided it
+            draws = np.array([min(num_draws, num_positives * group)], np.int64)
         else:
-            draws = np.bincount(set_of_positive, weights=per_positive, minlength=len(mass)).astype(np.int64)
+            per_positive = draws_per_positive(num_positives, group, num_draws)
+            draws = (
+                per_positive
+                if one_set_per_positive
+                else np.bincount(set_of_positive, weights=per_positive, minlength=len(mass)).astype(np.int64)
+            )
         return cls(group, shared, max_retries, mass, draws, kept, set_of_positive, members, num_items)
 
     def stats(self) -> Stats:
@@ -143,15 +151,10 @@ class Exclusion:
         share = self.draws / self.draws.sum()
         base = float(np.dot(share, free_rounds))
         assert self.members is not None and self.num_items > 0
-        member_sets, member_items = np.divmod(self.members(), self.num_items)
+        member_sets, member_items = self.members()
         loss = share[member_sets] * (free_rounds - kept_rounds)[member_sets]
-        order = np.argsort(member_items, kind="stable")
-        items, starts = np.unique(member_items[order], return_index=True)
-        if len(items) == 0:
-            return np.full(len(rows), base)
-        lost = np.add.reduceat(loss[order], starts)
-        at = np.minimum(np.searchsorted(items, rows), len(items) - 1)
-        return base - np.where(items[at] == rows, lost[at], 0.0)
+        lost = np.bincount(member_items, weights=loss, minlength=self.num_items)
+        return base - lost[rows]
 
 
 def _round_factors(mass: np.ndarray, max_retries: int) -> tuple[np.ndarray, np.ndarray]:

@@ -160,7 +160,10 @@ def row_bitmap_mass(rows: np.ndarray, num_rows: int, weights: np.ndarray) -> tup
     exclusion of those rows removes), in one pass."""
     bitmap = np.zeros((num_rows >> 3) + 1, np.uint8)
     mass = 0.0
-    for r in rows:
+    last = rows.shape[0] - 1
+    for i in range(rows.shape[0]):
+        prefetch(weights, max(rows[min(i + _PICK_AHEAD, last)], 0))  # a random load a positive
+        r = rows[i]
         if r >= 0:
             bit = np.uint8(1 << (r & 7))
             if not bitmap[r >> 3] & bit:
@@ -272,6 +275,40 @@ def in_user_items(
         if u >= 0:
             out[q] = _in_sorted(user_items, indptr[u], indptr[u + 1], rows[q])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def positive_set_mass(
+    positive_rows: np.ndarray,
+    user_rows: np.ndarray,
+    indptr: np.ndarray,
+    user_items: np.ndarray,
+    signatures: np.ndarray,
+    user_mass: np.ndarray,
+    probability: np.ndarray,
+) -> np.ndarray:
+    """float64 [Q]: the `probability` mass of what positive q's draws avoid, its user's items
+    (`user_mass`, an unknown user -1 has none) and the positive itself when not one of them."""
+    n_pos = positive_rows.shape[0]
+    mass = np.zeros(n_pos)
+    for q in range(n_pos):
+        near = max(user_rows[min(q + _PREFETCH_AHEAD, n_pos - 1)], 0)
+        prefetch(signatures, near * _SIGNATURE_WORDS)
+        prefetch(user_items, indptr[near])
+        prefetch(user_mass, near)
+        u, row = user_rows[q], positive_rows[q]
+        inside = False
+        if u >= 0:
+            mass[q] = user_mass[u]
+            if row >= 0:
+                bit = _signature_bit(row)
+                if (
+                    signatures[u * _SIGNATURE_WORDS + (bit >> np.uint64(6))] >> (bit & np.uint64(63))
+                ) & np.uint64(1):
+                    inside = _in_sorted(user_items, indptr[u], indptr[u + 1], row)
+        if row >= 0 and not inside:
+            mass[q] += probability[row]
+    return mass
 
 
 @numba.njit(inline="always")

@@ -353,7 +353,7 @@ class NegativeSampler(_Sampler):
             kept=kept,
             num_positives=num_positives,
             set_of_positive=row_of,
-            members=lambda: members,
+            members=lambda: (set_of_member, member_rows),
             num_items=num_items,
             **sets,
         )
@@ -433,11 +433,15 @@ class NegativeSamplerV2(_Sampler):
     ) -> Exclusion:
         """Set q: positive q and its user's items; its mass, and in shared mode its members."""
         csr, num_items, num_positives = self._positives, len(self.items), len(positive_rows)
-        known_user = user_rows >= 0
-        mass = np.where(known_user, self._user_mass[np.maximum(user_rows, 0)], 0.0)
-        own = kernels.in_user_items(positive_rows, user_rows, csr.indptr, csr.items)
-        extra = (positive_rows >= 0) & ~own
-        mass[extra] += self._pool_probability[positive_rows[extra]]
+        mass = kernels.positive_set_mass(
+            positive_rows,
+            user_rows,
+            csr.indptr,
+            csr.items,
+            self._signatures,
+            self._user_mass,
+            self._pool_probability,
+        )
         members = partial(self._members, draws, positive_rows, user_rows) if draws.shared else None
         return Exclusion.of_sets(
             group=draws.group,
@@ -448,26 +452,32 @@ class NegativeSamplerV2(_Sampler):
             kept=kept,
             num_positives=num_positives,
             set_of_positive=np.arange(num_positives, dtype=np.int64),
+            one_set_per_positive=True,
             members=members,
             num_items=num_items,
         )
 
-    def _members(self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
-        """The sets of the positives that own draws, as sorted keys set * num_items + item row."""
-        csr, num_items = self._positives, len(self.items)
+    def _members(
+        self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(set, item row) pairs, each once, of the sets of the positives that own draws: the
+        user's distinct items, and the positive when it is not one of them."""
+        csr = self._positives
         owners = np.arange(min(len(positive_rows), -(-len(draws.rows) // draws.group)), dtype=np.int64)
-        users = user_rows[owners]
+        users, own_rows = user_rows[owners], positive_rows[owners]
         known = users >= 0
         starts = np.where(known, csr.indptr[np.maximum(users, 0)], 0)
         counts = np.where(known, csr.indptr[np.maximum(users, 0) + 1] - starts, 0)
-        edges = np.repeat(starts + counts - np.cumsum(counts), counts) + np.arange(int(counts.sum()))
-        own_rows = positive_rows[owners]
-        has = own_rows >= 0
-        keys = [
-            np.repeat(owners, counts) * num_items + csr.items[edges],
-            owners[has] * num_items + own_rows[has],
-        ]
-        return np.unique(np.concatenate(keys))
+        range_starts = np.repeat(starts, counts)
+        edges = range_starts + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        items = csr.items[edges].astype(np.int64)
+        distinct = (edges == range_starts) | (items != csr.items[np.maximum(edges - 1, 0)])  # lists ascend
+        inside = kernels.in_user_items(own_rows, users, csr.indptr, csr.items)
+        extra = (own_rows >= 0) & ~inside
+        return (
+            np.concatenate([np.repeat(owners, counts)[distinct], owners[extra]]),
+            np.concatenate([items[distinct], own_rows[extra]]),
+        )
 
 
 class HardNegativeSampler(NegativeSampler):
