@@ -112,6 +112,9 @@ class Exclusion:
     def stats(self) -> Stats:
         """`excluded_mass`: the proposal mass a draw could not land on, averaged over the call's
         draws; `excluded_mass_max`: the largest of any set a draw avoided."""
+        if len(self.mass) == 1:  # one set (exclude = "batch", "none"): no array work on the hot path
+            mass = float(self.mass[0]) if self.draws[0] else 0.0
+            return {"excluded_mass": mass, "excluded_mass_max": mass}
         total = int(self.draws.sum())
         if total == 0:
             return {"excluded_mass": 0.0, "excluded_mass_max": 0.0}
