@@ -64,9 +64,9 @@ class Exclusion:
     Draw s belongs to positive s // `group`, whose excluded set is number `set_of_positive[q]`
     (None: one set, number 0, for every positive). `mass[e]` is set e's proposal mass, `draws[e]`
     how many of the call's draws avoided it. `kept` holds the draws (ascending) that are still in
-    their set after the last redraw round. `members` (called only for the probabilities of
-    several sets in shared mode, so `get` does not pay for it) gives each set's distinct item rows
-    as pairs (set numbers, item rows).
+    their set after the last redraw round. `set_weights` (called only for the probabilities of
+    several sets in shared mode, so `get` does not pay for it) maps a weight a set to an array over
+    item rows: each item's summed weight of the sets that hold it.
     """
 
     group: int
@@ -76,8 +76,7 @@ class Exclusion:
     draws: np.ndarray
     kept: np.ndarray
     set_of_positive: np.ndarray | None = None
-    members: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
-    num_items: int = 0
+    set_weights: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def of_sets(
@@ -92,8 +91,7 @@ class Exclusion:
         num_positives: int,
         set_of_positive: np.ndarray | None = None,
         one_set_per_positive: bool = False,
-        members: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
-        num_items: int = 0,
+        set_weights: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Exclusion:
         """The exclusion of a call whose `num_draws` draws belong `group` a positive (`shared`:
         draw s to positive s // group, the first positives'); `set_of_positive[q] == q` when
@@ -107,7 +105,7 @@ class Exclusion:
                 if one_set_per_positive
                 else np.bincount(set_of_positive, weights=per_positive, minlength=len(mass)).astype(np.int64)
             )
-        return cls(group, shared, max_retries, mass, draws, kept, set_of_positive, members, num_items)
+        return cls(group, shared, max_retries, mass, draws, kept, set_of_positive, set_weights)
 
     def stats(self) -> Stats:
         """`excluded_mass`: the proposal mass a draw could not land on, averaged over the call's
@@ -153,11 +151,8 @@ class Exclusion:
         off its set, less (free - kept) for the draws whose set holds the item."""
         share = self.draws / self.draws.sum()
         base = float(np.dot(share, free_rounds))
-        assert self.members is not None and self.num_items > 0
-        member_sets, member_items = self.members()
-        loss = share[member_sets] * (free_rounds - kept_rounds)[member_sets]
-        lost = np.bincount(member_items, weights=loss, minlength=self.num_items)
-        return base - lost[rows]
+        assert self.set_weights is not None
+        return base - self.set_weights(share * (free_rounds - kept_rounds))[rows]
 
 
 def _round_factors(mass: np.ndarray, max_retries: int) -> tuple[np.ndarray, np.ndarray]:

@@ -265,15 +265,29 @@ def distinct_mass(indptr: np.ndarray, user_items: np.ndarray, probability: np.nd
 
 
 @numba.njit(cache=True, nogil=True)
-def in_user_items(
-    rows: np.ndarray, user_rows: np.ndarray, indptr: np.ndarray, user_items: np.ndarray
+def user_set_weights(
+    owners: int,
+    positive_rows: np.ndarray,
+    user_rows: np.ndarray,
+    indptr: np.ndarray,
+    user_items: np.ndarray,
+    num_items: int,
+    weights: np.ndarray,
 ) -> np.ndarray:
-    """bool [Q]: whether rows[q] is one of user user_rows[q]'s items (an unknown user, -1, has none)."""
-    out = np.zeros(rows.shape[0], np.bool_)
-    for q in range(rows.shape[0]):
-        u = user_rows[q]
+    """float64 [num_items]: each item's summed `weights[q]` over the first `owners` positives q
+    whose set holds it: the distinct items of q's user (ascending lists), and q's positive."""
+    out = np.zeros(num_items)
+    for q in range(owners):
+        w, u, row = weights[q], user_rows[q], positive_rows[q]
+        inside = False
         if u >= 0:
-            out[q] = _in_sorted(user_items, indptr[u], indptr[u + 1], rows[q])
+            for e in range(indptr[u], indptr[u + 1]):
+                item = user_items[e]
+                if e == indptr[u] or item != user_items[e - 1]:
+                    out[item] += w
+                    inside |= item == row
+        if row >= 0 and not inside:
+            out[row] += w
     return out
 
 

@@ -353,8 +353,9 @@ class NegativeSampler(_Sampler):
             kept=kept,
             num_positives=num_positives,
             set_of_positive=row_of,
-            members=lambda: (set_of_member, member_rows),
-            num_items=num_items,
+            set_weights=lambda weights: np.bincount(
+                member_rows, weights=weights[set_of_member], minlength=num_items
+            ),
             **sets,
         )
 
@@ -431,7 +432,7 @@ class NegativeSamplerV2(_Sampler):
     def _exclusion(
         self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray, kept: np.ndarray
     ) -> Exclusion:
-        """Set q: positive q and its user's items; its mass, and in shared mode its members."""
+        """Set q: positive q and its user's items; its mass, and in shared mode how to weigh the sets."""
         csr, num_items, num_positives = self._positives, len(self.items), len(positive_rows)
         mass = kernels.positive_set_mass(
             positive_rows,
@@ -442,7 +443,12 @@ class NegativeSamplerV2(_Sampler):
             self._user_mass,
             self._pool_probability,
         )
-        members = partial(self._members, draws, positive_rows, user_rows) if draws.shared else None
+        set_weights = None
+        if draws.shared:  # the sets of the positives that own draws
+            owners = min(num_positives, -(-len(draws.rows) // draws.group))
+            set_weights = partial(
+                kernels.user_set_weights, owners, positive_rows, user_rows, csr.indptr, csr.items, num_items
+            )
         return Exclusion.of_sets(
             group=draws.group,
             num_draws=len(draws.rows),
@@ -453,30 +459,7 @@ class NegativeSamplerV2(_Sampler):
             num_positives=num_positives,
             set_of_positive=np.arange(num_positives, dtype=np.int64),
             one_set_per_positive=True,
-            members=members,
-            num_items=num_items,
-        )
-
-    def _members(
-        self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(set, item row) pairs, each once, of the sets of the positives that own draws: the
-        user's distinct items, and the positive when it is not one of them."""
-        csr = self._positives
-        owners = np.arange(min(len(positive_rows), -(-len(draws.rows) // draws.group)), dtype=np.int64)
-        users, own_rows = user_rows[owners], positive_rows[owners]
-        known = users >= 0
-        starts = np.where(known, csr.indptr[np.maximum(users, 0)], 0)
-        counts = np.where(known, csr.indptr[np.maximum(users, 0) + 1] - starts, 0)
-        range_starts = np.repeat(starts, counts)
-        edges = range_starts + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        items = csr.items[edges].astype(np.int64)
-        distinct = (edges == range_starts) | (items != csr.items[np.maximum(edges - 1, 0)])  # lists ascend
-        inside = kernels.in_user_items(own_rows, users, csr.indptr, csr.items)
-        extra = (own_rows >= 0) & ~inside
-        return (
-            np.concatenate([np.repeat(owners, counts)[distinct], owners[extra]]),
-            np.concatenate([items[distinct], own_rows[extra]]),
+            set_weights=set_weights,
         )
 
 
