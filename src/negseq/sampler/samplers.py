@@ -310,11 +310,13 @@ class NegativeSampler(_Sampler):
 
     def _draw(self, draws: _Draws) -> tuple[int, Exclusion]:
         rows, key, retries = draws.rows, draws.key, self.max_retries
-        sets = {"group": draws.group, "num_draws": len(rows), "shared": draws.shared}
+        group, num_draws, shared = draws.group, len(rows), draws.shared
         num_positives = len(draws.positives)
         if self.exclude == "none":
             kernels.draw_rows(rows, self._alias, _NO_POOL, *key)
-            return 0, no_exclusion(num_positives=num_positives, **sets)
+            return 0, no_exclusion(
+                group=group, num_draws=num_draws, shared=shared, num_positives=num_positives
+            )
         num_items = len(self.items)
         positive_rows = self.items.rows(draws.positives)
         if self.exclude == "batch":
@@ -322,7 +324,13 @@ class NegativeSampler(_Sampler):
             redraws, kept = kernels.draw_excluding_rows(rows, self._alias, _NO_POOL, excluded, *key, retries)
             mass = np.array([weight / self._total_weight])
             return redraws, Exclusion.of_sets(
-                max_retries=retries, mass=mass, kept=kept, num_positives=num_positives, **sets
+                group=group,
+                num_draws=num_draws,
+                shared=shared,
+                max_retries=retries,
+                mass=mass,
+                kept=kept,
+                num_positives=num_positives,
             )
         # "user": set r holds row r's distinct positives, searched as the V2 kernel searches a user's
         row_of = draws.row_of if draws.row_of is not None else np.arange(num_positives, dtype=np.int64)
@@ -356,7 +364,9 @@ class NegativeSampler(_Sampler):
             set_weights=lambda weights: np.bincount(
                 member_rows, weights=weights[set_of_member], minlength=num_items
             ),
-            **sets,
+            group=group,
+            num_draws=num_draws,
+            shared=shared,
         )
 
 
@@ -412,6 +422,7 @@ class NegativeSamplerV2(_Sampler):
 
     def _draw(self, draws: _Draws) -> tuple[int, Exclusion]:
         csr = self._positives
+        assert draws.users is not None  # user_id_field is required
         positive_rows = self.items.rows(draws.positives)
         user_rows = csr.user_rows(draws.users)
         redraws, kept = kernels.draw_excluding_user_items(

@@ -306,7 +306,7 @@ class SamplerServer(flight.FlightServerBase):
             training=request.training,
         )
         stats = json_stats(sampled.stats)
-        return sampled.to_arrow(), {"layout": layout, "stats": stats}, stats.get("draws", 0)
+        return sampled.to_arrow(), {"layout": layout, "stats": stats}, int(stats.get("draws", 0))
 
     # -- actions ---------------------------------------------------------------------------
 
