@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator
@@ -29,6 +30,7 @@ from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
 from negseq.config import JobConfig
 from negseq.errors import NegseqError
+from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import prepare
@@ -168,6 +170,9 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     time_field = "uih_ts" if config.model.num_time_buckets else None
     collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
+    warning = exclusion_warning(work)
+    if warning is not None:
+        print(f"[negseq run] {warning}", file=sys.stderr, flush=True)
     stage = _Stage(config, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally
     try:
