@@ -60,8 +60,8 @@ from typing import Any, Literal, overload
 import numpy as np
 import pyarrow as pa
 
-from negseq.candidates import LAYOUTS, Layout
 from negseq.errors import NegseqError
+from negseq.layout import LAYOUTS, Layout
 from negseq.sampler import SampleResult
 from negseq.sampler.arrow_numpy import arrow_int64
 from negseq.sampler.exclusion import json_stats
