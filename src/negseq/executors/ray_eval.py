@@ -12,6 +12,7 @@ does not depend on order). The result also says which nodes ranked how many user
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,7 +136,11 @@ def _keys(source: Source, batch_size: int) -> tuple[ray.ObjectRef, ray.data.Data
 
 
 def _cpu_model(model: HSTUMatch) -> HSTUMatch:
-    return model.to("cpu").eval()
+    """The model in eval mode on the CPU, for the actors (a copy when it lives elsewhere: the
+    caller's model stays where it is)."""
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu")
+    return model.eval()
 
 
 def evaluate_on_ray(

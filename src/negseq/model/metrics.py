@@ -45,9 +45,11 @@ def chunked_target_ranks(
 
     Column 0 (the unknown row) is never ranked; an unknown target ranks past the end. A
     target's score is taken from the same product as the columns it is compared with (the
-    chunk that holds it), so a tie is a tie whatever the chunking."""
-    rows = torch.arange(targets.numel())
-    target_score = torch.empty(targets.numel(), dtype=torch.float64)
+    chunk that holds it), so a tie is a tie whatever the chunking. Runs on the device of
+    `targets` (history and the scores on it too)."""
+    device = targets.device
+    rows = torch.arange(targets.numel(), device=device)
+    target_score = torch.empty(targets.numel(), dtype=torch.float64, device=device)
     reuse: tuple[int, torch.Tensor] | None = None  # a chunk that holds every target (one chunk: all)
     for start in range(0, num_columns, chunk):
         stop = min(start + chunk, num_columns)
@@ -60,7 +62,7 @@ def chunked_target_ranks(
     history_rows = torch.repeat_interleave(rows, history_offsets.diff())
     excluded = history != targets[history_rows]
     history_rows, history = history_rows[excluded], history[excluded]
-    ranks = torch.zeros(targets.numel(), dtype=torch.int64)
+    ranks = torch.zeros(targets.numel(), dtype=torch.int64, device=device)
     for start in range(0, num_columns, chunk):
         stop = min(start + chunk, num_columns)
         if reuse is not None and reuse[0] == start:
@@ -71,7 +73,7 @@ def chunked_target_ranks(
             scores[:, 0] = float("-inf")
         inside = (history >= start) & (history < stop)
         scores[history_rows[inside], history[inside] - start] = float("-inf")
-        cols = torch.arange(start, stop).view(1, -1)
+        cols = torch.arange(start, stop, device=device).view(1, -1)
         ahead = (scores > target_score.view(-1, 1)) | (
             (scores == target_score.view(-1, 1)) & (cols < targets.view(-1, 1))
         )
@@ -170,7 +172,7 @@ class BatchRanker:
     """Ranks the target of every row of an eval batch, by the model and by popularity.
 
     Built once (the item embeddings of the whole corpus are computed here, or handed in when
-    another process computed them), then called on each batch."""
+    another process computed them), then called on each batch. Scores on the model's device."""
 
     def __init__(
         self,
@@ -188,21 +190,22 @@ class BatchRanker:
         self.model, self.items, self.chunk = model.eval(), items, chunk
         self.num_columns = len(items) + 1
         self.with_ts = model.positional.time_emb is not None
+        self.device = next(model.parameters()).device
         if item_embeddings is None:
             with torch.no_grad():
-                item_embeddings = model.item_embeddings(torch.arange(self.num_columns))
-        self.item_emb = item_embeddings
-        self.popularity = torch.from_numpy(counts.astype(np.float64))
+                item_embeddings = model.item_embeddings(torch.arange(self.num_columns, device=self.device))
+        self.item_emb = item_embeddings.to(self.device)
+        self.popularity = torch.from_numpy(counts.astype(np.float64)).to(self.device)
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(model ranks, most-popular ranks), int64 [rows]."""
         if batch.column("target").null_count:
             raise NegseqError("eval split column 'target' holds nulls")
-        uih = history_feature(batch, self.items, with_timestamps=self.with_ts)
+        uih = history_feature(batch, self.items, with_timestamps=self.with_ts).to(self.device)
         targets = torch.from_numpy(
             np.asarray(self.items.dense_rows(batch.column("target").to_numpy()), dtype=np.int64)
-        )
+        ).to(self.device)
         users = self.model.user_embeddings(uih)
         item_emb, popularity = self.item_emb, self.popularity
 
@@ -216,7 +219,7 @@ class BatchRanker:
             chunked_target_ranks(score, self.num_columns, targets, uih.values, uih.offsets, chunk=self.chunk)
             for score in (by_model, by_popularity)
         ]
-        return ranks[0].numpy(), ranks[1].numpy()
+        return ranks[0].cpu().numpy(), ranks[1].cpu().numpy()
 
 
 def evaluate(
