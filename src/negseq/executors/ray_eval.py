@@ -45,22 +45,19 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-class CountItems:
-    """Ray Data callable class: interaction counts of the `uih` column of the batches it is handed,
-    as (dense row, count) pairs."""
-
-    def __init__(self, source: Source, descriptors: ray.ObjectRef, items_ref: ray.ObjectRef) -> None:
-        self.descriptors: Sequence[BatchDescriptor] = ray.get(descriptors)
-        self.items: DenseRows = ray.get(items_ref)
-        self.reader = SourceReader(source, ["uih"])
-
-    def __call__(self, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        counts = sum(
-            item_counts(pa.Table.from_batches([self.reader.read(self.descriptors[i])]), self.items)
-            for i in keys["batch_index"].tolist()
-        )
-        rows = np.flatnonzero(counts)
-        return {"row": rows.astype(np.int64), "count": np.asarray(counts)[rows]}
+def count_items(
+    keys: dict[str, np.ndarray], source: Source, descriptors_ref: ray.ObjectRef, items_ref: ray.ObjectRef
+) -> dict[str, np.ndarray]:
+    """Ray Data task: interaction counts of the `uih` column of the batches it is handed, as
+    (dense row, count) pairs. A task, not an actor: it holds nothing worth building once."""
+    descriptors: Sequence[BatchDescriptor] = ray.get(descriptors_ref)
+    items: DenseRows = ray.get(items_ref)
+    reader = SourceReader(source, ["uih"])
+    counts = np.zeros(len(items) + 1, dtype=np.int64)
+    for index in keys["batch_index"].tolist():
+        counts += item_counts(pa.Table.from_batches([reader.read(descriptors[index])]), items)
+    rows = np.flatnonzero(counts)
+    return {"row": rows.astype(np.int64), "count": counts[rows]}
 
 
 class RankBatches:
@@ -165,9 +162,8 @@ def evaluate_on_ray(
             count_descriptors, count_keys = _keys(split, COUNT_BATCH_ROWS)
             counts = np.zeros(len(items) + 1, dtype=np.int64)
             counted = count_keys.map_batches(
-                CountItems,
-                fn_constructor_args=(split, count_descriptors, items_ref),
-                compute=pool.strategy(),
+                count_items,
+                fn_args=(split, count_descriptors, items_ref),
                 batch_size=1,
                 batch_format="numpy",
                 num_cpus=pool.num_cpus,
