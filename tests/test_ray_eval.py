@@ -1,5 +1,6 @@
-"""Evaluation and `predict` on Ray Data actors (the embedded Ray): the in-process metrics and
-files exactly, one actor or two, and bad splits refused before any actor starts."""
+"""Evaluation on Ray Data actors (the embedded Ray): the in-process metrics exactly, on one actor
+or two, the files of `predict` from the same pass, and bad splits refused before any actor
+starts."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 from negseq.errors import NegseqError  # noqa: E402
 from negseq.executors.ray_data import ActorPool  # noqa: E402
-from negseq.executors.ray_eval import evaluate_on_ray, predict_on_ray  # noqa: E402
+from negseq.executors.ray_eval import evaluate_on_ray  # noqa: E402
 from negseq.io.sources import Source  # noqa: E402
 from negseq.model.export import predict  # noqa: E402
 from negseq.model.hstu_match import HSTUMatch, STUConfig  # noqa: E402
@@ -76,10 +77,17 @@ def test_ray_evaluation_gives_the_in_process_metrics_on_one_or_two_actors(tmp_pa
     assert one["model"] == want["model"] and one["most_popular"] == want["most_popular"]
 
 
-def test_ray_predict_writes_the_in_process_files(tmp_path, items, model):
+def test_ray_evaluation_writes_the_files_of_predict(tmp_path, items, model):
     split = _split(tmp_path / "eval", items, rows=300)
     local = predict(model, split, items, tmp_path / "here", batch_size=64)
-    there = predict_on_ray(model, split, items, tmp_path / "there", batch_size=64, pool=ActorPool(2, 2, 0.5))
+    metrics = evaluate_on_ray(
+        model, split, items, batch_size=64, pool=ActorPool(2, 2, 0.5), embeddings_to=tmp_path / "there"
+    )
+    assert metrics["num_users"] == 300
+    there = {
+        "users": tmp_path / "there" / "user_embeddings.arrow",
+        "items": tmp_path / "there" / "item_embeddings.arrow",
+    }
     for key in ("users", "items"):
         a = pa.ipc.open_file(local[key]).read_all()
         b = pa.ipc.open_file(there[key]).read_all()
@@ -96,7 +104,9 @@ def test_ray_evaluation_refuses_a_bad_split_before_it_starts(tmp_path, items, mo
     with pytest.raises(NegseqError, match=r"no column\(s\) \['uih_ts'\]"):
         evaluate_on_ray(model, Source.open(str(tmp_path / "no_ts.parquet")), items)
     with pytest.raises(NegseqError, match=r"no column\(s\) \['uih_ts'\]"):
-        predict_on_ray(model, Source.open(str(tmp_path / "no_ts.parquet")), items, tmp_path / "out")
+        evaluate_on_ray(
+            model, Source.open(str(tmp_path / "no_ts.parquet")), items, embeddings_to=tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
     empty = table.append_column("uih_ts", pa.array([[5]], pa.list_(pa.int64()))).slice(0, 0)
     pq.write_table(empty, tmp_path / "empty.parquet")

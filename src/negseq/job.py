@@ -196,12 +196,12 @@ def _evaluate(config: JobConfig, model: Any, split: Source, items: ItemTable, ou
         predict(model, split, items, out / "embeddings", item_ids=items.ids)
         return metrics
     from negseq.executors.ray_data import ActorPool
-    from negseq.executors.ray_eval import evaluate_on_ray, predict_on_ray
+    from negseq.executors.ray_eval import evaluate_on_ray
 
     pool = ActorPool(config.ray.min_actors, config.ray.max_actors, config.ray.actor_cpus)
-    metrics = evaluate_on_ray(model, split, items, ks=ks, pool=pool)
-    predict_on_ray(model, split, items, out / "embeddings", item_ids=items.ids, pool=pool)
-    return metrics
+    return evaluate_on_ray(
+        model, split, items, ks=ks, pool=pool, embeddings_to=out / "embeddings", item_ids=items.ids
+    )
 
 
 def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Evaluation and `predict` on Ray Data: an eval split's batches ranked (or embedded) by actors.
+"""Evaluation (and `predict`) on Ray Data: an eval split's batches ranked by actors.
 
 The driver plans the split from metadata (batch descriptors, as the sampler's plan does),
 computes the corpus's item embeddings once and `ray.put`s them with the model, the item table
@@ -7,11 +7,13 @@ and the popularity counts; every actor of the pool maps them (zero-copy, one cop
 Actors return int ranks only and the driver folds them into `RankCounts`, so no process holds
 the split or a users x corpus score matrix, and the metrics equal `evaluate` in one process
 on the same batches whatever the number of actors or nodes (ranks are integers; the histogram
-does not depend on order). The result also says which nodes ranked how many users.
+does not depend on order). The result also says which nodes ranked how many users. The same
+pass can write what `predict` writes, so a job's evaluation and embeddings start one actor pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 
@@ -28,7 +31,7 @@ from negseq.executors.ray_data import ActorPool
 from negseq.io.sources import BatchDescriptor, Source, SourceReader
 from negseq.model.export import EmbeddingWriter, predict_columns, write_item_embeddings
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import DenseRows, history_feature
+from negseq.model.inputs import DenseRows
 from negseq.model.metrics import BatchRanker, RankCounts, check_split, eval_columns, item_counts
 
 COUNT_BATCH_ROWS = 4096  # rows a batch of the popularity-count pass
@@ -62,17 +65,16 @@ def count_items(
 
 class RankBatches:
     """Ray Data callable class: the ranker built once from the shared model, item embeddings and
-    counts; each call ranks its batches' targets. One output row an eval row."""
+    counts; each call ranks its batches' targets (one output row an eval row), and gives each
+    row's user embedding too when asked to (`embed`, for `predict`)."""
 
     def __init__(
-        self,
-        source: Source,
-        descriptors: ray.ObjectRef,
-        refs: dict[str, ray.ObjectRef],
+        self, source: Source, descriptors: ray.ObjectRef, refs: dict[str, ray.ObjectRef], embed: bool
     ) -> None:
         model: HSTUMatch = ray.get(refs["model"])
         self.descriptors: Sequence[BatchDescriptor] = ray.get(descriptors)
-        self.reader = SourceReader(source, eval_columns(model))
+        self.embed = embed
+        self.reader = SourceReader(source, eval_columns(model) + (["user_id"] if embed else []))
         self.ranker = BatchRanker(
             model,
             ray.get(refs["items"]),
@@ -81,45 +83,21 @@ class RankBatches:
         )
         self.node_id = _node_id()
 
-    def __call__(self, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        model_ranks, pop_ranks = [], []
-        for index in keys["batch_index"].tolist():
-            ranks = self.ranker(pa.Table.from_batches([self.reader.read(self.descriptors[index])]))
-            model_ranks.append(ranks[0])
-            pop_ranks.append(ranks[1])
-        model_rank = np.concatenate(model_ranks)
-        return {
-            "model_rank": model_rank,
-            "pop_rank": np.concatenate(pop_ranks),
-            "node_id": np.full(model_rank.size, self.node_id),
-        }
-
-
-class EmbedUsers:
-    """Ray Data callable class: the model (built once) embeds the users of its batches."""
-
-    def __init__(self, source: Source, descriptors: ray.ObjectRef, refs: dict[str, ray.ObjectRef]) -> None:
-        self.model: HSTUMatch = ray.get(refs["model"]).eval()
-        self.items: DenseRows = ray.get(refs["items"])
-        self.descriptors: Sequence[BatchDescriptor] = ray.get(descriptors)
-        self.reader = SourceReader(source, predict_columns(self.model))
-
-    @torch.no_grad()
     def __call__(self, keys: dict[str, np.ndarray]) -> pa.Table:
-        with_ts = self.model.positional.time_emb is not None
         tables = []
         for index in keys["batch_index"].tolist():
             batch = pa.Table.from_batches([self.reader.read(self.descriptors[index])])
-            emb = self.model.user_embeddings(history_feature(batch, self.items, with_timestamps=with_ts))
-            flat = pa.array(emb.to(torch.float32).numpy().reshape(-1))
-            tables.append(
-                pa.table(
-                    {
-                        "user_id": batch.column("user_id").cast(pa.int64()),
-                        "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]),
-                    }
-                )
-            )
+            model_rank, pop_rank, users = self.ranker.ranks_and_users(batch)
+            columns: dict[str, Any] = {
+                "model_rank": model_rank,
+                "pop_rank": pop_rank,
+                "node_id": pa.array([self.node_id] * batch.num_rows, pa.string()),
+            }
+            if self.embed:
+                flat = pa.array(users.to(torch.float32).cpu().numpy().reshape(-1))
+                columns["user_id"] = batch.column("user_id").cast(pa.int64())
+                columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, users.shape[1])
+            tables.append(pa.table(columns))
         return pa.concat_tables(tables)
 
 
@@ -149,10 +127,20 @@ def evaluate_on_ray(
     counts: np.ndarray | None = None,
     batch_size: int = 256,
     pool: ActorPool | None = None,
+    embeddings_to: str | Path | None = None,
+    item_ids: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """`negseq.model.metrics.evaluate` of a split read by Ray actors: the same metrics, plus
-    "nodes" (node id -> users ranked there)."""
+    "nodes" (node id -> users ranked there).
+
+    `embeddings_to`: also write what `negseq.model.export.predict` writes there (the same files:
+    the users' embeddings from the same pass, in the split's order, written by this process as
+    the actors return them; the items' embeddings, of `item_ids` or every item)."""
     check_split(split, model)
+    if embeddings_to is not None:
+        missing = [c for c in predict_columns(model) if c not in split.schema.names]
+        if missing:
+            raise NegseqError(f"eval split {split.spec} has no column(s) {missing}: cannot write embeddings")
     pool = pool or ActorPool()
     was_training = model.training
     model = _cpu_model(model)
@@ -171,17 +159,17 @@ def evaluate_on_ray(
             for part in counted.iter_batches(batch_size=None, batch_format="numpy"):
                 np.add.at(counts, part["row"], part["count"])
         with torch.no_grad():
-            item_emb = model.item_embeddings(torch.arange(len(items) + 1)).numpy()
+            item_emb = model.item_embeddings(torch.arange(len(items) + 1))
         refs = {
             "model": ray.put(model),
             "items": items_ref,
             "counts": ray.put(counts),
-            "item_embeddings": ray.put(item_emb),
+            "item_embeddings": ray.put(item_emb.numpy()),
         }
         descriptors, keys = _keys(split, batch_size)
         ranked = keys.map_batches(
             RankBatches,
-            fn_constructor_args=(split, descriptors, refs),
+            fn_constructor_args=(split, descriptors, refs, embeddings_to is not None),
             compute=pool.strategy(),
             batch_size=1,
             batch_format="numpy",
@@ -189,11 +177,25 @@ def evaluate_on_ray(
         )
         by_model, by_popularity = RankCounts(len(items) + 1), RankCounts(len(items) + 1)
         nodes: dict[str, int] = {}
-        for part in ranked.iter_batches(batch_size=None, batch_format="numpy"):
-            by_model.add(part["model_rank"])
-            by_popularity.add(part["pop_rank"])
-            for node, users in zip(*np.unique(part["node_id"], return_counts=True), strict=True):
-                nodes[str(node)] = nodes.get(str(node), 0) + int(users)
+        with contextlib.ExitStack() as files:
+            writer = None
+            if embeddings_to is not None:
+                ranked.context.execution_options.preserve_order = True  # users in the split's order
+                out = Path(embeddings_to)
+                out.mkdir(parents=True, exist_ok=True)
+                path = out / "user_embeddings.arrow"
+                writer = files.enter_context(EmbeddingWriter(path, "user_id", model.embedding_dim))
+            for part in ranked.iter_batches(batch_size=None, batch_format="pyarrow"):
+                by_model.add(part.column("model_rank").to_numpy())
+                by_popularity.add(part.column("pop_rank").to_numpy())
+                for entry in pc.value_counts(part.column("node_id")).to_pylist():
+                    nodes[entry["values"]] = nodes.get(entry["values"], 0) + entry["counts"]
+                if writer is not None:
+                    for batch in part.select(["user_id", "embedding"]).to_batches():
+                        writer.write_batch(batch)
+        if embeddings_to is not None:
+            ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)  # type: ignore[attr-defined]
+            write_item_embeddings(model, items, Path(embeddings_to) / "item_embeddings.arrow", ids)
     finally:
         model.train(was_training)
     return {
@@ -202,47 +204,3 @@ def evaluate_on_ray(
         "num_users": by_model.total,
         "nodes": nodes,
     }
-
-
-def predict_on_ray(
-    model: HSTUMatch,
-    sequences: Source,
-    items: DenseRows,
-    out_dir: str | Path,
-    *,
-    item_ids: np.ndarray | None = None,
-    batch_size: int = 256,
-    pool: ActorPool | None = None,
-) -> dict[str, Path]:
-    """`negseq.model.export.predict` with the users embedded by Ray actors: the same files. The
-    driver writes each batch's embeddings as it arrives, in the split's order."""
-    missing = [c for c in predict_columns(model) if c not in sequences.schema.names]
-    if missing:
-        raise NegseqError(f"sequence table has no column(s) {missing} (columns: {sequences.schema.names})")
-    pool = pool or ActorPool()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"users": out / "user_embeddings.arrow", "items": out / "item_embeddings.arrow"}
-    was_training = model.training
-    model = _cpu_model(model)
-    try:
-        descriptors, keys = _keys(sequences, batch_size)
-        embedded = keys.map_batches(
-            EmbedUsers,
-            fn_constructor_args=(sequences, descriptors, {"model": ray.put(model), "items": ray.put(items)}),
-            compute=pool.strategy(),
-            batch_size=1,
-            batch_format="numpy",
-            num_cpus=pool.num_cpus,
-        )
-        embedded.context.execution_options.preserve_order = True
-        with EmbeddingWriter(paths["users"], "user_id", model.embedding_dim) as writer:
-            for part in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for batch in part.to_batches():
-                    writer.write_batch(batch)
-        ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            write_item_embeddings(model, items, paths["items"], ids)
-    finally:
-        model.train(was_training)
-    return paths

@@ -197,9 +197,14 @@ class BatchRanker:
         self.item_emb = item_embeddings.to(self.device)
         self.popularity = torch.from_numpy(counts.astype(np.float64)).to(self.device)
 
-    @torch.no_grad()
     def __call__(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(model ranks, most-popular ranks), int64 [rows]."""
+        model_ranks, pop_ranks, _ = self.ranks_and_users(batch)
+        return model_ranks, pop_ranks
+
+    @torch.no_grad()
+    def ranks_and_users(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """The ranks and the user embeddings [rows, D] they were scored with (for `predict`)."""
         if batch.column("target").null_count:
             raise NegseqError("eval split column 'target' holds nulls")
         uih = history_feature(batch, self.items, with_timestamps=self.with_ts).to(self.device)
@@ -219,7 +224,7 @@ class BatchRanker:
             chunked_target_ranks(score, self.num_columns, targets, uih.values, uih.offsets, chunk=self.chunk)
             for score in (by_model, by_popularity)
         ]
-        return ranks[0].cpu().numpy(), ranks[1].cpu().numpy()
+        return ranks[0].cpu().numpy(), ranks[1].cpu().numpy(), users
 
 
 def evaluate(
