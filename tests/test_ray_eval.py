@@ -61,41 +61,40 @@ def _split(folder: Path, items: ItemTable, rows: int) -> Source:
     return Source.open(str(folder))
 
 
-def test_ray_evaluation_gives_the_in_process_metrics_on_one_or_two_actors(tmp_path, items, model):
+def test_ray_evaluation_gives_the_in_process_metrics_and_predicts_files_on_one_or_two_actors(
+    tmp_path, items, model
+):
     split = _split(tmp_path / "eval", items, rows=500)
     here = evaluate(model, split, items, ks=(1, 10, 50), batch_size=64)
     assert here["num_users"] == 500 and 0 < here["model"]["MRR"] < 1
-    there = evaluate_on_ray(model, split, items, ks=(1, 10, 50), batch_size=64, pool=ActorPool(2, 2, 0.5))
+    local = predict(model, split, items, tmp_path / "here", batch_size=64)
+    there = evaluate_on_ray(
+        model,
+        split,
+        items,
+        ks=(1, 10, 50),
+        batch_size=64,
+        pool=ActorPool(2, 2, 0.5),
+        embeddings_to=tmp_path / "there",
+    )
     nodes = there.pop("nodes")
     assert there == here
     assert list(nodes.values()) == [500] and set(nodes) == {ray.get_runtime_context().get_node_id()}
+    for name in ("user_embeddings.arrow", "item_embeddings.arrow"):
+        a = pa.ipc.open_file(tmp_path / "here" / name).read_all()
+        b = pa.ipc.open_file(tmp_path / "there" / name).read_all()
+        assert a.schema.equals(b.schema) and a.column(0).equals(b.column(0))  # ids, in split order
+        np.testing.assert_array_equal(
+            np.stack(a.column("embedding").to_numpy(zero_copy_only=False)),
+            np.stack(b.column("embedding").to_numpy(zero_copy_only=False)),
+        )
+    assert sorted(p.name for p in local.values()) == sorted(p.name for p in (tmp_path / "there").iterdir())
     counts = np.arange(NUM_ITEMS + 1)  # given counts: the baseline ranks by them, on one actor too
     want = evaluate(model, split, items, ks=(5,), counts=counts)
     one = evaluate_on_ray(
         model, split, items, ks=(5,), counts=counts, batch_size=100, pool=ActorPool(1, 1, 0.5)
     )
     assert one["model"] == want["model"] and one["most_popular"] == want["most_popular"]
-
-
-def test_ray_evaluation_writes_the_files_of_predict(tmp_path, items, model):
-    split = _split(tmp_path / "eval", items, rows=300)
-    local = predict(model, split, items, tmp_path / "here", batch_size=64)
-    metrics = evaluate_on_ray(
-        model, split, items, batch_size=64, pool=ActorPool(2, 2, 0.5), embeddings_to=tmp_path / "there"
-    )
-    assert metrics["num_users"] == 300
-    there = {
-        "users": tmp_path / "there" / "user_embeddings.arrow",
-        "items": tmp_path / "there" / "item_embeddings.arrow",
-    }
-    for key in ("users", "items"):
-        a = pa.ipc.open_file(local[key]).read_all()
-        b = pa.ipc.open_file(there[key]).read_all()
-        assert a.schema.equals(b.schema) and a.column(0).equals(b.column(0))  # ids, in split order
-        np.testing.assert_array_equal(
-            np.stack(a.column("embedding").to_numpy(zero_copy_only=False)),
-            np.stack(b.column("embedding").to_numpy(zero_copy_only=False)),
-        )
 
 
 def test_ray_evaluation_refuses_a_bad_split_before_it_starts(tmp_path, items, model):
