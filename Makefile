@@ -17,6 +17,8 @@ run: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: setup

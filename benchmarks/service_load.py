@@ -208,7 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         job = write_job(Path(tmp), args.num_items, args.num_sample, attr_fields)
         served = ServiceJob.from_toml(job)  # the servers' own job file: every phase, one sampler
-        sampler = build_sampler(served.sampler_config, base_dir=served.base_dir)
+        sampler = build_sampler(served.sampler_config)
         batches = make_batches(16, args.rows, args.num_items)
         sampler.get(batches[0], per_positive=per_positive)  # compile the kernels before timing
         want = sampler.get(batches[0], epoch=0, batch_index=7, per_positive=per_positive)

@@ -71,7 +71,12 @@ class JaggedFeature:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
-        return JaggedFeature(move(self.values), move(self.offsets), move(self.timestamps), move(self.actions))
+        return JaggedFeature(
+            self.values.to(device, non_blocking=non_blocking),
+            self.offsets.to(device, non_blocking=non_blocking),
+            move(self.timestamps),
+            move(self.actions),
+        )
 
 
 @dataclass(frozen=True)

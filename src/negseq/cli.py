@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from negseq import __version__
-from negseq.config import add_config_flags, delimiter_from_text, flag_values, load_config
+from negseq.config import JobConfig, add_config_flags, delimiter_from_text, flag_values, load_config
 from negseq.errors import NegseqError
 from negseq.service.cli import add_serve
 
@@ -281,9 +283,23 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.job, command="run")
+    if config.ray.executor == "ray":
+        # Ray's start (its processes, ~4 s) overlaps the import of the training side (torch, ~4 s)
+        from negseq.executors.ray_session import ray_started
+
+        importer = threading.Thread(target=importlib.import_module, args=("negseq.job",), daemon=True)
+        importer.start()
+        with ray_started(config, args.verbose):
+            importer.join()
+            return _run(config, args)
+    return _run(config, args)
+
+
+def _run(config: JobConfig, args: argparse.Namespace) -> int:
     from negseq.job import run_job
 
-    result = run_job(load_config(args.job, command="run"), quiet=args.quiet, verbose=args.verbose)
+    result = run_job(config, quiet=args.quiet, verbose=args.verbose)
     if args.quiet:
         print(json.dumps({"model": result["model"], "most_popular": result["most_popular"]}))
     return 0

@@ -755,6 +755,11 @@ class RayConfig:
         _Bool(), "the trainer sees an epoch's batches in batch_index order: one seed, one result", True
     )
 
+    def cluster_address(self) -> str | None:
+        """The cluster to join: `address`, else `RAY_ADDRESS` (set by `ray job submit`); None means
+        an embedded Ray started by the job."""
+        return self.address or os.environ.get("RAY_ADDRESS")
+
 
 @dataclass(frozen=True)
 class OutputConfig:

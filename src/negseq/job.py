@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -119,39 +118,6 @@ def check_ray_resources(config: JobConfig, cluster_cpus: float) -> None:
         )
 
 
-def _ray_address(config: JobConfig) -> str | None:
-    return config.ray.address or os.environ.get("RAY_ADDRESS")
-
-
-def _init_ray(config: JobConfig, verbose: bool) -> bool:
-    """Join the configured cluster, the one `ray job submit` runs us in, or start an embedded one.
-    Returns whether this process started Ray (and so shuts it down). Ray's own logs, warnings
-    and Ray Data's progress bars show with `verbose` only."""
-    import ray
-
-    from negseq.executors.ray_logs import quiet_ray
-
-    if not verbose:
-        quiet_ray()
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {
-        "logging_level": logging.INFO if verbose else logging.ERROR,
-        "log_to_driver": verbose,
-    }
-    if _ray_address(config):
-        ray.init(address=config.ray.address, **kwargs)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=config.ray.num_cpus or os.cpu_count() or 2,
-            include_dashboard=False,
-            **kwargs,
-        )
-    ray.data.DataContext.get_current().enable_progress_bars = verbose
-    return True
-
-
 @dataclass
 class _Stage:
     """What both executors need once the data is prepared."""
@@ -177,14 +143,10 @@ def _ray_session(config: JobConfig, verbose: bool) -> Iterator[None]:
     if config.ray.executor != "ray":
         yield
         return
-    import ray
+    from negseq.executors.ray_session import ray_started
 
-    started_ray = _init_ray(config, verbose)
-    try:
+    with ray_started(config, verbose):  # a no-op when the caller (`negseq run`) started Ray
         yield
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def _evaluate(config: JobConfig, model: Any, split: Source, items: ItemTable, out: Path) -> dict[str, Any]:
@@ -213,7 +175,7 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
             print(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
     assert config.output.dir is not None and config.sampler is not None
-    if config.ray.executor == "ray" and not _ray_address(config):
+    if config.ray.executor == "ray" and not config.ray.cluster_address():
         check_ray_resources(config, float(config.ray.num_cpus or os.cpu_count() or 2))
     out = Path(config.output.dir)
     claim_run_folder(out, config.prepare.dir)  # DESIGN §9: before anything is written
@@ -252,9 +214,7 @@ def _run_claimed(
             manifest = sink.finish(
                 expected_batches=range(plan.num_batches), describe=work.describe(config.sampler.table())
             )
-            say(
-                f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}"
-            )
+            say(f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}")
     except BaseException:
         if sink is not None:
             sink.abort()
@@ -288,44 +248,51 @@ def _run_claimed(
 
 
 def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
+    from negseq.executors.ray_session import ray_started
+
+    with ray_started(stage.config, stage.verbose):
+        assert stage.config.output.dir is not None
+        storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
+        try:
+            return _fit_on_ray(stage, storage)
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+
+
+def _fit_on_ray(stage: _Stage, storage: Path) -> tuple[Any, dict[str, Any]]:
     import ray
 
     from negseq.executors.ray_data import ActorPool, sampled_dataset, write_outputs
     from negseq.train.ray_train import fit
 
     config, work = stage.config, stage.work
-    assert config.output.dir is not None
-    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=config.output.dir))
+    check_ray_resources(config, float(ray.cluster_resources().get("CPU", 0)))
+    pool = ActorPool(config.ray.min_actors, config.ray.max_actors, config.ray.actor_cpus)
+    dataset = sampled_dataset(work, pool, work.plan.keys(), deterministic=config.ray.deterministic)
+    stage.say(
+        f"training on Ray Train: {len(work.plan.epochs)} epoch(s) of {work.plan.num_batches} batches, "
+        f"sampled by {pool.min_size}-{pool.max_size} actor(s)"
+    )
+    bar = StepProgress(stage.total_steps, quiet=stage.quiet)
     try:
-        check_ray_resources(config, float(ray.cluster_resources().get("CPU", 0)))
-        pool = ActorPool(config.ray.min_actors, config.ray.max_actors, config.ray.actor_cpus)
-        dataset = sampled_dataset(work, pool, work.plan.keys(), deterministic=config.ray.deterministic)
-        stage.say(
-            f"training on Ray Train: {len(work.plan.epochs)} epoch(s) of {work.plan.num_batches} batches, "
-            f"sampled by {pool.min_size}-{pool.max_size} actor(s)"
+        use_gpu = config.train.use_gpu
+        model, metrics = fit(
+            stage.settings,
+            dataset,
+            storage_path=storage,
+            name=config.name,
+            num_workers=config.train.num_workers,
+            cpus_per_worker=TRAIN_WORKER_CPUS,
+            use_gpu=None if use_gpu == "auto" else bool(use_gpu),
+            max_failures=config.train.max_failures,
+            deterministic=config.ray.deterministic,
+            on_progress=lambda p: bar.update(p["step"], p["loss"], p["rows"]),
         )
-        bar = StepProgress(stage.total_steps, quiet=stage.quiet)
-        try:
-            use_gpu = config.train.use_gpu
-            model, metrics = fit(
-                stage.settings,
-                dataset,
-                storage_path=storage,
-                name=config.name,
-                num_workers=config.train.num_workers,
-                cpus_per_worker=TRAIN_WORKER_CPUS,
-                use_gpu=None if use_gpu == "auto" else bool(use_gpu),
-                max_failures=config.train.max_failures,
-                deterministic=config.ray.deterministic,
-                on_progress=lambda p: bar.update(p["step"], p["loss"], p["rows"]),
-            )
-        finally:
-            bar.close()
-        if work.sink is not None:
-            write_outputs(work, pool, work.unwritten())
-        return model, metrics
     finally:
-        shutil.rmtree(storage, ignore_errors=True)
+        bar.close()
+    if work.sink is not None:
+        write_outputs(work, pool, work.unwritten())
+    return model, metrics
 
 
 def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
@@ -336,7 +303,7 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
     model.to(device)
     executor = LocalExecutor(work, num_workers=config.run.workers, max_in_flight=config.run.max_in_flight)
 
-    def batches() -> Iterator[JaggedBatch]:
+    def batches() -> Generator[JaggedBatch, None, None]:
         for epoch in work.plan.epochs:
             for arrays in executor.run(epoch):
                 yield JaggedBatch.from_arrays(arrays)

@@ -30,6 +30,7 @@ def run_sample(config: JobConfig, *, progress: bool = False) -> dict[str, Any]:
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
     spec.check_sampler(sampler)
     csv = CsvOptions.for_format(inp.format, inp.delimiter, inp.column_names)
+    assert inp.path is not None  # `load_config(command="sample")` requires it
     source = Source.open(list(inp.path), format=inp.format, csv=csv)
     source.require([f for f in (sampler.item_id_field, sampler.user_id_field) if f is not None])
     spec.check_input(sampler, source.schema, source.spec)

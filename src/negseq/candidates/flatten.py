@@ -6,6 +6,7 @@ The sampler wants Q positives with aligned user ids; the batch has B rows of K_i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,7 @@ from negseq.candidates import id_strings
 from negseq.errors import NegseqError
 from negseq.sampler.arrow_numpy import check_int64_ids
 
-BatchLike = pa.RecordBatch | pa.Table | Mapping[str, pa.Array | pa.ChunkedArray]
+BatchLike: TypeAlias = pa.RecordBatch | pa.Table | Mapping[str, pa.Array | pa.ChunkedArray]
 
 
 def column_of(batch: BatchLike, name: str) -> pa.Array:

@@ -182,6 +182,11 @@ def _row_values(column: pa.Array) -> list[np.ndarray | None]:
     return [values[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(column))]
 
 
+def _present(row: np.ndarray | None) -> np.ndarray:
+    assert row is not None, "a collated batch has a null row in a required column"
+    return row
+
+
 def arrays_from_table(table: pa.Table) -> Iterator[JaggedArrays]:
     """The batches of an `arrays_to_table` table (or of any block of its rows), in row order."""
     for record_batch in table.to_batches():
@@ -195,11 +200,11 @@ def arrays_from_table(table: pa.Table) -> Iterator[JaggedArrays]:
             yield JaggedArrays(
                 key=BatchKey(scalars["seed"][i], scalars["epoch"][i], scalars["batch_index"][i]),
                 layout=scalars["layout"][i],
-                uih_values=lists["uih_values"][i],
-                uih_offsets=lists["uih_offsets"][i],
-                candidate_values=lists["candidate_values"][i],
-                candidate_offsets=lists["candidate_offsets"][i],
-                cand_pos_lengths=lists["cand_pos_lengths"][i],
+                uih_values=_present(lists["uih_values"][i]),
+                uih_offsets=_present(lists["uih_offsets"][i]),
+                candidate_values=_present(lists["candidate_values"][i]),
+                candidate_offsets=_present(lists["candidate_offsets"][i]),
+                cand_pos_lengths=_present(lists["cand_pos_lengths"][i]),
                 neg_per_pos=scalars["neg_per_pos"][i],
                 num_shared_negatives=scalars["num_shared_negatives"][i],
                 num_hard_negatives=scalars["num_hard_negatives"][i],

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from negseq.candidates import arrays_to_table
+from negseq.candidates import JaggedArrays, arrays_to_table
 from negseq.executors.plan import BatchWork
 from negseq.io.sources import SourceReader
 
@@ -59,9 +59,9 @@ class SampleBatches:
             self.work(self.reader.read(descriptors[index]), epoch, index)
             for epoch, index in zip(keys["epoch"].tolist(), keys["batch_index"].tolist(), strict=True)
         ]
-        if self.work.collate is not None:
-            return arrays_to_table(results)
-        return pa.Table.from_pylist([_report(r, self.node_id) for r in results])
+        if self.work.collate is not None:  # the work returns arrays when it collates, else summaries
+            return arrays_to_table([cast(JaggedArrays, r) for r in results])
+        return pa.Table.from_pylist([_report(cast(dict, r), self.node_id) for r in results])
 
 
 def _report(summary: dict[str, Any], node_id: str) -> dict[str, Any]:
@@ -114,7 +114,8 @@ def write_outputs(
         return 0
     written = 0
     dataset = sampled_dataset(writer, pool, keys, keys_per_task=1)
-    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        block = cast(pa.Table, batch)
         written += block.num_rows
         if reports is not None:
             reports.extend({**r, "stats": json.loads(r["stats"])} for r in block.to_pylist())

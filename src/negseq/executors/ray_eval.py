@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,7 @@ from negseq.executors.ray_data import ActorPool
 from negseq.io.sources import BatchDescriptor, Source, SourceReader
 from negseq.model.export import EmbeddingWriter, predict_columns, write_item_embeddings
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import DenseRows
+from negseq.model.inputs import Catalogue, DenseRows
 from negseq.model.metrics import BatchRanker, RankCounts, check_split, eval_columns, item_counts
 
 COUNT_BATCH_ROWS = 4096  # rows a batch of the popularity-count pass
@@ -121,7 +122,7 @@ def _cpu_model(model: HSTUMatch) -> HSTUMatch:
 def evaluate_on_ray(
     model: HSTUMatch,
     split: Source,
-    items: DenseRows,
+    items: Catalogue,
     ks: Sequence[int] = (10, 50, 200),
     *,
     counts: np.ndarray | None = None,
@@ -150,8 +151,9 @@ def evaluate_on_ray(
             count_descriptors, count_keys = _keys(split, COUNT_BATCH_ROWS)
             counts = np.zeros(len(items) + 1, dtype=np.int64)
             counted = count_keys.map_batches(
-                count_items,
-                fn_args=(split, count_descriptors, items_ref),
+                functools.partial(
+                    count_items, source=split, descriptors_ref=count_descriptors, items_ref=items_ref
+                ),
                 batch_size=1,
                 batch_format="numpy",
                 num_cpus=pool.num_cpus,
@@ -185,7 +187,8 @@ def evaluate_on_ray(
                 out.mkdir(parents=True, exist_ok=True)
                 path = out / "user_embeddings.arrow"
                 writer = files.enter_context(EmbeddingWriter(path, "user_id", model.embedding_dim))
-            for part in ranked.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in ranked.iter_batches(batch_size=None, batch_format="pyarrow"):
+                part = cast(pa.Table, batch)
                 by_model.add(part.column("model_rank").to_numpy())
                 by_popularity.add(part.column("pop_rank").to_numpy())
                 for entry in pc.value_counts(part.column("node_id")).to_pylist():
@@ -194,7 +197,7 @@ def evaluate_on_ray(
                     for batch in part.select(["user_id", "embedding"]).to_batches():
                         writer.write_batch(batch)
         if embeddings_to is not None:
-            ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)  # type: ignore[attr-defined]
+            ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)
             write_item_embeddings(model, items, Path(embeddings_to) / "item_embeddings.arrow", ids)
     finally:
         model.train(was_training)

@@ -183,10 +183,10 @@ def _format_of(path: str, given: str | None) -> str:
         if fmt not in FORMATS:
             raise NegseqError(f"unknown input format {given!r} (parquet, ipc, csv)")
         return fmt
-    fmt = SUFFIX_FORMATS.get(PurePosixPath(path).suffix.lower())
-    if fmt is None:
+    by_suffix = SUFFIX_FORMATS.get(PurePosixPath(path).suffix.lower())
+    if by_suffix is None:
         raise NegseqError(f"{path}: cannot tell the format from the suffix; set the format explicitly")
-    return fmt
+    return by_suffix
 
 
 def _parquet_groups(fs: pafs.FileSystem, path: str) -> tuple[tuple[int, ...], pa.Schema]:

@@ -93,7 +93,7 @@ class HSTUPositionalEncoder(nn.Module):
             position_ids(history_len, positions, self.num_position_buckets, self.contextual_seq_len)
         )
         if self.time_emb is not None:
-            if timestamps is None:
+            if timestamps is None or query_ts is None:
                 raise NegseqError("HSTUPositionalEncoder has time buckets but the batch has no timestamps")
             buckets = time_bucket_ids(
                 query_ts,
@@ -187,6 +187,7 @@ class UIHPreprocessor(nn.Module):
         return prepend_rows(x, offsets, self._contextual(contextual_ids, contextual_offsets, batch))
 
     def _contextual(self, ids: torch.Tensor | None, offsets: torch.Tensor | None, batch: int) -> torch.Tensor:
+        assert self.contextual_emb is not None
         if ids is None or offsets is None:
             raise NegseqError(
                 "UIHPreprocessor has a contextual prefix but the batch has no contextual feature"

@@ -30,7 +30,7 @@ from torch import nn
 from negseq.errors import NegseqError
 from negseq.io.sources import Source
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import DenseRows, history_feature, split_batches
+from negseq.model.inputs import Catalogue, DenseRows, history_feature, split_batches
 from negseq.model.jagged import jagged_to_padded_dense
 
 
@@ -207,7 +207,7 @@ def write_item_embeddings(
 def predict(
     model: HSTUMatch,
     sequences: pa.Table | Source,
-    items: DenseRows,
+    items: Catalogue,
     out_dir: str | Path,
     *,
     item_ids: np.ndarray | None = None,

@@ -28,6 +28,13 @@ class DenseRows(Protocol):
     def dense_rows(self, ids: np.ndarray) -> np.ndarray: ...
 
 
+class Catalogue(DenseRows, Protocol):
+    """An item table that also lists its ids (to embed the whole corpus)."""
+
+    @property
+    def ids(self) -> np.ndarray: ...
+
+
 def list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(values int64 [L], offsets int64 [B+1]) of a list<int> column; a null row is empty."""
     if name not in table.column_names:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -115,5 +116,5 @@ class STUStack(nn.Module):
 
     def forward_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = layer.forward_padded(x, lengths)
+            x = cast(STULayer, layer).forward_padded(x, lengths)
         return x

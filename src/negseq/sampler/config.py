@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from negseq.config import SAMPLER_KINDS, SamplerConfig, sampler_config
 from negseq.errors import NegseqError
@@ -17,6 +17,8 @@ from negseq.sampler.samplers import (
     _Sampler,
 )
 from negseq.sampler.tables import EdgeTable, ItemTable
+
+T = TypeVar("T")
 
 SAMPLER_TYPES = SAMPLER_KINDS
 
@@ -64,25 +66,31 @@ def build_sampler(
         "negative_sampler_v2": lambda: NegativeSamplerV2(
             items,
             edges(config.pos_edge_input_path, keep_weights=False),
-            user_id_field=config.user_id_field,
+            user_id_field=_required(config.user_id_field),
             weighted=config.weighted,
             **common,
         ),
         "hard_negative_sampler": lambda: HardNegativeSampler(
             items,
             edges(config.hard_neg_edge_input_path, keep_weights=True),
-            num_hard_sample=config.num_hard_sample,
-            user_id_field=config.user_id_field,
+            num_hard_sample=_required(config.num_hard_sample),
+            user_id_field=_required(config.user_id_field),
             **common,
         ),
         "hard_negative_sampler_v2": lambda: HardNegativeSamplerV2(
             items,
             edges(config.pos_edge_input_path, keep_weights=False),
             edges(config.hard_neg_edge_input_path, keep_weights=True),
-            num_hard_sample=config.num_hard_sample,
-            user_id_field=config.user_id_field,
+            num_hard_sample=_required(config.num_hard_sample),
+            user_id_field=_required(config.user_id_field),
             weighted=config.weighted,
             **common,
         ),
     }
     return builders[config.kind]()
+
+
+def _required(value: T | None) -> T:
+    """A key the checked config guarantees for this sampler kind."""
+    assert value is not None
+    return value

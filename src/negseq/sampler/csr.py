@@ -159,6 +159,7 @@ def _group_by_user(edges: EdgeTable) -> tuple[IdIndex, np.ndarray]:
     """The edges' distinct users and indptr (each user's edge count, summed), from one pass."""
     counter = _UserCounter(len(edges))
     for _start, users, _items, _weights in edges.batches(items=False):
+        assert users is not None
         counter.add(users)
     distinct, counts = counter.result()
     indptr = np.zeros(len(distinct) + 1, np.int64)
@@ -175,6 +176,7 @@ def _scatter_by_user(edges: EdgeTable, items: ItemTable, *, weights: bool):
     out_weights = np.empty(len(edges), np.float64) if weights else None
     known = KnownItems(edges, items)
     for start, user_ids, item_ids, edge_weights in edges.batches(weights=weights):
+        assert user_ids is not None and item_ids is not None
         item_rows = known.rows(item_ids, start)
         if known.first is not None:  # an unknown item: `check` raises once every batch is seen
             continue
@@ -182,6 +184,7 @@ def _scatter_by_user(edges: EdgeTable, items: ItemTable, *, weights: bool):
         if out_weights is None:
             _scatter(fill, user_rows, item_rows, out)
         else:
+            assert edge_weights is not None
             _scatter_ranked(fill, user_rows, item_rows, edge_weights, out, out_weights)
     known.check()
     return users, indptr, out, out_weights

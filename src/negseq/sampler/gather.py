@@ -91,7 +91,7 @@ def _copy_values(data: np.ndarray, starts: np.ndarray, out_offsets: np.ndarray, 
         copy_bytes(out, out_offsets[k], data, starts[k], out_offsets[k + 1] - out_offsets[k])
 
 
-def _check(bad: int, rows: np.ndarray, num_rows: int) -> None:
+def _check(bad: int | np.integer, rows: np.ndarray, num_rows: int) -> None:
     if bad >= 0:
         raise IndexError(f"rows[{bad}] = {int(rows[bad])} is out of range for a column of {num_rows} rows")
 

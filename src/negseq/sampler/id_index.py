@@ -97,7 +97,7 @@ class IdIndex:
     def rows(self, ids: np.ndarray, dtype: type = np.int64) -> np.ndarray:
         """Row of each id, -1 where the id is unknown (int32 halves the memory of large lookups)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        out = np.empty(ids.shape[0], dtype)
+        out: np.ndarray = np.empty(ids.shape[0], dtype)
         if self._direct is not None:
             return _direct_rows(self._direct, ids, out)
         return _hash_rows(self._keys, self._rows, self._bits, ids, out)

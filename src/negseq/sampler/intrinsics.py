@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llvmlite import ir
-from numba import types
+from numba import extending, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+
+# numba types an intrinsic as its typing function (`typingctx` first), but jitted code calls it
+# with the operands only: to a type checker the decorated names are untyped.
+intrinsic: Any = extending.intrinsic
 
 
 @intrinsic

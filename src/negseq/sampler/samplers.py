@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from negseq.sampler.arrow_numpy import check_int64_ids, numeric_values
 from negseq.sampler.csr import UserItemsCSR, distinct_rows, hard_items_csr, positive_items_csr
 from negseq.sampler.tables import EdgeTable, ItemTable
 
-Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
+Batch: TypeAlias = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
 _KEY_LIMIT = 1 << 32  # epoch and batch_index share the generator's second key word
 _NO_POOL = np.empty(0, np.int32)  # alias-table columns are item rows themselves
 _UNIFORM = np.empty(0, np.uint32)  # no alias table: uniform over the pool

@@ -571,6 +571,7 @@ class EdgeTable:
             items = np.empty(self._num_rows, np.int64)
             weights = np.empty(self._num_rows, np.float64) if self._keep_weights else None
             for start, b_users, b_items, b_weights in self.batches(weights=self._keep_weights):
+                assert b_users is not None and b_items is not None
                 end = start + len(b_users)
                 users[start:end], items[start:end] = b_users, b_items
                 if weights is not None:
@@ -590,14 +591,14 @@ class EdgeTable:
             wanted = (("userid", users), ("itemid", items), ("weight", weights))
             yield from self._parquet.batches(tuple(n for n, want in wanted if want), check_unchanged=True)
             return
-        arrays = self._arrays
+        all_users, all_items, all_weights = self._arrays
         for start in range(0, self._num_rows, EDGE_BATCH_ROWS):
             end = start + EDGE_BATCH_ROWS
             yield (
                 start,
-                arrays[0][start:end] if users else None,
-                arrays[1][start:end] if items else None,
-                arrays[2][start:end] if weights else None,
+                all_users[start:end] if users else None,
+                all_items[start:end] if items else None,
+                all_weights[start:end] if weights and all_weights is not None else None,
             )
 
     def __len__(self) -> int:

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from negseq.candidates import Layout
 from negseq.errors import NegseqError
 from negseq.sampler import SampleResult
 from negseq.service.auth import bearer_headers
@@ -236,7 +237,7 @@ class SamplerClient:
         epoch: int = 0,
         batch_index: int = 0,
         per_positive: int | None = None,
-        layout: str | None = None,
+        layout: Layout | None = None,
         seed: int | None = None,
         training: bool = True,
     ) -> SampleResult | pa.RecordBatch:
@@ -260,7 +261,7 @@ class SamplerClient:
         *,
         epoch: int = 0,
         batch_index: int = 0,
-        layout: str | None = None,
+        layout: Layout | None = None,
         neg_per_pos: int | None = None,
         seq_delim: str | None = None,
         seed: int | None = None,

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from negseq.candidates import Layout
 from negseq.config import JobConfig, SamplerConfig, load_config
 from negseq.service.limits import Limits
 
@@ -36,7 +37,7 @@ from negseq.service.limits import Limits
 class CandidateDefaults:
     """What a candidates-mode request gets when it does not say."""
 
-    layout: str | None = None
+    layout: Layout | None = None
     neg_per_pos: int | None = None
     seq_delim: str = ";"
 

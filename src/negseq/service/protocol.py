@@ -48,16 +48,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 
+from negseq.candidates import LAYOUTS, Layout
 from negseq.errors import NegseqError
 from negseq.sampler import SampleResult
 
 MODES = ("negatives", "candidates")
-LAYOUTS = ("interleaved", "suffix")
 ID_COLUMN = "_id"
 HARD_QUERY_ROW_COLUMN = "_hard_query_row"
 HARD_OFFSET_COLUMN = "_hard_offset"
@@ -76,7 +76,7 @@ class Request:
     seed: int | None = None
     training: bool = True
     per_positive: int | None = None
-    layout: str | None = None
+    layout: Layout | None = None
     neg_per_pos: int | None = None
     seq_delim: str | None = None
 
@@ -84,6 +84,10 @@ class Request:
         return json.dumps({k: v for k, v in vars(self).items() if v is not None}).encode()
 
 
+@overload
+def _int_field(raw: dict[str, Any], name: str, low: int, high: int, required: Literal[True]) -> int: ...
+@overload
+def _int_field(raw: dict[str, Any], name: str, low: int, high: int, required: bool) -> int | None: ...
 def _int_field(raw: dict[str, Any], name: str, low: int, high: int, required: bool) -> int | None:
     value = raw.get(name)
     if value is None:
@@ -159,7 +163,9 @@ def encode_negatives(result: SampleResult, hard: bool) -> tuple[pa.RecordBatch, 
         attrs = pa.concat_batches([attrs, result.hard_negatives])
     columns = [ids, *attrs.columns]
     if hard:
-        indices = result.hard_neg_indices if num_hard else np.empty((0, 2), np.int32)
+        indices = result.hard_neg_indices
+        if indices is None or not num_hard:
+            indices = np.empty((0, 2), np.int32)
         nulls = np.concatenate([np.ones(num_neg, bool), np.zeros(num_hard, bool)])
         for j in (0, 1):
             values = np.concatenate([np.zeros(num_neg, np.int32), indices[:, j].astype(np.int32)])

@@ -16,7 +16,6 @@ import torch
 
 from negseq.batch import JaggedBatch
 from negseq.model.device import training_autocast
-from negseq.model.hstu_match import HSTUMatch
 
 
 @dataclass
@@ -29,6 +28,7 @@ class TrainReport:
     queries: int = 0
     seconds: float = 0.0
     data_wait_seconds: float = 0.0
+    first_batch_wait_seconds: float = 0.0  # part of data_wait_seconds: the data path's start-up
 
     @property
     def steps(self) -> int:
@@ -49,6 +49,7 @@ class TrainReport:
             "train_seconds": self.seconds,
             "data_wait_seconds": self.data_wait_seconds,
             "data_wait_fraction": self.data_wait_seconds / self.seconds if self.seconds else 0.0,
+            "first_batch_wait_seconds": self.first_batch_wait_seconds,
         }
 
 
@@ -58,7 +59,7 @@ def make_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float
 
 
 def train(
-    model: HSTUMatch,
+    model: torch.nn.Module,
     batches: Iterable[JaggedBatch],
     *,
     optimizer: torch.optim.Optimizer | None = None,
@@ -69,6 +70,8 @@ def train(
     on_step: Callable[[int, float, int], None] | None = None,
 ) -> TrainReport:
     """One pass over `batches` (or `max_steps` of them): forward, loss, backward, AdamW step.
+
+    `model`: an `HSTUMatch`, or the DDP wrapper Ray Train puts around one.
 
     The model must already be on `device`; on CUDA the forward runs under bf16 autocast
     (pick the attention kernel with `negseq.model.device.select_kernel` in `STUConfig`).
@@ -85,7 +88,10 @@ def train(
             batch = next(iterator)
         except StopIteration:
             break
-        report.data_wait_seconds += time.perf_counter() - wait_start
+        waited = time.perf_counter() - wait_start
+        report.data_wait_seconds += waited
+        if not report.losses:
+            report.first_batch_wait_seconds = waited
         batch = batch.to(device, non_blocking=True)
         with training_autocast(device):
             out = model(batch)

@@ -63,7 +63,7 @@ def load_model_state(checkpoint: ray.train.Checkpoint, model: torch.nn.Module) -
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _batches(skip: set[int], trained: list[int]) -> Iterator[JaggedBatch]:
@@ -109,7 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         trained = state["trained"]
-    model = ray.train.torch.prepare_model(model)
+    trainable = ray.train.torch.prepare_model(model)  # a DDP wrapper with several workers
     batches = _batches(skip=set(trained), trained=trained)
     max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
     rows = 0
@@ -122,13 +122,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.update.remote(done, loss, rows)
         if done % settings.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
-                save_state(Path(folder), model, optimizer, done, trained)
+                save_state(Path(folder), trainable, optimizer, done, trained)
                 ray.train.report(
                     {"step": done, "loss": loss}, checkpoint=ray.train.Checkpoint.from_directory(folder)
                 )
 
     report = train(
-        model,  # through the DDP wrapper with several workers: it averages the gradients
+        trainable,  # through the DDP wrapper with several workers: it averages the gradients
         batches,
         optimizer=optimizer,
         max_steps=max_steps,
@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "distinct_batches_trained": len(set(trained)),  # rank 0's, restarts included
     }
     with tempfile.TemporaryDirectory() as folder:
-        save_state(Path(folder), model, optimizer, metrics["step"], trained)
+        save_state(Path(folder), trainable, optimizer, int(metrics["step"]), trained)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -151,7 +151,7 @@ class _Trainer(ray.train.torch.TorchTrainer):
     job owns and Ray releases with the job anyway."""
 
     def _create_default_callbacks(self) -> list[Any]:
-        callbacks = super()._create_default_callbacks()
+        callbacks = super()._create_default_callbacks()  # type: ignore[misc]  # v2 defines it
         return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
 
 
@@ -186,7 +186,7 @@ def fit(
     about twice a second while training runs."""
     if use_gpu is None:
         use_gpu = bool(ray.cluster_resources().get("GPU", 0))
-    progress = TrainProgress.remote() if on_progress is not None else None
+    progress = TrainProgress.remote() if on_progress is not None else None  # type: ignore[attr-defined]
     trainer = _Trainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings, "progress": progress},
