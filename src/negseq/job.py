@@ -253,15 +253,13 @@ def _run_claimed(
 
 
 def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
-    from negseq.executors.ray_session import ray_started
-
-    with ray_started(stage.config, stage.verbose):
-        assert stage.config.output.dir is not None
-        storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
-        try:
-            return _fit_on_ray(stage, storage)
-        finally:
-            shutil.rmtree(storage, ignore_errors=True)
+    """Ray Train fed by the sampler actors, on the Ray that `run_job` holds for the whole job."""
+    assert stage.config.output.dir is not None
+    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
+    try:
+        return _fit_on_ray(stage, storage)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def _fit_on_ray(stage: _Stage, storage: Path) -> tuple[Any, dict[str, Any]]:
