@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from negseq.batch import JaggedFeature
 from negseq.errors import NegseqError
+from negseq.io.sources import Source
 from negseq.model.export import export, load_tower, padded_history, predict
 from negseq.model.hstu_match import HSTUMatch, STUConfig
 from negseq.model.inputs import history_feature, list_column
-from negseq.model.metrics import evaluate, item_counts, rank_metrics, target_ranks
+from negseq.model.metrics import chunked_target_ranks, evaluate, item_counts, rank_metrics, target_ranks
 from negseq.sampler import ItemTable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -235,3 +237,73 @@ def test_export_refuses_contextual_models(tmp_path):
     model = HSTUMatch(6, 8, contextual_vocab_size=3, contextual_seq_len=1)
     with pytest.raises(NegseqError, match="history-only user towers"):
         export(model, tmp_path, item_ids=np.arange(6))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64])
+def test_chunked_ranks_equal_the_whole_matrix_whatever_the_chunk(chunk):
+    rng = np.random.default_rng(chunk)
+    scores = torch.from_numpy(rng.integers(0, 4, (9, 7)).astype(np.float32))  # many ties
+    targets = torch.from_numpy(rng.integers(0, 7, 9))
+    lengths = rng.integers(0, 4, 9)
+    history = torch.from_numpy(rng.integers(0, 7, int(lengths.sum())))
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]))
+    want = target_ranks(scores, targets, history, offsets)
+    got = chunked_target_ranks(
+        lambda rows, start, stop: scores[rows, start:stop], 7, targets, history, offsets, chunk=chunk
+    )
+    assert got.tolist() == want.tolist()
+    # a plain loop: drop history (not the target) and column 0, count what is ahead
+    for row in range(9):
+        line = scores[row].double().clone()
+        line[0] = float("-inf")
+        for h in history[offsets[row] : offsets[row + 1]].tolist():
+            if h != int(targets[row]):
+                line[h] = float("-inf")
+        t = int(targets[row])
+        ahead = int(((line > line[t]) | ((line == line[t]) & (torch.arange(7) < t))).sum())
+        assert int(want[row]) == (7 if t == 0 else ahead)
+
+
+def test_evaluate_streams_a_source_and_any_batching_gives_the_same_metrics(tmp_path, items):
+    model = trained_like_model()
+    rng = np.random.default_rng(3)
+    ids = items.ids.tolist()
+    uih = [rng.choice(ids, int(n), replace=False).tolist() for n in rng.integers(0, 5, 40)]
+    table = sequences(uih, rng.choice(ids + [999], 40).tolist(), ts=False)  # 999: an unknown target
+    pq.write_table(table, tmp_path / "eval.parquet", row_group_size=7)
+    source = Source.open(str(tmp_path / "eval.parquet"))
+    whole = evaluate(model, table, items, ks=(1, 3), batch_size=1000)
+    for batch_size in (1, 6, 40):
+        assert evaluate(model, source, items, ks=(1, 3), batch_size=batch_size) == whole
+    assert whole["num_users"] == 40
+    # the plain definition: mean over users of the per-user rank metrics
+    uih_rows = history_feature(table, items, with_timestamps=False)
+    scores = model.user_embeddings(uih_rows) @ model.item_embeddings(torch.arange(7)).T
+    targets = torch.from_numpy(items.dense_rows(table.column("target").to_numpy()).astype(np.int64))
+    ranks = target_ranks(scores, targets, uih_rows.values, uih_rows.offsets).double()
+    assert whole["model"]["HR@3"] == pytest.approx(float((ranks < 3).double().mean()), abs=1e-15)
+    assert whole["model"]["MRR"] == pytest.approx(float((1 / (ranks + 1)).mean()), abs=1e-15)
+    with pytest.raises(NegseqError, match=r"eval split .*eval.parquet has no column\(s\) \['uih_ts'\]"):
+        evaluate(trained_like_model(num_time_buckets=4), source, items)
+
+
+def test_predict_streams_a_source_into_the_same_files(tmp_path, items):
+    model = trained_like_model()
+    table = sequences(
+        [[100, 200], [], [300], [600, 500, 400]], [1, 2, 3, 4], user_ids=[7, 8, 9, 10], ts=False
+    )
+    pq.write_table(table, tmp_path / "seq.parquet", row_group_size=3)
+    from_table = predict(model, table, items, tmp_path / "a", batch_size=2)
+    from_source = predict(
+        model, Source.open(str(tmp_path / "seq.parquet")), items, tmp_path / "b", batch_size=3
+    )
+    for key in ("users", "items"):
+        a = pa.ipc.open_file(from_table[key]).read_all()
+        b = pa.ipc.open_file(from_source[key]).read_all()
+        assert a.schema.equals(b.schema) and a.num_rows == b.num_rows
+        np.testing.assert_allclose(
+            np.stack(a.column("embedding").to_numpy(zero_copy_only=False)),
+            np.stack(b.column("embedding").to_numpy(zero_copy_only=False)),
+            rtol=1e-6,
+            atol=1e-7,
+        )

@@ -14,21 +14,22 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
 from negseq.config import JobConfig
 from negseq.errors import NegseqError
+from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import prepare
@@ -46,8 +47,8 @@ from negseq.train.settings import TrainSettings, build_model
 TRAIN_WORKER_CPUS = 1.0  # CPUs a Ray Train worker reserves
 
 
-def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, pa.Table, ItemTable]:
-    """Interactions -> the prepared folder; returns it, the eval table and the item vocabulary."""
+def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, Source, ItemTable]:
+    """Interactions -> the prepared folder; returns it, the eval split and the item vocabulary."""
     data = config.data
     assert data is not None and config.prepare.dir is not None
     if data.synthetic is not None:
@@ -70,7 +71,7 @@ def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, pa.Tab
         item_weight_power=data.item_weight_power,
     )
     say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
-    return prepared, pq.read_table(prepared.eval), ItemTable.read(prepared.items)
+    return prepared, Source.open(str(prepared.eval)), ItemTable.read(prepared.items)
 
 
 def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
@@ -137,6 +138,36 @@ class _Stage:
         return total if self.settings.max_steps is None else min(total, self.settings.max_steps)
 
 
+@contextmanager
+def _ray_session(config: JobConfig, verbose: bool) -> Iterator[None]:
+    """Ray for the whole job when it runs on Ray (training, outputs, evaluation), shut down at
+    the end when this process started it."""
+    if config.ray.executor != "ray":
+        yield
+        return
+    from negseq.executors.ray_session import ray_started
+
+    with ray_started(config, verbose):  # a no-op when the caller (`negseq run`) started Ray
+        yield
+
+
+def _evaluate(config: JobConfig, model: Any, split: Source, items: ItemTable, out: Path) -> dict[str, Any]:
+    """Metrics of the eval split, and its user embeddings: on Ray actors when the job runs on
+    Ray, else in this process; both stream the split (DESIGN §5) and give the same numbers."""
+    ks = config.train.eval_ks
+    if config.ray.executor != "ray":
+        metrics = evaluate(model, split, items, ks=ks)
+        predict(model, split, items, out / "embeddings", item_ids=items.ids)
+        return metrics
+    from negseq.executors.ray_data import ActorPool
+    from negseq.executors.ray_eval import evaluate_on_ray
+
+    pool = ActorPool(config.ray.min_actors, config.ray.max_actors, config.ray.actor_cpus)
+    return evaluate_on_ray(
+        model, split, items, ks=ks, pool=pool, embeddings_to=out / "embeddings", item_ids=items.ids
+    )
+
+
 def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run the whole job; returns {"model": ..., "most_popular": ..., "train": ..., "outputs": ...}."""
     started = time.perf_counter()
@@ -150,7 +181,16 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
         check_ray_resources(config, float(config.ray.num_cpus or os.cpu_count() or 2))
     out = Path(config.output.dir)
     claim_run_folder(out, config.prepare.dir)  # DESIGN §9: before anything is written
-    prepared, eval_table, items = _prepare(config, say)
+    with _ray_session(config, verbose):
+        return _run_claimed(config, out, say, started, quiet=quiet, verbose=verbose)
+
+
+def _run_claimed(
+    config: JobConfig, out: Path, say: Callable[[str], None], started: float, *, quiet: bool, verbose: bool
+) -> dict[str, Any]:
+    """`run_job` once the output folder is claimed (and Ray is up, when the job runs on it)."""
+    assert config.sampler is not None
+    prepared, eval_split, items = _prepare(config, say)
     settings = train_settings(config, len(items))
     sampler = build_sampler(config.sampler)
     cand = config.candidates
@@ -168,6 +208,9 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     time_field = "uih_ts" if config.model.num_time_buckets else None
     collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
+    warning = exclusion_warning(work)
+    if warning is not None:
+        print(f"[negseq run] {warning}", file=sys.stderr, flush=True)
     stage = _Stage(config, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally
     try:
@@ -183,9 +226,8 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
         raise
     say(f"trained {train_metrics.get('step')} steps, last loss {train_metrics.get('loss', float('nan')):.4f}")
 
-    metrics = evaluate(model, eval_table, items, ks=config.train.eval_ks)
+    metrics = _evaluate(config, model, eval_split, items, out)
     export_paths = export(model, out / "export", item_ids=items.ids)
-    predict(model, eval_table, items, out / "embeddings", item_ids=items.ids)
     result = {
         "model": metrics["model"],
         "most_popular": metrics["most_popular"],
@@ -211,15 +253,13 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
 
 
 def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
-    from negseq.executors.ray_session import ray_started
-
-    with ray_started(stage.config, stage.verbose):
-        assert stage.config.output.dir is not None
-        storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
-        try:
-            return _fit_on_ray(stage, storage)
-        finally:
-            shutil.rmtree(storage, ignore_errors=True)
+    """Ray Train fed by the sampler actors, on the Ray that `run_job` holds for the whole job."""
+    assert stage.config.output.dir is not None
+    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
+    try:
+        return _fit_on_ray(stage, storage)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def _fit_on_ray(stage: _Stage, storage: Path) -> tuple[Any, dict[str, Any]]:

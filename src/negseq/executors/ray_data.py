@@ -13,9 +13,10 @@ failure, and parts named by batch index are rewritten, never duplicated.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -43,11 +44,14 @@ class ActorPool:
 
 class SampleBatches:
     """Ray Data callable class: the work and a reader built once in `__init__`; `__call__` is a
-    pure function of the keys it is given."""
+    pure function of the keys it is given. A batch's summary (when the work does not collate)
+    names the node that sampled it; the sampled files never do, so they are the same bytes
+    whichever node wrote them."""
 
     def __init__(self, work_ref: ray.ObjectRef) -> None:
         self.work: BatchWork = ray.get(work_ref)
         self.reader = SourceReader(self.work.plan.source)
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, keys: dict[str, np.ndarray]) -> pa.Table:
         descriptors = self.work.plan.descriptors
@@ -57,8 +61,13 @@ class SampleBatches:
         ]
         if self.work.collate is not None:  # the work returns arrays when it collates, else summaries
             return arrays_to_table([cast(JaggedArrays, r) for r in results])
-        summaries = [cast(dict, r) for r in results]
-        return pa.Table.from_pylist([{k: v for k, v in s.items() if k != "stats"} for s in summaries])
+        return pa.Table.from_pylist([_report(cast(dict, r), self.node_id) for r in results])
+
+
+def _report(summary: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """A batch's summary as one row: its sampler stats as JSON (their keys vary by sampler)."""
+    row = {k: v for k, v in summary.items() if k != "stats"}
+    return {**row, "node_id": node_id, "stats": json.dumps(summary.get("stats", {}), sort_keys=True)}
 
 
 def sampled_dataset(
@@ -85,9 +94,17 @@ def sampled_dataset(
     return dataset
 
 
-def write_outputs(work: BatchWork, pool: ActorPool, batches: Sequence[int] | None = None) -> int:
+def write_outputs(
+    work: BatchWork,
+    pool: ActorPool,
+    batches: Sequence[int] | None = None,
+    *,
+    reports: list[dict[str, Any]] | None = None,
+) -> int:
     """Sample and write the `work.write_epoch` batches (all, or `batches`) on the actor pool;
-    returns how many were written. The caller finishes `work.sink`."""
+    returns how many were written. The caller finishes `work.sink`. `reports`, when given, gets
+    each written batch's summary: name, batch_index, rows, the node that sampled it (`node_id`)
+    and its sampler stats (`stats`), in the order the batches finished."""
     if work.sink is None:
         raise ValueError("write_outputs needs a BatchWork with a sink")
     indices = range(work.plan.num_batches) if batches is None else batches
@@ -95,6 +112,24 @@ def write_outputs(work: BatchWork, pool: ActorPool, batches: Sequence[int] | Non
     keys = [(work.write_epoch, i) for i in indices]
     if not keys:
         return 0
-    return sum(
-        len(b["batch_index"]) for b in sampled_dataset(writer, pool, keys, keys_per_task=1).iter_batches()
-    )
+    written = 0
+    dataset = sampled_dataset(writer, pool, keys, keys_per_task=1)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        block = cast(pa.Table, batch)
+        written += block.num_rows
+        if reports is not None:
+            reports.extend({**r, "stats": json.loads(r["stats"])} for r in block.to_pylist())
+    return written
+
+
+def by_node(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """`write_outputs` reports summed per node: batches, rows in and out, sampler stats."""
+    nodes: dict[str, dict[str, int]] = {}
+    for report in reports:
+        node = nodes.setdefault(report["node_id"], {"batches": 0, "rows_in": 0, "rows_out": 0})
+        node["batches"] += 1
+        for key in ("rows_in", "rows_out"):
+            node[key] += int(report.get(key, 0))
+        for key, value in report["stats"].items():
+            node[key] = node.get(key, 0) + int(value)
+    return nodes

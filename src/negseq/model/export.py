@@ -13,7 +13,8 @@ Both towers speak dense item rows: row r (1..num_items) is the embedding row of 
 `item_id`, `row`, both int64) is that map, so a server turns ids into rows without negseq.
 
 `predict` writes `user_embeddings.arrow` (user_id, embedding) and `item_embeddings.arrow`
-(item_id, embedding) as Arrow IPC files, embedding a fixed_size_list<float32>[D].
+(item_id, embedding) as Arrow IPC files, embedding a fixed_size_list<float32>[D], batch by
+batch: a split read from a source is never held whole (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import torch
 from torch import nn
 
 from negseq.errors import NegseqError
+from negseq.io.sources import Source
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import Catalogue, history_feature
+from negseq.model.inputs import Catalogue, DenseRows, history_feature, split_batches
 from negseq.model.jagged import jagged_to_padded_dense
 
 
@@ -141,13 +143,15 @@ def load_tower(path: str | Path) -> nn.Module:
     return torch.export.load(str(path)).module()
 
 
-def _embedding_table(ids: np.ndarray, emb: torch.Tensor, id_name: str) -> pa.Table:
+def _embedding_schema(id_name: str, dim: int) -> pa.Schema:
+    return pa.schema([(id_name, pa.int64()), ("embedding", pa.list_(pa.float32(), dim))])
+
+
+def _embedding_batch(ids: np.ndarray, emb: torch.Tensor, id_name: str) -> pa.RecordBatch:
     flat = pa.array(emb.detach().to(torch.float32).numpy().reshape(-1))
-    return pa.table(
-        {
-            id_name: pa.array(ids, pa.int64()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]),
-        }
+    return pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.int64()), pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])],
+        schema=_embedding_schema(id_name, emb.shape[1]),
     )
 
 
@@ -156,10 +160,53 @@ def _write_ipc(table: pa.Table, path: Path) -> None:
         writer.write_table(table)
 
 
+class EmbeddingWriter:
+    """An Arrow IPC file of (id, embedding) written batch by batch, so no process holds them all."""
+
+    def __init__(self, path: Path, id_name: str, dim: int) -> None:
+        self.id_name, self.schema = id_name, _embedding_schema(id_name, dim)
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self.schema)
+
+    def write(self, ids: np.ndarray, emb: torch.Tensor) -> None:
+        self._writer.write_batch(_embedding_batch(ids, emb, self.id_name))
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """A batch of (id, embedding) made elsewhere (a Ray actor), cast to this file's schema."""
+        self._writer.write_table(pa.Table.from_batches([batch]).cast(self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+    def __enter__(self) -> EmbeddingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def predict_columns(model: HSTUMatch) -> list[str]:
+    """The columns of a sequence table that `predict` reads."""
+    return ["user_id", "uih"] + (["uih_ts"] if model.positional.time_emb is not None else [])
+
+
+@torch.no_grad()
+def write_item_embeddings(
+    model: HSTUMatch, items: DenseRows, path: Path, item_ids: np.ndarray, chunk: int = 16384
+) -> None:
+    """The item tower over `item_ids` (in that order), written `chunk` items at a time."""
+    with EmbeddingWriter(path, "item_id", model.embedding_dim) as writer:
+        for start in range(0, len(item_ids), chunk):
+            ids = item_ids[start : start + chunk]
+            rows = torch.from_numpy(np.asarray(items.dense_rows(ids), dtype=np.int64))
+            writer.write(ids, model.item_embeddings(rows))
+
+
 @torch.no_grad()
 def predict(
     model: HSTUMatch,
-    sequences: pa.Table,
+    sequences: pa.Table | Source,
     items: Catalogue,
     out_dir: str | Path,
     *,
@@ -168,27 +215,29 @@ def predict(
 ) -> dict[str, Path]:
     """Write user embeddings (one per `sequences` row, from its `uih`) and item embeddings.
 
-    `item_ids`: the corpus ids to embed, in the order written (default: `items.ids`).
+    `sequences`: a sequence table, or a `Source` read `batch_size` rows at a time (each batch's
+    embeddings are written before the next is read). `item_ids`: the corpus ids to embed, in
+    the order written (default: `items.ids`).
     """
-    if "user_id" not in sequences.column_names:
-        raise NegseqError(f"sequence table has no column 'user_id' (columns: {sequences.column_names})")
+    names = sequences.column_names if isinstance(sequences, pa.Table) else sequences.schema.names
+    missing = [c for c in predict_columns(model) if c not in names]
+    if missing:
+        raise NegseqError(f"sequence table has no column(s) {missing} (columns: {names})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     with_ts = model.positional.time_emb is not None
-    user_chunks = [
-        model.user_embeddings(history_feature(sequences.slice(s, batch_size), items, with_timestamps=with_ts))
-        for s in range(0, sequences.num_rows, batch_size)
-    ]
-    user_emb = torch.cat(user_chunks) if user_chunks else torch.zeros(0, model.embedding_dim)
-    item_ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)
-    item_emb = model.item_embeddings(torch.from_numpy(np.asarray(items.dense_rows(item_ids), dtype=np.int64)))
-    model.train(was_training)
     paths = {"users": out / "user_embeddings.arrow", "items": out / "item_embeddings.arrow"}
-    user_ids = sequences.column("user_id").to_numpy()
-    _write_ipc(_embedding_table(user_ids, user_emb, "user_id"), paths["users"])
-    _write_ipc(_embedding_table(item_ids, item_emb, "item_id"), paths["items"])
+    try:
+        with EmbeddingWriter(paths["users"], "user_id", model.embedding_dim) as writer:
+            for batch in split_batches(sequences, batch_size, predict_columns(model)):
+                emb = model.user_embeddings(history_feature(batch, items, with_timestamps=with_ts))
+                writer.write(batch.column("user_id").to_numpy(), emb)
+        ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)
+        write_item_embeddings(model, items, paths["items"], ids)
+    finally:
+        model.train(was_training)
     return paths
 
 

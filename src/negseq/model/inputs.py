@@ -1,12 +1,13 @@
 """Sequence-table columns (Arrow list<int64>) -> the model's jagged inputs.
 
-Used by `evaluate` and `predict`, which read `prepare_sequences` tables directly (training
-batches come from `SampledBatch.to_jagged`). Item ids become dense rows through
-the item table (`items.dense_rows`, 0 for an unknown id).
+Used by `evaluate` and `predict`, which read sequence tables directly, or a source batch by
+batch (`split_batches`); training batches come from `SampledBatch.to_jagged`. Item ids become
+dense rows through the item table (`items.dense_rows`, 0 for an unknown id).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from negseq.batch import JaggedFeature
 from negseq.errors import NegseqError
+from negseq.io.sources import Source, SourceReader
 
 
 class DenseRows(Protocol):
@@ -63,3 +65,18 @@ def history_feature(table: pa.Table, items: DenseRows, *, with_timestamps: bool)
         torch.from_numpy(offsets),
         timestamps,
     )
+
+
+def split_batches(
+    split: pa.Table | Source, batch_size: int, columns: Sequence[str] | None = None
+) -> Iterator[pa.Table]:
+    """A sequence table's rows, or a source's read batch by batch (never all at once), in
+    `batch_size` slices of `columns` (all when None)."""
+    if isinstance(split, pa.Table):
+        table = split.select(list(columns)) if columns else split
+        for start in range(0, split.num_rows, batch_size):
+            yield table.slice(start, batch_size)
+        return
+    reader = SourceReader(split, columns)
+    for descriptor in split.plan(batch_size):
+        yield pa.Table.from_batches([reader.read(descriptor)])

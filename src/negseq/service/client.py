@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from negseq.errors import NegseqError
+from negseq.layout import Layout
 from negseq.sampler import SampleResult
 from negseq.service.auth import bearer_headers
 from negseq.service.exchanges import Exchange, ExchangePool

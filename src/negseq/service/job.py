@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from negseq.config import JobConfig, SamplerConfig, load_config
+from negseq.layout import Layout
 from negseq.service.limits import Limits
 
 if TYPE_CHECKING:  # clients import this module: the candidates package stays unloaded

@@ -61,8 +61,10 @@ import numpy as np
 import pyarrow as pa
 
 from negseq.errors import NegseqError
+from negseq.layout import LAYOUTS, Layout
 from negseq.sampler import SampleResult
 from negseq.sampler.arrow_numpy import arrow_int64
+from negseq.sampler.exclusion import json_stats
 
 if TYPE_CHECKING:  # clients import this module: the candidates package stays unloaded
     from negseq.candidates import Layout
@@ -216,7 +218,7 @@ def encode_negatives(
         "num_negatives": num_neg,
         "num_hard": num_hard,
         "expand_factor": result.expand_factor,
-        "stats": {k: int(v) for k, v in result.stats.items()},
+        "stats": json_stats(result.stats),
     }
     if left_out:
         meta["id_attrs"] = left_out
