@@ -247,13 +247,6 @@ def test_attributes_that_are_the_ids_stay_off_the_wire():
     assert id_attributes(plain) == ()
 
 
-def test_protocol_layouts_are_the_candidates_layouts():
-    from negseq.candidates import LAYOUTS
-    from negseq.service import protocol
-
-    assert protocol.LAYOUTS == LAYOUTS  # a copy: clients must not load the candidates package
-
-
 def test_id_type_is_int32_only_when_every_item_id_fits():
     assert id_type(ITEMS.ids) == pa.int32()
     assert id_type(np.array([-(2**31), 2**31 - 1])) == pa.int32()

@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,9 +47,6 @@ from negseq.service.auth import bearer_headers
 from negseq.service.exchanges import Exchange, ExchangePool
 from negseq.service.protocol import Request, decode_metadata, decode_negatives
 from negseq.service.tls import PemSource, is_loopback, pem_bytes
-
-if TYPE_CHECKING:  # the client never loads the candidates package (its tables, its kernels)
-    from negseq.candidates import Layout
 
 log = logging.getLogger("negseq.service.client")
 

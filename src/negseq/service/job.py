@@ -27,14 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from negseq.config import JobConfig, SamplerConfig, load_config
 from negseq.layout import Layout
 from negseq.service.limits import Limits
-
-if TYPE_CHECKING:  # clients import this module: the candidates package stays unloaded
-    from negseq.candidates import Layout
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -66,11 +66,7 @@ from negseq.sampler import SampleResult
 from negseq.sampler.arrow_numpy import arrow_int64
 from negseq.sampler.exclusion import json_stats
 
-if TYPE_CHECKING:  # clients import this module: the candidates package stays unloaded
-    from negseq.candidates import Layout
-
 MODES = ("negatives", "candidates")
-LAYOUTS: tuple[Layout, ...] = ("interleaved", "suffix")  # negseq.candidates.LAYOUTS (a test checks)
 ID_COLUMN = "_id"
 HARD_QUERY_ROW_COLUMN = "_hard_query_row"
 HARD_OFFSET_COLUMN = "_hard_offset"
