@@ -330,9 +330,12 @@ def test_bad_exclude_keys_name_table_key_and_value(tmp_path, kind, extra, messag
 
 def test_exclude_reaches_the_sampler_with_its_default(tmp_path):
     for extra, expected in [("", "user"), ('exclude = "batch"\n', "batch"), ('exclude = "none"\n', "none")]:
-        job = load_config(_job(tmp_path, "negative_sampler", extra), command="sample")
+        path = _job(tmp_path, "negative_sampler", extra)
+        job = load_config(path, command="sample")
         assert job.sampler is not None and job.sampler.exclude == expected
         assert build_sampler(job.sampler).exclude == expected
+        served = load_config(path, command="serve").sampler  # what `negseq serve` builds from
+        assert served is not None and served.exclude == expected
     with pytest.raises(NegseqError, match=r"NegativeSampler: exclude must be one of .*got 'all'"):
         NegativeSampler(ITEMS, num_sample=1, item_id_field="pos", exclude="all")  # type: ignore[arg-type]
     with pytest.raises(NegseqError, match="row_lengths sum to 2, the batch has 3 positives"):
