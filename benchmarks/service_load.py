@@ -11,11 +11,12 @@ threads sharing one `SamplerClient`. Phases alternate (in-process, plain, TLS, i
 that a noisy host disturbs them alike, and each records the 1-minute load average around it.
 Prints one JSON object: per phase requests/s, rows/s (positives), negatives/s, client-side
 p50/p99 latency and errors (must be 0); the medians over --repeats; the service/in-process rows/s
-ratios (median of the per-repeat ratios, plain and TLS); `uptime` before and after; the servers'
-own stats. The TLS phase needs the `cryptography` package (the dev extra): tests/certs.py makes
-the certificates. Each phase also records the CPU a request cost the benchmark process (the
-clients, or the in-process sampling) and the server process: on a shared host those move far less
-than rows/s.
+ratios (median of the per-repeat ratios, plain and TLS) and the CPU ratios (in-process CPU a
+request over client + server CPU a request: what the rows/s ratio tends to on a quiet 2-core
+host); `uptime` before and after; the servers' own stats. The TLS phase needs the `cryptography`
+package (the dev extra): tests/certs.py makes the certificates. Each phase also records the CPU a
+request cost the benchmark process (the clients, or the in-process sampling) and the server
+process: on a shared host those move far less than rows/s.
 """
 
 from __future__ import annotations
@@ -249,6 +250,14 @@ def main() -> None:
                 round_[f"ratio_{name}_to_in_process"] = round(
                     round_[name]["rows_per_s"] / round_["in_process"]["rows_per_s"], 3
                 )
+                # what the rows/s ratio tends to when the CPUs are the limit (2 cores): in-process CPU
+                # over client + server CPU a request; far steadier than rows/s on a loaded host
+                cpu = round_[name]["cpu_ms_per_request"]
+                round_[f"cpu_ratio_{name}_to_in_process"] = round(
+                    round_["in_process"]["cpu_ms_per_request"]["this_process"]
+                    / max(cpu["this_process"] + cpu["server"], 1e-9),
+                    3,
+                )
             phases.append(round_)
         server_stats, exit_codes = {}, {}
         for name, (proc, client) in servers.items():
@@ -294,9 +303,8 @@ def main() -> None:
     }
     for name in servers:
         result[name] = medians(name)
-        result[f"ratio_{name}_to_in_process"] = statistics.median(
-            p[f"ratio_{name}_to_in_process"] for p in phases
-        )
+        for ratio in (f"ratio_{name}_to_in_process", f"cpu_ratio_{name}_to_in_process"):
+            result[ratio] = statistics.median(p[ratio] for p in phases)
     result |= {"server_stats": server_stats, "server_exit_codes": exit_codes, "phases": phases}
     print(json.dumps(result, indent=2))
 

@@ -37,7 +37,13 @@ from negseq.sampler import (
 from negseq.service import Limits, Request, SamplerClient, SamplerServer
 from negseq.service.auth import read_token_file
 from negseq.service.job import CandidateDefaults, ServiceJob
-from negseq.service.protocol import decode_negatives, encode_negatives, parse_request
+from negseq.service.protocol import (
+    decode_negatives,
+    encode_negatives,
+    id_attributes,
+    id_type,
+    parse_request,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -210,13 +216,79 @@ def test_hard_sampler_without_hard_negatives_round_trips(clients):
     _assert_same(got, _make("hard").get(batch, epoch=0, batch_index=1))
 
 
-def test_protocol_encode_decode_is_lossless():
+@pytest.mark.parametrize("ids_type", [pa.int32(), pa.int64()])
+def test_protocol_encode_decode_is_lossless(ids_type):
     sampler = _make("hard_v2")
     result = sampler.get(_batch(9), epoch=4, batch_index=8, per_positive=2)
-    batch, meta = encode_negatives(result, hard=True)
+    batch, meta = encode_negatives(result, hard=True, ids_type=ids_type)
     assert batch.schema.names == ["_id", "item_id", "title", "cate", "_hard_query_row", "_hard_offset"]
+    assert batch.schema.field("_id").type == ids_type
     assert batch.column("_hard_query_row").null_count == len(result.ids)
-    _assert_same(decode_negatives(batch, json.loads(json.dumps(meta))), result)
+    decoded = decode_negatives(batch, json.loads(json.dumps(meta)))
+    _assert_same(decoded, result)
+    for ids in (decoded.ids, decoded.hard_ids):  # as the in-process sampler gives them
+        assert ids.dtype == np.int64 and ids.flags.writeable
+
+
+def test_attributes_that_are_the_ids_stay_off_the_wire():
+    sampler = _make("hard_v2")
+    assert id_attributes(sampler) == ("item_id",)  # COMMON lists the item id among attr_fields
+    result = sampler.get(_batch(9), epoch=4, batch_index=8, per_positive=2)
+    batch, meta = encode_negatives(result, hard=True, ids_type=pa.int32(), id_attrs=id_attributes(sampler))
+    assert batch.schema.names == ["_id", "title", "cate", "_hard_query_row", "_hard_offset"]
+    assert meta["id_attrs"] == {"item_id": 0}
+    decoded = decode_negatives(batch, json.loads(json.dumps(meta)))
+    _assert_same(decoded, result)  # item_id is back, in its place, as int64
+    assert decoded.negatives.schema == result.negatives.schema
+    copies = ItemTable.from_arrow(_item_table().append_column("id_copy", pa.array(ITEMS.ids)))
+    both = NegativeSampler(copies, num_sample=4, attr_fields=["cate", "id_copy"], item_id_field="item_id")
+    assert id_attributes(both) == ("id_copy",)
+    plain = NegativeSampler(ITEMS, num_sample=4, attr_fields=["cate"], item_id_field="item_id")
+    assert id_attributes(plain) == ()
+
+
+def test_id_type_is_int32_only_when_every_item_id_fits():
+    assert id_type(ITEMS.ids) == pa.int32()
+    assert id_type(np.array([-(2**31), 2**31 - 1])) == pa.int32()
+    assert id_type(np.array([1, 2**31])) == pa.int64()
+    assert id_type(np.array([-(2**31) - 1, 5])) == pa.int64()
+
+
+def test_negatives_mode_gathers_int32_ids_and_leaves_the_sampler_alone():
+    sampler = _make("hard")
+    server = SamplerServer(sampler)
+    try:
+        assert server._negatives_sampler.items.ids.dtype == np.int32  # gathered as they travel
+        assert sampler.items.ids.dtype == np.int64 and server.sampler is sampler
+        batch = _batch(12)
+        with SamplerClient(server.location) as client:
+            got = client.sample(batch, epoch=1, batch_index=5)
+            seeded = client.sample(batch, epoch=1, batch_index=5, seed=7)
+        _assert_same(got, _make("hard").get(batch, epoch=1, batch_index=5))
+        reference = HardNegativeSampler(
+            ITEMS, HARD, num_sample=40, num_hard_sample=3, user_id_field="user_id", **{**COMMON, "seed": 7}
+        )
+        _assert_same(seeded, reference.get(batch, epoch=1, batch_index=5))
+    finally:
+        server.shutdown()
+
+
+def test_ids_beyond_int32_travel_as_int64():
+    table = _item_table()
+    table = table.set_column(0, "id", pa.array(table["id"].to_numpy() + 2**40))
+    items = ItemTable.from_arrow(table)
+    sampler = NegativeSampler(items, num_sample=40, **COMMON)
+    server = SamplerServer(sampler)
+    try:
+        batch = pa.record_batch({"item_id": items.ids[:7]})
+        with SamplerClient(server.location) as client:
+            assert client.config()["id_type"] == "int64"
+            got = client.sample(batch, epoch=3, batch_index=1, per_positive=2)
+        reference = NegativeSampler(items, num_sample=40, **COMMON)
+        _assert_same(got, reference.get(batch, epoch=3, batch_index=1, per_positive=2))
+        assert got.ids.min() > 2**40
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.parametrize(("kind", "layout"), [("v1", "interleaved"), ("v2", "suffix"), ("hard_v2", "suffix")])
@@ -346,6 +418,7 @@ def test_actions():
             config = client.config()
             assert config["sampler"] == "HardNegativeSampler" and config["num_hard_sample"] == 3
             assert config["limits"]["max_rows"] == 5000 and config["num_items"] == NUM_ITEMS
+            assert config["id_type"] == "int32"  # every id of ITEMS fits: `_id` travels as int32
             with pytest.raises(flight.FlightServerError, match="unknown action 'reboot'"):
                 list(client._client.do_action(flight.Action("reboot", b"")))
     finally:

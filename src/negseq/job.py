@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -28,6 +29,7 @@ from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
 from negseq.config import JobConfig
 from negseq.errors import NegseqError
+from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import prepare
@@ -206,6 +208,9 @@ def _run_claimed(
     time_field = "uih_ts" if config.model.num_time_buckets else None
     collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
+    warning = exclusion_warning(work)
+    if warning is not None:
+        print(f"[negseq run] {warning}", file=sys.stderr, flush=True)
     stage = _Stage(config, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally
     try:
@@ -248,15 +253,13 @@ def _run_claimed(
 
 
 def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
-    from negseq.executors.ray_session import ray_started
-
-    with ray_started(stage.config, stage.verbose):
-        assert stage.config.output.dir is not None
-        storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
-        try:
-            return _fit_on_ray(stage, storage)
-        finally:
-            shutil.rmtree(storage, ignore_errors=True)
+    """Ray Train fed by the sampler actors, on the Ray that `run_job` holds for the whole job."""
+    assert stage.config.output.dir is not None
+    storage = Path(tempfile.mkdtemp(prefix=".negseq-ray-train-", dir=stage.config.output.dir))
+    try:
+        return _fit_on_ray(stage, storage)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def _fit_on_ray(stage: _Stage, storage: Path) -> tuple[Any, dict[str, Any]]:

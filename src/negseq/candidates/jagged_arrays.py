@@ -18,15 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
 from negseq.errors import NegseqError
-
-Layout = Literal["interleaved", "suffix"]
-LAYOUTS: tuple[Layout, ...] = ("interleaved", "suffix")
+from negseq.layout import LAYOUTS, Layout
 
 
 @dataclass(frozen=True)

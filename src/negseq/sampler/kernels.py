@@ -119,7 +119,7 @@ def _redraw_rounds(rows, table, pool, key0, key1, max_retries, keep_hits, contex
 
     `keep_hits(slots, rows, context)` moves the slots (ascending) whose draw must be
     redrawn to the front of `slots`, in order, and returns how many there are.
-    Returns (redraws, collisions kept).
+    Returns (redraws, the slots whose kept draw is still excluded: the collisions kept).
     """
     n = rows.shape[0]
     slots = np.arange(n).astype(np.int32)
@@ -141,7 +141,7 @@ def _redraw_rounds(rows, table, pool, key0, key1, max_retries, keep_hits, contex
         for i in range(m):
             rows[slots[i]] = drawn[i]
         slots = slots[: keep_hits(slots, rows, context)]
-    return redraws, slots.shape[0]
+    return redraws, slots.copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -152,6 +152,38 @@ def row_bitmap(rows: np.ndarray, num_rows: int) -> np.ndarray:
         if r >= 0:
             bitmap[r >> 3] |= np.uint8(1 << (r & 7))
     return bitmap
+
+
+@numba.njit(cache=True, nogil=True)
+def row_bitmap_mass(rows: np.ndarray, num_rows: int, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """`row_bitmap(rows, num_rows)` and the summed `weights` of its distinct rows (the weight an
+    exclusion of those rows removes), in one pass."""
+    bitmap = np.zeros((num_rows >> 3) + 1, np.uint8)
+    mass = 0.0
+    last = rows.shape[0] - 1
+    for i in range(rows.shape[0]):
+        prefetch(weights, max(rows[min(i + _PICK_AHEAD, last)], 0))  # a random load a positive
+        r = rows[i]
+        if r >= 0:
+            bit = np.uint8(1 << (r & 7))
+            if not bitmap[r >> 3] & bit:
+                bitmap[r >> 3] |= bit
+                mass += weights[r]
+    return bitmap, mass
+
+
+@numba.njit(inline="always")
+def _no_hits(slots, rows, context):
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def draw_rows(
+    rows: np.ndarray, table: np.ndarray, pool: np.ndarray, key0: np.uint64, key1: np.uint64
+) -> None:
+    """Draw every slot once, excluding nothing (the words are those of the excluding kernels'
+    first round, so a slot that none of them would redraw gets the same row)."""
+    _redraw_rounds(rows, table, pool, key0, key1, 0, _no_hits, 0)
 
 
 @numba.njit(inline="always")
@@ -178,7 +210,7 @@ def draw_excluding_rows(
     key0: np.uint64,
     key1: np.uint64,
     max_retries: int,
-) -> tuple[int, int]:
+) -> tuple[int, np.ndarray]:
     """Draw every slot, redrawing rows set in the `excluded` bitmap (the call's positives)."""
     return _redraw_rounds(rows, table, pool, key0, key1, max_retries, _hits_in_bitmap, excluded)
 
@@ -218,6 +250,79 @@ def _in_sorted(values: np.ndarray, lo: np.int64, hi: np.int64, row) -> bool:
         n -= half
     base += values[base] < row
     return base < hi and values[base] == row
+
+
+@numba.njit(cache=True, nogil=True)
+def distinct_mass(indptr: np.ndarray, user_items: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """float64 [users]: each user's summed `probability` over its distinct items (ascending lists)."""
+    num_users = indptr.shape[0] - 1
+    mass = np.zeros(num_users)
+    for u in range(num_users):
+        for e in range(indptr[u], indptr[u + 1]):
+            if e == indptr[u] or user_items[e] != user_items[e - 1]:
+                mass[u] += probability[user_items[e]]
+    return mass
+
+
+@numba.njit(cache=True, nogil=True)
+def user_set_weights(
+    owners: int,
+    positive_rows: np.ndarray,
+    user_rows: np.ndarray,
+    indptr: np.ndarray,
+    user_items: np.ndarray,
+    num_items: int,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """float64 [num_items]: each item's summed `weights[q]` over the first `owners` positives q
+    whose set holds it: the distinct items of q's user (ascending lists), and q's positive."""
+    out = np.zeros(num_items)
+    for q in range(owners):
+        w, u, row = weights[q], user_rows[q], positive_rows[q]
+        inside = False
+        if u >= 0:
+            for e in range(indptr[u], indptr[u + 1]):
+                item = user_items[e]
+                if e == indptr[u] or item != user_items[e - 1]:
+                    out[item] += w
+                    inside |= item == row
+        if row >= 0 and not inside:
+            out[row] += w
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def positive_set_mass(
+    positive_rows: np.ndarray,
+    user_rows: np.ndarray,
+    indptr: np.ndarray,
+    user_items: np.ndarray,
+    signatures: np.ndarray,
+    user_mass: np.ndarray,
+    probability: np.ndarray,
+) -> np.ndarray:
+    """float64 [Q]: the `probability` mass of what positive q's draws avoid, its user's items
+    (`user_mass`, an unknown user -1 has none) and the positive itself when not one of them."""
+    n_pos = positive_rows.shape[0]
+    mass = np.zeros(n_pos)
+    for q in range(n_pos):
+        near = max(user_rows[min(q + _PREFETCH_AHEAD, n_pos - 1)], 0)
+        prefetch(signatures, near * _SIGNATURE_WORDS)
+        prefetch(user_items, indptr[near])
+        prefetch(user_mass, near)
+        u, row = user_rows[q], positive_rows[q]
+        inside = False
+        if u >= 0:
+            mass[q] = user_mass[u]
+            if row >= 0:
+                bit = _signature_bit(row)
+                if (
+                    signatures[u * _SIGNATURE_WORDS + (bit >> np.uint64(6))] >> (bit & np.uint64(63))
+                ) & np.uint64(1):
+                    inside = _in_sorted(user_items, indptr[u], indptr[u + 1], row)
+        if row >= 0 and not inside:
+            mass[q] += probability[row]
+    return mass
 
 
 @numba.njit(inline="always")
@@ -271,7 +376,7 @@ def draw_excluding_user_items(
     key0: np.uint64,
     key1: np.uint64,
     max_retries: int,
-) -> tuple[int, int]:
+) -> tuple[int, np.ndarray]:
     """Draw every slot, redrawing a slot's positive and its user's positive items."""
     context = (group, positive_rows, user_rows, indptr, user_items, signatures)
     return _redraw_rounds(rows, table, pool, key0, key1, max_retries, _hits_in_user_items, context)

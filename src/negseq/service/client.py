@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from negseq.candidates import Layout
 from negseq.errors import NegseqError
+from negseq.layout import Layout
 from negseq.sampler import SampleResult
 from negseq.service.auth import bearer_headers
 from negseq.service.exchanges import Exchange, ExchangePool

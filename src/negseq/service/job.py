@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from negseq.candidates import Layout
 from negseq.config import JobConfig, SamplerConfig, load_config
+from negseq.layout import Layout
 from negseq.service.limits import Limits
 
 

@@ -25,16 +25,22 @@ that key. Unknown keys are refused, so a typo cannot silently fall back to a def
 Response, negatives mode: one record batch, with rows [0, num_negatives) the simple negatives and
 rows [num_negatives, num_negatives + num_hard) the hard negatives:
 
-    _id               int64   the negative's item id (SampleResult.ids, then .hard_ids)
-    <attr_fields...>          the sampler's attribute columns, typed as the item table declares
+    _id               int32   the negative's item id (SampleResult.ids, then .hard_ids): int32 when
+                      or int64  every id of the sampler's item table fits in int32 (the `config`
+                                action's `id_type` says which), else int64; the client widens it
+    <attr_fields...>          the sampler's attribute columns, typed as the item table declares,
+                              except those that hold the item ids again (`id_attributes`, e.g.
+                              TorchEasyRec's `item_id`): left out, `id_attrs` in the metadata maps
+                              each to its position among the attribute columns (int64, = `_id`)
     _hard_query_row   int32   hard samplers only: hard_neg_indices[:, 0]; null on simple rows
     _hard_offset      int32   hard samplers only: hard_neg_indices[:, 1]; null on simple rows
 
-and `app_metadata` JSON: the request key plus `num_negatives`, `num_hard`, `expand_factor` and the
-sampler's `stats`. Response, candidates mode: the batch's `SampledBatch.to_arrow()`, as files
-hold it (the item column replaced by candidate sequences; the sampler's attribute columns, named
-and laid out as the candidates (`negseq.candidates.attributes`); `cand_pos_lengths` and, for hard
-samplers, `hard_neg_indices`), with `app_metadata` JSON: the request key plus `stats`. A request
+and `app_metadata` JSON: the request key plus `num_negatives`, `num_hard`, `expand_factor`, the
+sampler's `stats` and, when some were left out, `id_attrs`. Response, candidates mode: the batch's
+`SampledBatch.to_arrow()`, as files hold it (the item column replaced by candidate sequences; the
+sampler's attribute columns, named and laid out as the candidates
+(`negseq.candidates.attributes`); `cand_pos_lengths` and, for hard samplers, `hard_neg_indices`),
+with `app_metadata` JSON: the request key plus `stats`. A request
 whose columns collide with those (an already sampled batch, an attribute column that cannot line
 up with the item column) is refused, naming the column.
 
@@ -47,15 +53,18 @@ server keeps serving other exchanges.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 
-from negseq.candidates import LAYOUTS, Layout
 from negseq.errors import NegseqError
+from negseq.layout import LAYOUTS, Layout
 from negseq.sampler import SampleResult
+from negseq.sampler.arrow_numpy import arrow_int64
+from negseq.sampler.exclusion import json_stats
 
 MODES = ("negatives", "candidates")
 ID_COLUMN = "_id"
@@ -64,6 +73,8 @@ HARD_OFFSET_COLUMN = "_hard_offset"
 RESERVED_COLUMNS = (ID_COLUMN, HARD_QUERY_ROW_COLUMN, HARD_OFFSET_COLUMN)
 _KEY_LIMIT = 1 << 32
 _SEED_LIMIT = 1 << 64
+_INT32 = np.iinfo(np.int32)
+INT64 = pa.int64()
 
 
 @dataclass(frozen=True)
@@ -143,24 +154,51 @@ def parse_request(metadata: bytes | None) -> Request:
     )
 
 
-def negatives_schema(attr_schema: pa.Schema, hard: bool) -> pa.Schema:
-    """The response schema of negatives mode for a sampler with these attribute columns."""
-    fields = [pa.field(ID_COLUMN, pa.int64()), *attr_schema]
+def id_type(item_ids: np.ndarray) -> pa.DataType:
+    """The `_id` column's type for a sampler over these item ids: int32 when every id fits, which
+    halves the bytes of the id column (a third of a 4096 x 32 answer with one int32 attribute),
+    else int64. Fixed by the item table, so every answer of a server has the same schema."""
+    if len(item_ids) == 0 or (item_ids.min() >= _INT32.min and item_ids.max() <= _INT32.max):
+        return pa.int32()
+    return pa.int64()
+
+
+def id_attributes(sampler: Any) -> tuple[str, ...]:
+    """The sampler's attribute fields that hold the item ids again (TorchEasyRec lists the item id
+    among `attr_fields`; the item table may also have an int64 copy of `id`): the sampler fills
+    them with the ids it drew, so an answer would carry every id twice."""
+    items = sampler.items
+    columns = set(items.table.column_names)
+    return tuple(f for f in sampler.attr_fields if items.holds_ids(f if f in columns else "id"))
+
+
+def negatives_schema(attr_schema: pa.Schema, hard: bool, ids: pa.DataType = INT64) -> pa.Schema:
+    """The response schema of negatives mode for a sampler with these attribute columns and `_id`
+    type."""
+    fields = [pa.field(ID_COLUMN, ids), *attr_schema]
     if hard:
         fields += [pa.field(HARD_QUERY_ROW_COLUMN, pa.int32()), pa.field(HARD_OFFSET_COLUMN, pa.int32())]
     return pa.schema(fields)
 
 
-def encode_negatives(result: SampleResult, hard: bool) -> tuple[pa.RecordBatch, dict[str, Any]]:
-    """One response batch (simple rows, then hard rows) and its metadata fields."""
+def encode_negatives(
+    result: SampleResult, hard: bool, ids_type: pa.DataType = INT64, id_attrs: Sequence[str] = ()
+) -> tuple[pa.RecordBatch, dict[str, Any]]:
+    """One response batch (simple rows, then hard rows) and its metadata fields; `ids_type` is the
+    server's `id_type` (int32 only when every id of the item table fits). Attribute columns named
+    in `id_attrs` hold the ids again (`id_attributes`): they stay out of the batch, and the
+    metadata's `id_attrs` says where `decode_negatives` puts them back."""
     num_neg, num_hard = len(result.ids), len(result.hard_ids)
-    # without hard negatives the ids are used as they are (zero-copy): a copy a request showed up
-    # in the server's profile under the GIL
+    # without hard negatives and with int64 ids the ids are used as they are (zero-copy): a copy a
+    # request showed up in the server's profile under the GIL
     id_values = np.concatenate([result.ids, result.hard_ids]) if num_hard else result.ids
-    ids = pa.array(id_values, pa.int64())
+    ids = pa.array(id_values.astype(ids_type.to_pandas_dtype(), copy=False), ids_type)
     attrs = result.negatives
     if num_hard:
         attrs = pa.concat_batches([attrs, result.hard_negatives])
+    left_out = {name: i for i, name in enumerate(attrs.schema.names) if name in id_attrs}
+    if left_out:
+        attrs = attrs.drop_columns(list(left_out))
     columns = [ids, *attrs.columns]
     if hard:
         indices = result.hard_neg_indices
@@ -170,14 +208,16 @@ def encode_negatives(result: SampleResult, hard: bool) -> tuple[pa.RecordBatch, 
         for j in (0, 1):
             values = np.concatenate([np.zeros(num_neg, np.int32), indices[:, j].astype(np.int32)])
             columns.append(pa.array(values, pa.int32(), mask=nulls))
-    schema = negatives_schema(result.negatives.schema, hard)
+    schema = negatives_schema(attrs.schema, hard, ids_type)
     batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-    meta = {
+    meta: dict[str, Any] = {
         "num_negatives": num_neg,
         "num_hard": num_hard,
         "expand_factor": result.expand_factor,
-        "stats": {k: int(v) for k, v in result.stats.items()},
+        "stats": json_stats(result.stats),
     }
+    if left_out:
+        meta["id_attrs"] = left_out
     return batch, meta
 
 
@@ -188,9 +228,12 @@ def decode_negatives(batch: pa.RecordBatch, meta: dict[str, Any]) -> SampleResul
         raise NegseqError(
             f"response: {batch.num_rows} rows, metadata promises {num_neg} + {num_hard} hard negatives"
         )
-    ids = batch.column(ID_COLUMN).to_numpy().astype(np.int64, copy=False)
+    # widened (or copied) into a new, writable int64 array, as the in-process sampler returns it
+    ids = batch.column(ID_COLUMN).to_numpy().astype(np.int64)
     attr_names = [n for n in batch.schema.names if n not in RESERVED_COLUMNS]
     attrs = batch.select(attr_names)
+    for name, position in sorted(meta.get("id_attrs", {}).items(), key=lambda item: item[1]):
+        attrs = attrs.add_column(int(position), name, arrow_int64(ids))  # as the sampler makes it
     hard_negatives = hard_indices = None
     if num_hard:
         hard_negatives = attrs.slice(num_neg)
@@ -202,9 +245,9 @@ def decode_negatives(batch: pa.RecordBatch, meta: dict[str, Any]) -> SampleResul
             axis=1,
         ).astype(np.int32)
     return SampleResult(
-        ids=ids[:num_neg].copy(),
+        ids=ids[:num_neg],
         negatives=attrs.slice(0, num_neg),
-        hard_ids=ids[num_neg:].copy(),
+        hard_ids=ids[num_neg:],
         hard_negatives=hard_negatives,
         hard_neg_indices=hard_indices,
         expand_factor=int(meta["expand_factor"]),

@@ -22,10 +22,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from negseq.errors import NegseqError
+from negseq.sampler import ItemTable, Sampler
+from negseq.sampler.exclusion import json_stats
 from negseq.service.admission import ConcurrencyCapMiddlewareFactory, default_max_concurrent
 from negseq.service.auth import BearerTokenMiddlewareFactory
 from negseq.service.job import CandidateDefaults
@@ -35,6 +38,8 @@ from negseq.service.protocol import (
     Request,
     encode_metadata,
     encode_negatives,
+    id_attributes,
+    id_type,
     parse_request,
 )
 from negseq.service.stats import MetricsEndpoint, ServiceStats
@@ -122,6 +127,9 @@ class SamplerServer(flight.FlightServerBase):
         if max_concurrent < 1:
             raise NegseqError(f"max_concurrent must be >= 1, got {max_concurrent}")
         self.sampler = sampler
+        self.id_type = id_type(sampler.items.ids)  # the `_id` column's type in every answer
+        self.id_attrs = id_attributes(sampler)  # attribute columns an answer leaves out (= `_id`)
+        self._negatives_sampler = _gathering_wire_ids(sampler, self.id_type)
         self.limits = limits or Limits()
         self.candidates = candidates or CandidateDefaults()
         self.sampler_config = config
@@ -241,11 +249,13 @@ class SamplerServer(flight.FlightServerBase):
                     error or "ok",
                 )
 
-    def _sampler_for(self, seed: int | None) -> Any:
-        """The sampler, or a shallow copy (tables shared) keyed by the request's seed."""
-        if seed is None or seed == self.sampler.seed:
-            return self.sampler
-        keyed = copy.copy(self.sampler)
+    def _sampler_for(self, seed: int | None, base: Any = None) -> Any:
+        """`base` (default the sampler), or a shallow copy (tables shared) keyed by the request's
+        seed."""
+        base = self.sampler if base is None else base
+        if seed is None or seed == base.seed:
+            return base
+        keyed = copy.copy(base)
         keyed.seed = seed
         return keyed
 
@@ -253,7 +263,7 @@ class SamplerServer(flight.FlightServerBase):
         for name in ("layout", "neg_per_pos", "seq_delim"):
             if getattr(request, name) is not None:
                 raise NegseqError(f"request metadata: {name!r} belongs to mode 'candidates', not 'negatives'")
-        sampler = self._sampler_for(request.seed)
+        sampler = self._sampler_for(request.seed, self._negatives_sampler)
         if request.per_positive is None:
             self.limits.check_negatives(*_shared_negatives(sampler, request.training))
         else:
@@ -266,7 +276,7 @@ class SamplerServer(flight.FlightServerBase):
             per_positive=request.per_positive,
             training=request.training,
         )
-        out, meta = encode_negatives(result, sampler.is_hard)
+        out, meta = encode_negatives(result, sampler.is_hard, self.id_type, self.id_attrs)
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
@@ -304,8 +314,8 @@ class SamplerServer(flight.FlightServerBase):
             batch_index=request.batch_index,
             training=request.training,
         )
-        stats = {k: int(v) for k, v in sampled.stats.items()}
-        return sampled.to_arrow(), {"layout": layout, "stats": stats}, stats.get("draws", 0)
+        stats = json_stats(sampled.stats)
+        return sampled.to_arrow(), {"layout": layout, "stats": stats}, int(stats.get("draws", 0))
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -339,9 +349,26 @@ class SamplerServer(flight.FlightServerBase):
             "is_hard": bool(s.is_hard),
             "seed": s.seed,
             "num_items": len(s.items),
+            "id_type": str(self.id_type),
             "candidates": dataclasses.asdict(self.candidates),
             "limits": dataclasses.asdict(self.limits),
         }
+
+
+def _gathering_wire_ids(sampler: Any, ids_type: pa.DataType) -> Any:
+    """The sampler negatives mode draws with: when `_id` travels as int32, a shallow copy whose
+    item table gathers the drawn ids from an int32 copy of its ids (`get` reads `items.ids` only to
+    gather them; rows, exclusion and attributes do not depend on it). Half the bytes to read at
+    random, and no cast: on 1M items the gather of 131k ids costs about half as much.
+    Candidates mode keeps the sampler as it is: its sequences hold int64 ids. Anything but one of
+    negseq's samplers (a wrapper) is used as it is; the answer's ids are cast then."""
+    if ids_type != pa.int32() or not isinstance(sampler, Sampler) or not isinstance(sampler.items, ItemTable):
+        return sampler
+    items = copy.copy(sampler.items)
+    items.ids = sampler.items.ids.astype(np.int32)
+    wire = copy.copy(sampler)
+    wire.items = items
+    return wire
 
 
 def _chunks(reader) -> Iterator[flight.FlightStreamChunk]:
