@@ -69,10 +69,16 @@ def cluster(_ray_session):
         initialize_head=True,
         head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
     )
+    data = ray.data.DataContext.get_current()
+    wait_before = data.wait_for_min_actors_s
+    # every pool actor is up before the first batch is handed out: an actor still starting on a
+    # fresh node would otherwise leave the whole (small) run to the other node's actor
+    data.wait_for_min_actors_s = 120
     try:
         ray.init(address=nodes.address, log_to_driver=False, logging_level=logging.ERROR)
         yield nodes
     finally:
+        data.wait_for_min_actors_s = wait_before
         ray.shutdown()
         nodes.shutdown()
 
