@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 
 from negseq.candidates import arrays_to_table
-from negseq.executors.plan import BatchWork
+from negseq.executors.plan import BatchWork, EpochKeys
 from negseq.io.sources import SourceReader
 
 KEYS_PER_TASK = 4  # amortizes Ray Data's per-task overhead over several batches
@@ -44,16 +44,17 @@ class SampleBatches:
     """Ray Data callable class: the work and a reader built once in `__init__`; `__call__` is a
     pure function of the keys it is given."""
 
-    def __init__(self, work_ref: ray.ObjectRef) -> None:
+    def __init__(self, work_ref: ray.ObjectRef, keys: Sequence[tuple[int, int]]) -> None:
         self.work: BatchWork = ray.get(work_ref)
+        self.keys = keys
         self.reader = SourceReader(self.work.plan.source)
 
-    def __call__(self, keys: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
         descriptors = self.work.plan.descriptors
-        results = [
-            self.work(self.reader.read(descriptors[index]), epoch, index)
-            for epoch, index in zip(keys["epoch"].tolist(), keys["batch_index"].tolist(), strict=True)
-        ]
+        results = []
+        for row in rows["id"].tolist():
+            epoch, index = self.keys[row]
+            results.append(self.work(self.reader.read(descriptors[index]), epoch, index))
         if self.work.collate is not None:
             return arrays_to_table(results)
         return pa.Table.from_pylist([{k: v for k, v in r.items() if k != "stats"} for r in results])
@@ -68,12 +69,14 @@ def sampled_dataset(
     keys_per_task: int = KEYS_PER_TASK,
 ) -> ray.data.Dataset:
     """`work` over the (epoch, batch_index) `keys` on the actor pool: one row a batch (its
-    arrays when the work collates, else its summary), in key order when `deterministic`."""
-    items = [{"epoch": epoch, "batch_index": index} for epoch, index in keys]
-    blocks = max(1, min(len(items) // keys_per_task, 200))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+    arrays when the work collates, else its summary), in key order when `deterministic`.
+
+    The dataset's rows are positions in `keys` (`ray.data.range`); each actor maps them to keys
+    itself, so the driver ships `keys` (lazy `EpochKeys` for a whole run) and no list of them."""
+    blocks = max(1, min(len(keys) // keys_per_task, 200))
+    dataset = ray.data.range(len(keys), override_num_blocks=blocks).map_batches(
         SampleBatches,
-        fn_constructor_kwargs={"work_ref": ray.put(work)},
+        fn_constructor_kwargs={"work_ref": ray.put(work), "keys": keys},
         compute=pool.strategy(),
         batch_size=keys_per_task,
         batch_format="numpy",
@@ -88,9 +91,12 @@ def write_outputs(work: BatchWork, pool: ActorPool, batches: Sequence[int] | Non
     returns how many were written. The caller finishes `work.sink`."""
     if work.sink is None:
         raise ValueError("write_outputs needs a BatchWork with a sink")
-    indices = range(work.plan.num_batches) if batches is None else batches
     writer = replace(work, collate=None)
-    keys = [(work.write_epoch, i) for i in indices]
+    keys: Sequence[tuple[int, int]] = (
+        EpochKeys((work.write_epoch,), work.plan.num_batches)
+        if batches is None
+        else [(work.write_epoch, i) for i in batches]
+    )
     if not keys:
         return 0
     return sum(
