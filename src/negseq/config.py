@@ -1461,11 +1461,9 @@ class _Resolver:
             )
         assert self.data is not None
         folder = self.data.prepared or self.sections["prepare"].dir
-        items = (
-            f"{folder.rstrip('/')}/items.parquet"
-            if _is_uri(folder)
-            else os.path.join(folder, "items.parquet")
-        )
+        from negseq.filesystems import child  # imports pyarrow: only for a run
+
+        items = child(folder, "items.parquet")
         table_key = "input_path" if sampler.kind == "negative_sampler" else "item_input_path"
         fill: dict[str, Any] = {"item_id_field": wanted}
         if getattr(sampler, table_key) is None:

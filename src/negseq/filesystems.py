@@ -12,10 +12,12 @@ filesystem lists files in. This module needs only pyarrow: every layer may impor
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -46,6 +48,16 @@ def resolve_location(spec: str | Path, base_dir: str | Path | None = None) -> tu
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     return pafs.LocalFileSystem(), str(path.absolute())
+
+
+def child(location: str | Path, name: str) -> str:
+    """`name` inside the folder `location`: a local path joined as a path, a URI's path extended
+    (its query, such as an S3 endpoint, kept)."""
+    text = str(location)
+    if not is_uri(text):
+        return os.path.join(text, name)
+    parts = urlsplit(text)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
 def display(filesystem: pafs.FileSystem, path: str) -> str:

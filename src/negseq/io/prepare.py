@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
-from negseq.filesystems import exists
+from negseq.filesystems import child, exists
 
 SEQUENCE_SCHEMA = pa.schema(
     [
@@ -175,7 +175,7 @@ class Prepared:
 
     def table(self, name: str) -> str:
         """Where table `name` (one of `TABLES`) lies: a file, or a folder of shards."""
-        return f"{str(self.folder).rstrip('/')}/{name}.parquet"
+        return child(self.folder, f"{name}.parquet")
 
     @property
     def train(self) -> str:
