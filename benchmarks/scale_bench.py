@@ -80,6 +80,7 @@ dir = "{out}"
 write_samples = false
 """
 GROWTH_TARGET = 0.15
+RAY = str(Path(sys.executable).with_name("ray"))  # the Ray of this Python's environment
 
 
 def _free_port() -> int:
@@ -99,7 +100,7 @@ class RayHead:
     def __init__(self, cpus: int, temp_dir: str) -> None:
         self.address = f"127.0.0.1:{_free_port()}"
         command = [
-            "ray",
+            RAY,
             "start",
             "--head",
             "--block",
@@ -115,7 +116,7 @@ class RayHead:
         )
         deadline = time.monotonic() + 120
         while True:
-            probe = subprocess.run(["ray", "status", f"--address={self.address}"], capture_output=True)
+            probe = subprocess.run([RAY, "status", f"--address={self.address}"], capture_output=True)
             if probe.returncode == 0:
                 break
             if self.process.poll() is not None or time.monotonic() > deadline:
