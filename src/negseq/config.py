@@ -1442,7 +1442,17 @@ class _Resolver:
         if out.dir is None and self.command in ("run", "prepare") and self.has_job:
             out = dataclasses.replace(out, dir=_resolve(os.path.join("runs", self.name), self.origin.base))
             self.sections["output"] = out
+        if out.dir is not None and self.command == "run" and _is_uri(out.dir):
+            raise self.fail(
+                f"[output] dir: negseq run writes a local folder (a path every node sees on a cluster), "
+                f"got the URI {json.dumps(out.dir)}; negseq sample writes to URIs"
+            )
         prep: PrepareConfig = self.sections["prepare"]
+        if prep.dir is not None and self.command in ("run", "prepare") and _is_uri(prep.dir):
+            raise self.fail(
+                f"[prepare] dir: the prepared tables are written to a local folder (a path every node "
+                f"sees on a cluster), got the URI {json.dumps(prep.dir)}; [data] prepared reads URIs"
+            )
         if prep.dir is None and out.dir is not None and self.command in ("run", "prepare"):
             self.sections["prepare"] = dataclasses.replace(prep, dir=os.path.join(out.dir, "prepared"))
 

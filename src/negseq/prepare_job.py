@@ -25,8 +25,6 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from negseq.config import JobConfig
-from negseq.errors import NegseqError
-from negseq.filesystems import is_uri
 from negseq.io.prepare import Prepared, prepare
 from negseq.io.rundir import PREPARE_STAGING_PREFIX, install_prepared, prepared_files
 from negseq.io.sources import CsvOptions, Source
@@ -80,11 +78,6 @@ class PrepareStep:
             return cls(config, source, None)
         from negseq.io.prepare_ray import default_shards
 
-        if is_uri(config.prepare.dir):
-            raise NegseqError(
-                f"[prepare] dir {config.prepare.dir}: the Ray prepare writes a local folder (on a "
-                "cluster: one every node mounts); a URI is not supported yet"
-            )
         assert source is not None  # config: prepare = "ray" needs interactions
         return cls(config, source, data.shards or default_shards(source.num_rows))
 
