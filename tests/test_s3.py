@@ -66,7 +66,10 @@ def s3():
 
 def _rows(start: int, count: int) -> pa.Table:
     ids = np.arange(start, start + count, dtype=np.int64)
-    return pa.table({"user_id": ids, "item": ids % 7 + 1, "hist": [[int(i % 5) + 1] for i in ids]})
+    schema = pa.schema([("user_id", pa.int64()), ("item", pa.int64()), ("hist", pa.list_(pa.int64()))])
+    return pa.table(
+        {"user_id": ids, "item": ids % 7 + 1, "hist": [[int(i % 5) + 1] for i in ids]}, schema=schema
+    )
 
 
 def _put(fs: pafs.S3FileSystem, key: str, table: pa.Table, row_group_size: int | None = None) -> None:
