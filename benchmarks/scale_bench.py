@@ -93,6 +93,12 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def ray_env(**extra: str) -> dict[str, str]:
+    """The head and its drivers without token authentication (one private machine; Ray 2.60
+    turns it on when ~/.ray/auth_token exists, and then every client needs the mode set)."""
+    return dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **extra)
+
+
 class RayHead:
     """`ray start --head --block` in its own process group: stopped by signalling that group
     alone (never `ray stop`, which stops every Ray on the machine)."""
@@ -110,17 +116,26 @@ class RayHead:
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ]
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True
-        )
-        deadline = time.monotonic() + 120
+        self.log = Path(temp_dir) / "ray-start.log"  # a file: a full pipe would block `ray start`
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=log, env=ray_env(), start_new_session=True
+            )
+        deadline = time.monotonic() + 180
         while True:
-            probe = subprocess.run([RAY, "status", f"--address={self.address}"], capture_output=True)
-            if probe.returncode == 0:
-                break
+            try:
+                probe = subprocess.run(
+                    [RAY, "status", f"--address={self.address}"],
+                    capture_output=True,
+                    env=ray_env(),
+                    timeout=60,
+                )
+                if probe.returncode == 0:
+                    break
+            except subprocess.TimeoutExpired:
+                pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start --head failed: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"ray start --head failed: {self.log.read_text()[-2000:]}")
             time.sleep(2)
 
     def stop(self) -> None:
@@ -197,7 +212,7 @@ def main() -> None:
     head = RayHead(args.cpus, temp_dir)
     results: dict[str, dict[int, dict]] = {"prepare": {}, "run": {}}
     try:
-        env = dict(os.environ, RAY_ADDRESS=head.address, RAY_USAGE_STATS_ENABLED="0")
+        env = ray_env(RAY_ADDRESS=head.address)
         for scale in scales:
             users = args.users * scale
             log = scratch / f"log-{scale}x"
