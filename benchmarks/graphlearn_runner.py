@@ -38,7 +38,14 @@ SAMPLERS = ("NegativeSampler", "NegativeSamplerV2", "HardNegativeSampler", "Hard
 
 
 def rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident set size of this process image so far, in MiB: VmHWM, which a process
+    started by exec begins afresh. (getrusage's ru_maxrss is kept across exec: a child started
+    by a large benchmark process reports at least the parent's size, so both sides of the load
+    line once read the same number.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -95,7 +95,9 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's own peak RSS: graphlearn_runner.rss_mib (VmHWM, not ru_maxrss, which a
+    subprocess inherits from the benchmark process that started it)."""
+    return graphlearn_runner.rss_mib()
 
 
 def current_rss_mib() -> float:

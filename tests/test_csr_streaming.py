@@ -142,7 +142,7 @@ def test_empty_file_with_a_bad_column_type_fails_as_from_arrow_does(tmp_path, co
 def test_missing_parquet_file_is_named(tmp_path):
     path = tmp_path / "none.parquet"
     for kwargs in ({}, {"format": "parquet"}):
-        with pytest.raises(NegseqError, match=f"{path}: no such file or directory"):
+        with pytest.raises(NegseqError, match=f"{path}: no such file or folder"):
             EdgeTable.read(path, **kwargs)
 
 

@@ -4,7 +4,6 @@ and handler; add new ones to SUBCOMMANDS. Bad input ends as one line on stderr a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
@@ -33,47 +32,43 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="interaction log -> train/eval sequences and an item table",
         description="Read an interaction log (user, item, timestamp) and write train.parquet, "
-        "eval.parquet (leave-last-out) and items.parquet (id, count, weight = count ** item_weight_power). "
-        "The settings are a job file's [data] keys (--job), which the flags override.",
+        "valid.parquet, eval.parquet (leave-last-out) and items.parquet (id, count, weight = count "
+        "** item_weight_power). The log is a file, folder, glob or URI (s3://, gs://, hdfs://, "
+        "file://). With --ray it is prepared on Ray Data (the cluster in RAY_ADDRESS when set, else "
+        "a Ray started here) and each table is a folder of Parquet shards. The settings are a job "
+        "file's [data] keys (--job), which the flags override.",
         epilog="example: negseq prepare u.data --out prepared/ --delimiter tab "
         "--column-names user_id,item_id,rating,timestamp",
     )
     p.add_argument("--job", help="TOML job file whose [data] and [prepare] dir this prepares")
+    p.add_argument(
+        "--ray", action="store_true", help='prepare on Ray Data: --prepare ray ([data] prepare = "ray")'
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help="show Ray's own logs and progress bars")
     add_config_flags(p, "prepare")
     p.set_defaults(handler=cmd_prepare)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from negseq.io.prepare import prepare
-    from negseq.io.rundir import PREPARED_FILES, claim_folder
-    from negseq.io.sources import CsvOptions, Source
+    from negseq.io.rundir import claim_folder
+    from negseq.prepare_job import PrepareStep
 
-    config = load_config(args.job, command="prepare", flags=flag_values(args, "prepare"))
-    data = config.data
-    assert data is not None and config.prepare.dir is not None
-    if data.synthetic is not None:
-        from negseq.synthetic import generate_interactions
-
-        interactions = generate_interactions(**dataclasses.asdict(data.synthetic))
-    else:
-        assert data.interactions is not None
-        csv = CsvOptions.for_format(data.format, data.delimiter, data.column_names)
-        interactions = Source.open(data.interactions, format=data.format, csv=csv).read_all()
-    claim_folder(config.prepare.dir, PREPARED_FILES, what="[prepare] dir")  # DESIGN §9
-    prepared, counts = prepare(
-        interactions,
-        Path(config.prepare.dir),
-        user_field=data.user_field,
-        item_field=data.item_field,
-        time_field=data.time_field,
-        max_seq_len=data.max_seq_len,
-        min_len=data.min_len,
-        item_weight_power=data.item_weight_power,
-    )
+    flags = flag_values(args, "prepare")
+    if args.ray:
+        if flags.get("--prepare") not in (None, "ray"):
+            raise NegseqError(f"--ray and --prepare {flags['--prepare']}: choose one")
+        flags["--prepare"] = "ray"
+    config = load_config(args.job, command="prepare", flags=flags)
+    assert config.prepare.dir is not None
+    step = PrepareStep.plan(config)
+    claim_folder(config.prepare.dir, step.files, what="[prepare] dir")  # DESIGN §9
+    prepared, counts = step.run(verbose=args.verbose)
+    assert counts is not None
     if not args.quiet:
         print(
             f"prepare: {counts['interactions']} interactions -> {prepared.train} ({counts['train']} rows), "
-            f"{prepared.eval.name} ({counts['eval']} rows), {prepared.items.name} ({counts['items']} items)"
+            f"valid.parquet ({counts['valid']} rows), eval.parquet ({counts['eval']} rows), "
+            f"items.parquet ({counts['items']} items)"
         )
     return 0
 

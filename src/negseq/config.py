@@ -515,10 +515,10 @@ class SyntheticConfig:
 class DataConfig:
     """`[data]`: the interaction log and how it becomes leave-last-out sequences."""
 
-    interactions: str | None = _key(
-        _Location(),
-        "interaction log (Parquet, Arrow IPC, CSV/TSV file or folder); or [data.synthetic]",
-        default_text="required: this or [data.synthetic]",
+    interactions: tuple[str, ...] | None = _key(
+        _Locations(),
+        "interaction log (Parquet, Arrow IPC, CSV/TSV): a file, folder, glob or URI, or a list",
+        default_text="required: this, [data.synthetic] or prepared",
     )
     synthetic: SyntheticConfig | None = _key(
         _Table(cls=SyntheticConfig),
@@ -539,6 +539,21 @@ class DataConfig:
         _Float(0.0, 4.0),
         "item table weight = interaction count ^ power (0 uniform, 1 by count; word2vec's 0.75)",
         0.75,
+    )
+    prepare: Literal["local", "ray"] = _key(
+        _Choice(values=("local", "ray")),
+        "prepare in this process, or on Ray Data (joins RAY_ADDRESS when set; sharded Parquet out)",
+        "local",
+    )
+    shards: int | None = _key(
+        _Int(1, 1 << 20),
+        'prepare = "ray": Parquet shards a prepared table is written in (user-id ranges)',
+        default_text="one per 4M interactions",
+    )
+    prepared: str | None = _key(
+        _Location(),
+        "start from a prepared folder or URI (train/valid/eval/items.parquet: files or folders of shards)",
+        default_text="absent: prepare [data] interactions",
     )
 
 
@@ -954,6 +969,8 @@ FLAGS: dict[Command, dict[str, tuple[str, str]]] = {
         "--max-seq-len": ("data", "max_seq_len"),
         "--min-len": ("data", "min_len"),
         "--item-weight-power": ("data", "item_weight_power"),
+        "--prepare": ("data", "prepare"),
+        "--shards": ("data", "shards"),
     },
     "serve": {f"--{key.replace('_', '-')}": ("service", key) for key in _keys_of(ServiceConfig)},
 }
@@ -1002,9 +1019,13 @@ class _Origin:
         return NegseqError(f"{self.label}: {message}")
 
 
+def _is_uri(location: str) -> bool:
+    return bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", location))
+
+
 def _resolve(location: str, base: str) -> str:
     """A URI as written; a local path made absolute against `base` (lexically: globs stay globs)."""
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", location):
+    if _is_uri(location):
         return location
     return os.path.normpath(os.path.join(base, os.path.expanduser(location)))
 
@@ -1269,19 +1290,52 @@ class _Resolver:
         data = self.data
         if data is None:
             return
+        if data.prepared is not None:
+            reading: tuple[str, ...] = (
+                "interactions",
+                "synthetic",
+                "prepare",
+                "shards",
+                "format",
+                "delimiter",
+            )
+            reading += (
+                "column_names",
+                "user_field",
+                "item_field",
+                "time_field",
+                "min_len",
+                "item_weight_power",
+            )
+            beside = [k for k in reading if k in self.present.get("data", ())]
+            if beside:
+                raise self.fail(
+                    f"[data] {beside[0]}: applies to a log negseq prepares; [data] prepared names tables "
+                    "already prepared"
+                )
+            if self.command == "prepare":
+                raise self.fail("[data] prepared: negseq prepare writes prepared tables; this names some")
+            return
+        if data.prepare == "ray" and data.synthetic is not None:
+            raise self.fail(
+                '[data] prepare: "ray" reads an interactions log; [data.synthetic] is generated in this '
+                "process (prepare it locally, or write it to files first)"
+            )
+        if "shards" in self.present.get("data", ()) and data.prepare != "ray":
+            raise self.fail('[data] shards: applies to prepare = "ray", got prepare = "local"')
         if (data.interactions is None) == (data.synthetic is None):
             got = "both" if data.interactions is not None else "neither"
             raise self.fail(f"[data]: expected exactly one of interactions or [data.synthetic], got {got}")
         csv_keys = [k for k in ("delimiter", "column_names") if k in self.present.get("data", ())]
         if data.synthetic is not None:
-            reading = [
+            log_keys = [
                 k
                 for k in ("format", "delimiter", "column_names", "user_field", "item_field", "time_field")
                 if k in self.present.get("data", ())
             ]
-            if reading:
+            if log_keys:
                 raise self.fail(
-                    f"[data] {reading[0]}: applies to an interactions file; [data.synthetic] generates "
+                    f"[data] {log_keys[0]}: applies to an interactions file; [data.synthetic] generates "
                     f"the columns user_id, item_id, timestamp"
                 )
             syn = data.synthetic
@@ -1403,7 +1457,17 @@ class _Resolver:
         if out.dir is None and self.command in ("run", "prepare") and self.has_job:
             out = dataclasses.replace(out, dir=_resolve(os.path.join("runs", self.name), self.origin.base))
             self.sections["output"] = out
+        if out.dir is not None and self.command == "run" and _is_uri(out.dir):
+            raise self.fail(
+                f"[output] dir: negseq run writes a local folder (a path every node sees on a cluster), "
+                f"got the URI {json.dumps(out.dir)}; negseq sample writes to URIs"
+            )
         prep: PrepareConfig = self.sections["prepare"]
+        if prep.dir is not None and self.command in ("run", "prepare") and _is_uri(prep.dir):
+            raise self.fail(
+                f"[prepare] dir: the prepared tables are written to a local folder (a path every node "
+                f"sees on a cluster), got the URI {json.dumps(prep.dir)}; [data] prepared reads URIs"
+            )
         if prep.dir is None and out.dir is not None and self.command in ("run", "prepare"):
             self.sections["prepare"] = dataclasses.replace(prep, dir=os.path.join(out.dir, "prepared"))
 
@@ -1420,7 +1484,11 @@ class _Resolver:
                 f"{json.dumps(self.sections['model'].objective)} objective's positives), "
                 f"got {json.dumps(sampler.item_id_field)}"
             )
-        items = os.path.join(self.sections["prepare"].dir, "items.parquet")
+        assert self.data is not None
+        folder = self.data.prepared or self.sections["prepare"].dir
+        from negseq.filesystems import child  # imports pyarrow: only for a run
+
+        items = child(folder, "items.parquet")
         table_key = "input_path" if sampler.kind == "negative_sampler" else "item_input_path"
         fill: dict[str, Any] = {"item_id_field": wanted}
         if getattr(sampler, table_key) is None:

@@ -10,7 +10,6 @@ same job on the in-process executor, without Ray.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -32,14 +31,14 @@ from negseq.errors import NegseqError
 from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
-from negseq.io.prepare import prepare
+from negseq.io.prepare import Prepared
 from negseq.io.rundir import claim_run_folder
 from negseq.io.sinks import SampledSink
-from negseq.io.sources import CsvOptions, Source
+from negseq.io.sources import Source
 from negseq.model.export import export, predict
 from negseq.model.metrics import evaluate
+from negseq.prepare_job import PrepareStep
 from negseq.sampler import ItemTable, build_sampler
-from negseq.synthetic import generate_interactions
 from negseq.train.loop import make_optimizer, train
 from negseq.train.progress import StepProgress
 from negseq.train.settings import TrainSettings, build_model
@@ -47,31 +46,14 @@ from negseq.train.settings import TrainSettings, build_model
 TRAIN_WORKER_CPUS = 1.0  # CPUs a Ray Train worker reserves
 
 
-def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, Source, ItemTable]:
-    """Interactions -> the prepared folder; returns it, the eval split and the item vocabulary."""
-    data = config.data
-    assert data is not None and config.prepare.dir is not None
-    if data.synthetic is not None:
-        interactions = generate_interactions(**dataclasses.asdict(data.synthetic))
-        say(f"generated {interactions.num_rows} synthetic interactions")
-    else:
-        assert data.interactions is not None
-        csv = CsvOptions.for_format(data.format, data.delimiter, data.column_names)
-        source = Source.open(data.interactions, format=data.format, csv=csv)
-        interactions = source.read_all()
-        say(f"read {interactions.num_rows} interactions from {source.spec}")
-    prepared, counts = prepare(
-        interactions,
-        Path(config.prepare.dir),
-        user_field=data.user_field,
-        item_field=data.item_field,
-        time_field=data.time_field,
-        max_seq_len=data.max_seq_len,
-        min_len=data.min_len,
-        item_weight_power=data.item_weight_power,
-    )
-    say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
-    return prepared, Source.open(str(prepared.eval)), ItemTable.read(prepared.items)
+def _prepare(
+    step: PrepareStep, say: Callable[[str], None], verbose: bool
+) -> tuple[Prepared, Source, ItemTable]:
+    """The prepared folder (prepared now, or given); returns it, the eval split and the item vocabulary."""
+    prepared, counts = step.run(say, verbose=verbose)
+    if counts is not None:
+        say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
+    return prepared, Source.open(prepared.eval), ItemTable.read(prepared.items)
 
 
 def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
@@ -180,24 +162,32 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     if config.ray.executor == "ray" and not config.ray.cluster_address():
         check_ray_resources(config, float(config.ray.num_cpus or os.cpu_count() or 2))
     out = Path(config.output.dir)
-    claim_run_folder(out, config.prepare.dir)  # DESIGN §9: before anything is written
+    step = PrepareStep.plan(config)
+    claim_run_folder(out, config.prepare.dir, step.files)  # DESIGN §9: before anything is written
     with _ray_session(config, verbose):
-        return _run_claimed(config, out, say, started, quiet=quiet, verbose=verbose)
+        return _run_claimed(config, step, out, say, started, quiet=quiet, verbose=verbose)
 
 
 def _run_claimed(
-    config: JobConfig, out: Path, say: Callable[[str], None], started: float, *, quiet: bool, verbose: bool
+    config: JobConfig,
+    step: PrepareStep,
+    out: Path,
+    say: Callable[[str], None],
+    started: float,
+    *,
+    quiet: bool,
+    verbose: bool,
 ) -> dict[str, Any]:
     """`run_job` once the output folder is claimed (and Ray is up, when the job runs on it)."""
     assert config.sampler is not None
-    prepared, eval_split, items = _prepare(config, say)
+    prepared, eval_split, items = _prepare(step, say, verbose)
     settings = train_settings(config, len(items))
     sampler = build_sampler(config.sampler)
     cand = config.candidates
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
     spec.check_sampler(sampler)
     plan = SamplingPlan(
-        Source.open(str(prepared.train)), cand.batch_size, spec, epochs=tuple(range(config.train.epochs))
+        Source.open(prepared.train), cand.batch_size, spec, epochs=tuple(range(config.train.epochs))
     )
     samples_dir = out / "samples"
     sink = None

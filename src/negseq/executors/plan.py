@@ -9,15 +9,44 @@ actors: both produce the same files and the same arrays for the same key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 
 from negseq.candidates import CandidateSpec, JaggedArrays, SampledBatch, sample_batch
 from negseq.candidates.sampled import DenseRows
 from negseq.io.sinks import SampledSink, config_hash
-from negseq.io.sources import BatchDescriptor, Source
+from negseq.io.sources import BatchPlan, Source
+
+
+class EpochKeys(Sequence[tuple[int, int]]):
+    """(epoch, batch_index) of every batch of `epochs`, epoch-major, computed when asked for (a
+    run's keys are not held as a list: the driver's memory does not grow with the input)."""
+
+    def __init__(self, epochs: Sequence[int], num_batches: int) -> None:
+        self.epochs = tuple(epochs)
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return len(self.epochs) * self.num_batches
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[int, int]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | list[tuple[int, int]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"key {index} of {len(self)}")
+        epoch, batch_index = divmod(index, self.num_batches)
+        return self.epochs[epoch], batch_index
 
 
 @dataclass(frozen=True)
@@ -29,19 +58,19 @@ class SamplingPlan:
     spec: CandidateSpec
     epochs: tuple[int, ...] = (0,)
     training: bool = True
-    descriptors: tuple[BatchDescriptor, ...] = field(init=False, repr=False)
+    descriptors: BatchPlan = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "descriptors", tuple(self.source.plan(self.batch_size)))
+        object.__setattr__(self, "descriptors", self.source.plan(self.batch_size))
 
     @property
     def num_batches(self) -> int:
         """Batches an epoch."""
         return len(self.descriptors)
 
-    def keys(self) -> list[tuple[int, int]]:
+    def keys(self) -> EpochKeys:
         """(epoch, batch_index) of every batch of the run, epoch-major."""
-        return [(epoch, d.batch_index) for epoch in self.epochs for d in self.descriptors]
+        return EpochKeys(self.epochs, self.num_batches)
 
 
 @dataclass(frozen=True)

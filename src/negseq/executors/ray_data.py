@@ -23,7 +23,7 @@ import pyarrow as pa
 import ray
 
 from negseq.candidates import JaggedArrays, arrays_to_table
-from negseq.executors.plan import BatchWork
+from negseq.executors.plan import BatchWork, EpochKeys
 from negseq.io.sources import SourceReader
 
 KEYS_PER_TASK = 4  # amortizes Ray Data's per-task overhead over several batches
@@ -48,17 +48,18 @@ class SampleBatches:
     names the node that sampled it; the sampled files never do, so they are the same bytes
     whichever node wrote them."""
 
-    def __init__(self, work_ref: ray.ObjectRef) -> None:
+    def __init__(self, work_ref: ray.ObjectRef, keys: Sequence[tuple[int, int]]) -> None:
         self.work: BatchWork = ray.get(work_ref)
+        self.keys = keys
         self.reader = SourceReader(self.work.plan.source)
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def __call__(self, keys: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
         descriptors = self.work.plan.descriptors
-        results = [
-            self.work(self.reader.read(descriptors[index]), epoch, index)
-            for epoch, index in zip(keys["epoch"].tolist(), keys["batch_index"].tolist(), strict=True)
-        ]
+        results = []
+        for row in rows["data"].tolist():
+            epoch, index = self.keys[row]
+            results.append(self.work(self.reader.read(descriptors[index]), epoch, index))
         if self.work.collate is not None:  # the work returns arrays when it collates, else summaries
             return arrays_to_table([cast(JaggedArrays, r) for r in results])
         return pa.Table.from_pylist([_report(cast(dict, r), self.node_id) for r in results])
@@ -79,12 +80,17 @@ def sampled_dataset(
     keys_per_task: int = KEYS_PER_TASK,
 ) -> ray.data.Dataset:
     """`work` over the (epoch, batch_index) `keys` on the actor pool: one row a batch (its
-    arrays when the work collates, else its summary), in key order when `deterministic`."""
-    items = [{"epoch": epoch, "batch_index": index} for epoch, index in keys]
-    blocks = max(1, min(len(items) // keys_per_task, 200))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+    arrays when the work collates, else its summary), in key order when `deterministic`.
+
+    The dataset's rows are positions in `keys` (8 bytes a batch, in the object store: unlike
+    `ray.data.range`, no read task competes with the trainer and the actors for CPUs); each actor
+    maps them to keys itself, so the driver ships `keys` (lazy `EpochKeys` for a whole run) and
+    no list of them."""
+    blocks = max(1, min(len(keys) // keys_per_task, 200))
+    positions = np.array_split(np.arange(len(keys), dtype=np.int64), blocks)
+    dataset = ray.data.from_numpy(positions).map_batches(
         SampleBatches,
-        fn_constructor_kwargs={"work_ref": ray.put(work)},
+        fn_constructor_kwargs={"work_ref": ray.put(work), "keys": keys},
         compute=pool.strategy(),
         batch_size=keys_per_task,
         batch_format="numpy",
@@ -107,9 +113,12 @@ def write_outputs(
     and its sampler stats (`stats`), in the order the batches finished."""
     if work.sink is None:
         raise ValueError("write_outputs needs a BatchWork with a sink")
-    indices = range(work.plan.num_batches) if batches is None else batches
     writer = replace(work, collate=None)
-    keys = [(work.write_epoch, i) for i in indices]
+    keys: Sequence[tuple[int, int]] = (
+        EpochKeys((work.write_epoch,), work.plan.num_batches)
+        if batches is None
+        else [(work.write_epoch, i) for i in batches]
+    )
     if not keys:
         return 0
     written = 0
@@ -131,5 +140,6 @@ def by_node(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
         for key in ("rows_in", "rows_out"):
             node[key] += int(report.get(key, 0))
         for key, value in report["stats"].items():
-            node[key] = node.get(key, 0) + int(value)
+            if isinstance(value, int):  # counts add up; a mass or a maximum does not
+                node[key] = node.get(key, 0) + value
     return nodes

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
+from negseq.filesystems import child, exists
 
 SEQUENCE_SCHEMA = pa.schema(
     [
@@ -37,12 +38,14 @@ SEQUENCE_SCHEMA = pa.schema(
 )
 
 
-def _int64_column(table: pa.Table, name: str) -> np.ndarray:
+def _int64_column(table: pa.Table, name: str, row_offset: int = 0) -> np.ndarray:
+    """A column of the log as int64; a null names its row (`row_offset`: the row of the table's
+    first row in the whole log)."""
     if name not in table.schema.names:
         raise NegseqError(f"interactions have no column {name!r} (columns: {table.schema.names})")
     col = table.column(name)
     if col.null_count:
-        row = int(pc.index(pc.is_null(col), True).as_py())
+        row = int(pc.index(pc.is_null(col), True).as_py()) + row_offset
         raise NegseqError(f"interactions column {name!r}, row {row}: null value")
     typ = col.type
     if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
@@ -159,27 +162,45 @@ def prepare_sequences(
     return _sequences(_split(interactions, user_field, item_field, time_field, min_len), max_seq_len)
 
 
+TABLES = ("train", "valid", "eval", "items")
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """A prepared folder: `train.parquet`, `valid.parquet`, `eval.parquet` and `items.parquet`."""
+    """A prepared folder (a local path or a URI): `train.parquet`, `valid.parquet`,
+    `eval.parquet` and `items.parquet`, each one Parquet file (the in-process prepare) or a
+    folder of Parquet shards read in name order (the Ray prepare; Spark writes the same)."""
 
-    folder: Path
+    folder: str | Path
 
-    @property
-    def train(self) -> Path:
-        return self.folder / "train.parquet"
-
-    @property
-    def valid(self) -> Path:
-        return self.folder / "valid.parquet"
+    def table(self, name: str) -> str:
+        """Where table `name` (one of `TABLES`) lies: a file, or a folder of shards."""
+        return child(self.folder, f"{name}.parquet")
 
     @property
-    def eval(self) -> Path:
-        return self.folder / "eval.parquet"
+    def train(self) -> str:
+        return self.table("train")
 
     @property
-    def items(self) -> Path:
-        return self.folder / "items.parquet"
+    def valid(self) -> str:
+        return self.table("valid")
+
+    @property
+    def eval(self) -> str:
+        return self.table("eval")
+
+    @property
+    def items(self) -> str:
+        return self.table("items")
+
+    def check(self) -> None:
+        """Every table is there: a missing one is an error naming the folder and the table."""
+        missing = [f"{name}.parquet" for name in TABLES if not exists(self.table(name))]
+        if missing:
+            raise NegseqError(
+                f"{self.folder}: not a prepared folder: no {', '.join(missing)} (a prepared folder "
+                "holds train, valid, eval and items .parquet, each a file or a folder of shards)"
+            )
 
 
 def prepare(
@@ -199,10 +220,11 @@ def prepare(
     split = _split(interactions, user_field, item_field, time_field, min_len)
     splits = _sequences(split, max_seq_len)
     items = _catalogue(split, item_weight_power)
-    prepared = Prepared(Path(out))
-    prepared.folder.mkdir(parents=True, exist_ok=True)
-    tables = {prepared.train: splits.train, prepared.valid: splits.valid, prepared.eval: splits.eval}
-    for path, table in {**tables, prepared.items: items}.items():
-        pq.write_table(table, path)
-    counts = {"interactions": interactions.num_rows, **{p.stem: t.num_rows for p, t in tables.items()}}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared = Prepared(folder)
+    tables = {"train": splits.train, "valid": splits.valid, "eval": splits.eval}
+    for name, table in {**tables, "items": items}.items():
+        pq.write_table(table, prepared.table(name))
+    counts = {"interactions": interactions.num_rows, **{n: t.num_rows for n, t in tables.items()}}
     return prepared, {**counts, "items": items.num_rows}

@@ -7,8 +7,13 @@ negseq's, `negseq.io.sinks`). A folder may be claimed when it does not exist, is
 only what records in it account for: files a record lists (a record in a subfolder, such as the
 one `negseq prepare` leaves in `prepared/`, counts for that subfolder), sampled-output folders
 whose manifests account for every file in them (`samples/`, or `negseq sample`'s folder inside a
-prepared one), and negseq's temporary folders (`.negseq-ray-train-*`, which the run that made
-them removes).
+prepared one), and negseq's temporary folders (`.negseq-ray-train-*`, `.negseq-prepare-*`, which
+the run that made them removes).
+
+A prepared table is one file (`train.parquet`) or, prepared on Ray, a folder of shards
+(`train.parquet/part-00000.parquet`, ...): the record names every shard, so the number of shards
+is fixed before anything is written (`prepared_files`). `install_prepared` replaces the tables
+of a claimed folder: only what the claim proved negseq's is removed.
 Anything else is refused, named, before anything is written.
 
 `negseq run`'s folder (`runs/<name>/` by default) holds `prepared/`, `samples/`, `export/`,
@@ -29,7 +34,8 @@ from negseq.errors import NegseqError
 from negseq.io.sinks import MANIFEST_STEM, STAGING_PREFIX, foreign_entries
 
 RECORD = "_negseq_run.json"
-TEMPORARY_PREFIXES = (".negseq-ray-train-", f".{RECORD}.tmp-")
+PREPARE_STAGING_PREFIX = ".negseq-prepare-"
+TEMPORARY_PREFIXES = (".negseq-ray-train-", PREPARE_STAGING_PREFIX, f".{RECORD}.tmp-")
 PREPARED_FILES = ("train.parquet", "valid.parquet", "eval.parquet", "items.parquet")
 EXPORT_FILES = (
     "export/user_tower.pt2",
@@ -39,6 +45,43 @@ EXPORT_FILES = (
 )
 EMBEDDING_FILES = ("embeddings/user_embeddings.arrow", "embeddings/item_embeddings.arrow")
 SAMPLES = "samples"
+
+
+def shard_name(index: int) -> str:
+    """The name of a prepared table's shard `index` (`negseq.io.prepare_ray` writes them)."""
+    return f"part-{index:05d}.parquet"
+
+
+def prepared_files(shards: int | None) -> list[str]:
+    """What a prepare writes in its folder: the four tables as files (`shards` None), or as
+    folders of `shards` shards each."""
+    if shards is None:
+        return list(PREPARED_FILES)
+    return [f"{table}/{shard_name(i)}" for table in PREPARED_FILES for i in range(shards)]
+
+
+def install_prepared(folder: str | Path, staged: str | Path | None = None) -> None:
+    """Remove the prepared tables in `folder` (files, or shard folders) that a layout about to be
+    written would leave behind or collide with, then move `staged`'s tables in (a rename on the
+    same filesystem) and remove `staged`. Call it right after claiming `folder`: the claim
+    proved every file there negseq's, and only plain files in a table's folder are removed."""
+    folder = Path(folder)
+    for table in PREPARED_FILES:
+        target = folder / table
+        replaced = staged is not None and (Path(staged) / table).exists()
+        if target.is_dir() and not target.is_symlink() and (staged is None or replaced):
+            for entry in target.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+            target.rmdir()  # anything else in it (a folder) stays, and this fails: nothing is lost
+        elif target.is_file() and replaced:
+            target.unlink()
+        if replaced:
+            os.replace(Path(staged) / table, target)  # type: ignore[arg-type]
+    if staged is not None:
+        for entry in Path(staged).iterdir():
+            raise NegseqError(f"{staged}: holds {entry.name} after the prepared tables moved out")
+        Path(staged).rmdir()
 
 
 def _read_record(folder: Path) -> dict[str, Any] | None:
@@ -133,16 +176,19 @@ def _under(path: Path, folder: Path) -> str | None:
         return None
 
 
-def claim_run_folder(out: str | Path, prepare_dir: str | Path | None) -> None:
+def claim_run_folder(
+    out: str | Path, prepare_dir: str | Path | None, prepared: Sequence[str] = PREPARED_FILES
+) -> None:
     """Claim `negseq run`'s folder `out` (and `prepare_dir`, default `out/prepared`, when it lies
     elsewhere) before the run writes anything: what it holds must be negseq's, `samples/` included
-    (see the module docstring)."""
+    (see the module docstring). `prepared`: the files the prepare writes (`prepared_files`)."""
     out = Path(out)
-    prepared = out / "prepared" if prepare_dir is None else Path(prepare_dir)
-    inside = _under(prepared, out)
+    prepared_dir = out / "prepared" if prepare_dir is None else Path(prepare_dir)
+    inside = _under(prepared_dir, out)
     files: list[str] = ["metrics.json", *EXPORT_FILES, *EMBEDDING_FILES]
     if inside is None:
-        claim_folder(prepared, PREPARED_FILES, what="[prepare] dir")
+        if prepared:
+            claim_folder(prepared_dir, prepared, what="[prepare] dir")
     else:
-        files += [str(Path(inside) / name) for name in PREPARED_FILES]
+        files += [str(Path(inside) / name) for name in prepared]
     claim_folder(out, files, [SAMPLES], what="[output] dir")

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 import negseq
 from negseq.candidates import SampledBatch
 from negseq.errors import NegseqError
-from negseq.io.sources import resolve_location
+from negseq.filesystems import resolve_location
 from negseq.sampler.exclusion import json_stats, total_stats
 
 OUTPUT_FORMATS = {"parquet": "parquet", "ipc": "arrow"}

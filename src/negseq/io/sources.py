@@ -14,11 +14,11 @@ and a reader streams forward to a batch's rows. Prefer Parquet for large inputs.
 
 from __future__ import annotations
 
-import re
+import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -28,6 +28,18 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
+from negseq.filesystems import is_uri, list_files, one_format, resolve_location
+
+__all__ = [
+    "BatchDescriptor",
+    "BatchPlan",
+    "CsvOptions",
+    "Source",
+    "SourceFile",
+    "SourceReader",
+    "is_uri",
+    "resolve_location",
+]
 
 SUFFIX_FORMATS = {
     ".parquet": "parquet",
@@ -41,8 +53,6 @@ SUFFIX_FORMATS = {
     ".txt": "csv",
 }
 FORMATS = ("parquet", "ipc", "csv")
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -92,89 +102,6 @@ class BatchDescriptor:
     @property
     def num_rows(self) -> int:
         return sum(rows for _, _, rows in self.pieces)
-
-
-def is_uri(spec: str) -> bool:
-    return bool(_URI.match(spec))
-
-
-def resolve_location(spec: str | Path, base_dir: Path | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) of a local path (relative ones against `base_dir`) or a URI."""
-    text = str(spec)
-    if is_uri(text):
-        try:
-            return pafs.FileSystem.from_uri(text)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise NegseqError(f"{text}: cannot open this URI's filesystem: {exc}") from exc
-    path = Path(text).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    return pafs.LocalFileSystem(), str(path.absolute())
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob (`*`, `?`, `[...]`, and `**` for any depth) as a regex over '/'-separated paths."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                raise NegseqError(f"{pattern}: unclosed '[' in the glob")
-            out.append("[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _is_data_file(path: str) -> bool:
-    name = PurePosixPath(path).name
-    return not name.startswith((".", "_")) and PurePosixPath(name).suffix.lower() in SUFFIX_FORMATS
-
-
-def _glob_root(path: str) -> str:
-    """The folder a glob searches (the path itself when it is no glob)."""
-    parts = PurePosixPath(path).parts
-    fixed = [i for i, part in enumerate(parts) if any(c in _GLOB_CHARS for c in part)]
-    if not fixed:
-        return path
-    return str(PurePosixPath(*parts[: fixed[0]])) if fixed[0] else "/"
-
-
-def _expand(fs: pafs.FileSystem, path: str, spec: str) -> list[str]:
-    """The files one spec entry names: itself, a folder's data files, or a glob's matches."""
-    if any(c in _GLOB_CHARS for c in path):
-        root = _glob_root(path)
-        regex = _glob_regex(path)
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        files = [i.path for i in infos if i.type == pafs.FileType.File and regex.match(i.path)]
-        files = [f for f in files if not PurePosixPath(f).name.startswith((".", "_"))]
-        if not files:
-            raise NegseqError(f"{spec}: the glob matches no file")
-        return files
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise NegseqError(f"{spec}: no such file or folder")
-    if info.type == pafs.FileType.File:
-        return [path]
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    files = [i.path for i in infos if i.type == pafs.FileType.File and _is_data_file(i.path)]
-    if not files:
-        raise NegseqError(f"{spec}: folder holds no .parquet, .arrow or .csv files")
-    return files
 
 
 def _format_of(path: str, given: str | None) -> str:
@@ -251,30 +178,9 @@ class Source:
     ) -> Source:
         """List and plan the files `spec` names (see the module docstring); reads no rows but
         a CSV's. Every file must have the same columns and types: one that differs is named."""
-        entries = [spec] if isinstance(spec, str | Path) else list(spec)
-        if not entries:
-            raise NegseqError("the input names no file")
-        label = str(spec) if isinstance(spec, str | Path) else ", ".join(map(str, entries))
-        filesystem: pafs.FileSystem | None = None
-        paths: set[str] = set()
-        roots: list[str] = []
-        for entry in entries:
-            fs, path = resolve_location(entry, base_dir)
-            if filesystem is not None and type(fs) is not type(filesystem):
-                raise NegseqError(f"{label}: the inputs lie on different filesystems")
-            filesystem = fs
-            paths.update(_expand(fs, path, str(entry)))
-            roots.append(_glob_root(path))
-        assert filesystem is not None
-        ordered = sorted(paths)
-        formats = {p: _format_of(p, format) for p in ordered}
-        kinds = sorted(set(formats.values()))
-        if len(kinds) > 1:
-            raise NegseqError(
-                f"{label}: the input holds files of several formats ({', '.join(kinds)}); name one "
-                "with a glob such as '*.parquet' or set the format"
-            )
-        fmt = kinds[0]
+        listed = list_files(spec, base_dir=base_dir)
+        label, filesystem, ordered = listed.spec, listed.filesystem, listed.paths
+        fmt = one_format(listed, lambda path: _format_of(path, format))
         if fmt == "csv":
             csv = csv or CsvOptions()
         files, schema = [], None
@@ -287,7 +193,7 @@ class Source:
                 else:
                     groups, file_schema = _csv_rows(filesystem, path, csv)  # type: ignore[arg-type]
             except (pa.ArrowInvalid, OSError) as exc:
-                raise NegseqError(f"{path}: cannot read as {fmt}: {exc}") from exc
+                raise NegseqError(f"{listed.display(path)}: cannot read as {fmt}: {exc}") from exc
             if schema is None:
                 schema = file_schema
             elif fmt == "csv":  # CSV has no types: one file's nulls or ints widen to another's
@@ -304,7 +210,7 @@ class Source:
                 )
             files.append(SourceFile(path, groups))
         schema = schema.remove_metadata()  # type: ignore[union-attr]
-        return cls(label, fmt, filesystem, tuple(files), schema, csv, tuple(roots))
+        return cls(label, fmt, filesystem, tuple(files), schema, csv, listed.roots)
 
     @property
     def num_rows(self) -> int:
@@ -319,26 +225,9 @@ class Source:
                 f"found {', '.join(map(repr, self.schema.names))}"
             )
 
-    def plan(self, batch_size: int) -> list[BatchDescriptor]:
+    def plan(self, batch_size: int) -> BatchPlan:
         """Rows [i * batch_size, (i + 1) * batch_size) of the concatenated files as batch i."""
-        if batch_size < 1:
-            raise NegseqError(f"batch_size must be >= 1, got {batch_size}")
-        descriptors: list[BatchDescriptor] = []
-        pieces: list[tuple[int, int, int]] = []
-        need = batch_size
-        for index, file in enumerate(self.files):
-            start = 0
-            while start < file.num_rows:
-                take = min(need, file.num_rows - start)
-                pieces.append((index, start, take))
-                start += take
-                need -= take
-                if need == 0:
-                    descriptors.append(BatchDescriptor(len(descriptors), tuple(pieces)))
-                    pieces, need = [], batch_size
-        if pieces:
-            descriptors.append(BatchDescriptor(len(descriptors), tuple(pieces)))
-        return descriptors
+        return BatchPlan(self, batch_size)
 
     def dataset(self) -> ds.Dataset:
         """All files as one `pyarrow.dataset` (for whole-input passes such as prepare)."""
@@ -352,6 +241,53 @@ class Source:
             return self.dataset().to_table(columns=list(columns) if columns else None)
         except pa.ArrowInvalid as exc:
             raise NegseqError(f"{self.spec}: {exc}") from exc
+
+
+class BatchPlan(Sequence[BatchDescriptor]):
+    """A source's batch descriptors, computed when asked for: the plan holds the files' first
+    rows (one number a file), not a descriptor a batch, so the driver's memory does not grow
+    with the input's rows."""
+
+    def __init__(self, source: Source, batch_size: int) -> None:
+        if batch_size < 1:
+            raise NegseqError(f"batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.batch_size = batch_size
+        sizes = [f.num_rows for f in source.files]
+        self._starts = [0]
+        for size in sizes:
+            self._starts.append(self._starts[-1] + size)
+        self.num_rows = self._starts[-1]
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.batch_size)
+
+    @overload
+    def __getitem__(self, index: int) -> BatchDescriptor: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[BatchDescriptor]: ...
+
+    def __getitem__(self, index: int | slice) -> BatchDescriptor | list[BatchDescriptor]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError(f"batch {index} of a plan of {count}")
+        row = index * self.batch_size
+        end = min(row + self.batch_size, self.num_rows)
+        pieces = []
+        file_index = bisect.bisect_right(self._starts, row) - 1
+        while row < end:
+            file_start, file_end = self._starts[file_index], self._starts[file_index + 1]
+            if file_end > row:
+                take = min(end, file_end) - row
+                pieces.append((file_index, row - file_start, take))
+                row += take
+            file_index += 1
+        return BatchDescriptor(index, tuple(pieces))
 
 
 class SourceReader:

@@ -1,6 +1,9 @@
 """Item and edge tables: read from Parquet, Arrow IPC, CSV or graph-learn's typed TSV, validated at load.
 
-Every bad table fails here, naming file, column and row, so a sampler never sees one.
+A table is a file, a folder, a glob or a list of these, locally or as a URI on any pyarrow
+filesystem (`negseq.filesystems`); several files are read in sorted order and concatenated (rows
+of such a table count from the first file's first row). Every bad table fails here, naming file,
+column and row, so a sampler never sees one.
 """
 
 from __future__ import annotations
@@ -8,16 +11,27 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.feather as feather
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from negseq.errors import NegseqError
+from negseq.filesystems import (
+    Spec,
+    display,
+    is_local,
+    list_files,
+    one_format,
+    read_first_line,
+    spec_label,
+)
 from negseq.sampler import gather
 from negseq.sampler.arrow_numpy import arrow_int64, check_int64_ids, numeric_values
 from negseq.sampler.id_index import IdIndex
@@ -55,11 +69,18 @@ _GL_FIELD = re.compile(r"^([^:]+):\s*([A-Za-z0-9_]+)\s*$")
 EDGE_BATCH_ROWS = 1 << 14
 
 
-def _gl_header(path: Path, field_delimiter: str) -> list[tuple[str, str]] | None:
+_LOCAL = pafs.LocalFileSystem()
+
+
+def _text_input(fs: pafs.FileSystem, path: str) -> Any:
+    """What pyarrow's CSV reader reads: a local path as is, else a stream of the file."""
+    return path if is_local(fs) else fs.open_input_stream(path)
+
+
+def _gl_header(fs: pafs.FileSystem, path: str, field_delimiter: str) -> list[tuple[str, str]] | None:
     """The (name, type) fields of a graph-learn header, or None when the first line is not one
     (a field without exactly one `name:type`). An unknown type name is an error, not a CSV."""
-    with path.open("r", encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\r\n")
+    header = read_first_line(fs, path)
     matches = [_GL_FIELD.match(field) for field in header.split(field_delimiter)]
     if not header or not all(matches):
         return None
@@ -67,21 +88,23 @@ def _gl_header(path: Path, field_delimiter: str) -> list[tuple[str, str]] | None
     unknown = [f"{name}:{kind}" for name, kind in fields if kind not in GL_TYPES]
     if unknown:
         raise NegseqError(
-            f"{path}: header field(s) {', '.join(map(repr, unknown))}: unknown graph-learn type; "
-            f"known: {', '.join(GL_TYPES)}"
+            f"{display(fs, path)}: header field(s) {', '.join(map(repr, unknown))}: unknown "
+            f"graph-learn type; known: {', '.join(GL_TYPES)}"
         )
     return fields
 
 
-def table_format(path: Path, field_delimiter: str = "\t") -> str:
-    """The format a sampler reads `path` as: from its suffix, else graph-learn when its first line
-    is a typed header (`id:int64<TAB>weight:double...`), else CSV with `field_delimiter`."""
-    if path.is_dir():
+def table_format(path: str | Path, field_delimiter: str = "\t", filesystem: pafs.FileSystem = _LOCAL) -> str:
+    """The format a sampler reads the file `path` as: from its suffix, else graph-learn when its
+    first line is a typed header (`id:int64<TAB>weight:double...`), else CSV with
+    `field_delimiter`. A local folder reads as Parquet."""
+    path = str(path)
+    if is_local(filesystem) and Path(path).is_dir():
         return "parquet"
-    fmt = _EXTENSIONS.get(path.suffix.lower())
+    fmt = _EXTENSIONS.get(PurePosixPath(path).suffix.lower())
     if fmt:
         return fmt
-    return "graphlearn" if _gl_header(path, field_delimiter) is not None else "csv"
+    return "graphlearn" if _gl_header(filesystem, path, field_delimiter) is not None else "csv"
 
 
 def _first_row(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
@@ -111,7 +134,9 @@ def _cast_strings(
         raise
 
 
-def _read_strings(path: Path, delimiter: str, names: Sequence[str], *, use_threads: bool = True) -> pa.Table:
+def _read_strings(
+    fs: pafs.FileSystem, path: str, delimiter: str, names: Sequence[str], *, use_threads: bool = True
+) -> pa.Table:
     """A delimited text file after its header line, every value a string; a row with the wrong
     number of fields names its row (found again single-threaded, where Arrow numbers rows)."""
     bad_rows: list[tuple[int | None, int]] = []
@@ -122,7 +147,7 @@ def _read_strings(path: Path, delimiter: str, names: Sequence[str], *, use_threa
 
     try:
         return pacsv.read_csv(
-            path,
+            _text_input(fs, path),
             read_options=pacsv.ReadOptions(column_names=list(names), skip_rows=1, use_threads=use_threads),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, quote_char=False, invalid_row_handler=invalid_row
@@ -136,20 +161,19 @@ def _read_strings(path: Path, delimiter: str, names: Sequence[str], *, use_threa
     except pa.ArrowInvalid as exc:
         line, count = bad_rows[0] if bad_rows else (None, 0)
         if bad_rows and line is None and use_threads:
-            return _read_strings(path, delimiter, names, use_threads=False)
+            return _read_strings(fs, path, delimiter, names, use_threads=False)
         if line is not None:
             raise NegseqError(
-                f"{path}: row {line - 2}: {count} field(s) split by {delimiter!r}, the header has "
-                f"{len(names)} ({', '.join(names)})"
+                f"{display(fs, path)}: row {line - 2}: {count} field(s) split by {delimiter!r}, the "
+                f"header has {len(names)} ({', '.join(names)})"
             ) from None
-        raise NegseqError(f"{path}: {exc}") from None
+        raise NegseqError(f"{display(fs, path)}: {exc}") from None
 
 
-def _read_csv(path: Path, delimiter: str) -> pa.Table:
+def _read_csv(fs: pafs.FileSystem, path: str, delimiter: str) -> pa.Table:
     """A CSV with a header of column names; values stay strings (cast where they are used)."""
-    with path.open("r", encoding="utf-8") as handle:
-        names = handle.readline().rstrip("\r\n").split(delimiter)
-    return _read_strings(path, delimiter, names)
+    names = read_first_line(fs, path).split(delimiter)
+    return _read_strings(fs, path, delimiter, names)
 
 
 def _gl_role(kinds: Sequence[str]) -> str:
@@ -167,12 +191,15 @@ def _gl_kind_fits(column: str, declared: pa.DataType) -> bool:
     return declared != pa.float64()
 
 
-def _read_graphlearn(path: Path, delimiter: str, role: str | None) -> tuple[pa.Table, list[str]]:
+def _read_graphlearn(
+    fs: pafs.FileSystem, file: str, delimiter: str, role: str | None
+) -> tuple[pa.Table, list[str]]:
     """graph-learn's typed TSV, its columns named by position (`NODE_COLUMNS` or `EDGE_COLUMNS`
     for `role`, inferred from the header's types when None); ids parsed as int64 and weights as
     float64, an unparsable value naming file, header column and row. Also returns the header's
     names (which graph-learn ignores)."""
-    fields = _gl_header(path, delimiter)
+    path = display(fs, file)
+    fields = _gl_header(fs, file, delimiter)
     if fields is None:
         raise NegseqError(f"{path}: not a graph-learn table: its first line is not `name:type` fields")
     header_names = [name for name, _ in fields]
@@ -190,11 +217,11 @@ def _read_graphlearn(path: Path, delimiter: str, role: str | None) -> tuple[pa.T
                 f"{path}: header column {position + 1} '{header}:{kind}' is read by position as "
                 f"the {role} table's {column!r} ({', '.join(columns)}), which cannot be a {kind}"
             )
-    table = _read_strings(path, delimiter, columns[: len(fields)])
+    table = _read_strings(fs, file, delimiter, columns[: len(fields)])
     for name, header in zip(table.column_names, header_names, strict=True):
         if name != "attrs":
             target = pa.float64() if name == "weight" else pa.int64()
-            column = _cast_strings(table[name], target, str(path), header)
+            column = _cast_strings(table[name], target, path, header)
             table = table.set_column(table.schema.get_field_index(name), name, column)
     return table, header_names
 
@@ -205,7 +232,7 @@ def _parquet_reader(source: Path | pa.NativeFile, metadata: pq.FileMetaData | No
     return pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=1 << 20)
 
 
-def _read_parquet_file(path: Path) -> pa.Table:
+def _read_parquet_file(path: Path | pa.NativeFile) -> pa.Table:
     """One Parquet file, a column at a time in small batches concatenated once, in this thread.
 
     After `ParquetFile.read` of the benchmark's 49 MiB item table, Arrow's memory pool kept
@@ -232,32 +259,53 @@ def _read_parquet_file(path: Path) -> pa.Table:
 
 
 def read_table(
-    path: str | Path, *, format: str | None = None, field_delimiter: str = "\t", role: str | None = None
+    path: Spec, *, format: str | None = None, field_delimiter: str = "\t", role: str | None = None
 ) -> pa.Table:
     """Read a whole table from any supported format, as a sampler reads it: a graph-learn TSV's
     columns named by position (`role` 'node' or 'edge'; None: inferred from the header's types),
     its attribute string kept whole as `attrs`."""
-    return _read_source(Path(path), format, field_delimiter, role)[0]
+    return _read_source(path, format, field_delimiter, role)[0]
+
+
+def _read_file(
+    fs: pafs.FileSystem, path: str, fmt: str, field_delimiter: str, role: str | None
+) -> tuple[pa.Table, list[str] | None]:
+    """One file of a table, and a graph-learn TSV's header names (None for other formats)."""
+    if fmt == "parquet":
+        # The plain Parquet reader (pq.read_table goes through Arrow Dataset, whose code and
+        # buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s).
+        return _read_parquet_file(Path(path) if is_local(fs) else fs.open_input_file(path)), None
+    if fmt == "ipc":
+        return feather.read_table(path if is_local(fs) else fs.open_input_file(path)), None
+    if fmt == "csv":
+        delimiter = "," if PurePosixPath(path).suffix.lower() == ".csv" else field_delimiter
+        return _read_csv(fs, path, delimiter), None
+    return _read_graphlearn(fs, path, field_delimiter, role)
 
 
 def _read_source(
-    path: Path, format: str | None, field_delimiter: str, role: str | None
+    spec: Spec, format: str | None, field_delimiter: str, role: str | None
 ) -> tuple[pa.Table, list[str] | None]:
-    """The table, and a graph-learn TSV's header names (None for other formats)."""
-    if not path.exists():
-        raise NegseqError(f"{path}: no such file or directory")
-    fmt = format or table_format(path, field_delimiter)
-    if fmt not in FORMATS:
-        raise NegseqError(f"{path}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    if fmt == "parquet":
-        # One file: the plain Parquet reader (pq.read_table goes through Arrow Dataset, whose
-        # code and buffers cost the benchmark's load about 10 MiB of peak RSS and 0.2 s).
-        return (_read_parquet_file(path) if path.is_file() else pq.read_table(path)), None
-    if fmt == "ipc":
-        return feather.read_table(path), None
-    if fmt == "csv":
-        return _read_csv(path, "," if path.suffix.lower() == ".csv" else field_delimiter), None
-    return _read_graphlearn(path, field_delimiter, role)
+    """The table (its files concatenated in sorted order), and a graph-learn TSV's header names
+    (the first file's; None for other formats)."""
+    if format is not None and format not in FORMATS:
+        raise NegseqError(f"{spec}: unknown format {format!r}; known: {', '.join(FORMATS)}")
+    listed = list_files(spec)
+    fs = listed.filesystem
+    fmt = one_format(listed, lambda path: format or table_format(path, field_delimiter, fs))
+    tables: list[pa.Table] = []
+    header = None
+    for path in listed.paths:
+        table, file_header = _read_file(fs, path, fmt, field_delimiter, role)
+        if tables and not table.schema.equals(tables[0].schema):
+            raise NegseqError(
+                f"{listed.display(path)}: its columns ({table.schema.to_string(show_schema_metadata=False)}) "
+                f"differ from {listed.display(listed.paths[0])}'s "
+                f"({tables[0].schema.to_string(show_schema_metadata=False)})"
+            )
+        header = header if tables else file_header
+        tables.append(table)
+    return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), header
 
 
 def _require_columns(table: pa.Table | pa.Schema, names: Sequence[str], source: str) -> None:
@@ -407,7 +455,7 @@ class ItemTable:
     @classmethod
     def read(
         cls,
-        path: str | Path,
+        path: Spec,
         *,
         format: str | None = None,
         attr_fields: Sequence[str] | None = None,
@@ -418,9 +466,9 @@ class ItemTable:
     ) -> ItemTable:
         """Read an item (or user) table. A graph-learn TSV is read by position (id, weight,
         attributes); its attribute string holds the values of `attr_fields` in order, joined by
-        `attr_delimiter`, read as strings and cast to `schema`'s types (`item_id_field` to int64)."""
-        path = Path(path)
-        source = str(path)
+        `attr_delimiter`, read as strings and cast to `schema`'s types (`item_id_field` to int64).
+        `path`: a file, folder, glob, list or URI (see the module docstring)."""
+        source = spec_label(path)
         table, gl_header = _read_source(path, format, field_delimiter, "node")
         if gl_header is not None and "attrs" in table.column_names and attr_fields is not None:
             table = _split_attributes(table, attr_fields, attr_delimiter, source, gl_header[2])
@@ -522,22 +570,25 @@ class EdgeTable:
     @classmethod
     def read(
         cls,
-        path: str | Path,
+        path: Spec,
         *,
         format: str | None = None,
         field_delimiter: str = "\t",
         keep_weights: bool = True,
     ) -> EdgeTable:
-        path = Path(path)
-        fmt = format or (table_format(path, field_delimiter) if path.exists() else None)
-        if fmt != "parquet" or not path.is_file():  # read_table names a missing path
+        """Read and validate an edge table (a file, folder, glob, list or URI). One local Parquet
+        file is streamed (see the class docstring); anything else is read whole."""
+        listed = list_files(path)
+        single = listed.single_local_file
+        fmt = format or (table_format(single, field_delimiter) if single is not None else None)
+        if single is None or fmt != "parquet":
             table = read_table(path, format=format, field_delimiter=field_delimiter, role="edge")
-            return cls.from_arrow(table, source=str(path), keep_weights=keep_weights)
-        parquet = _ParquetEdges(path)
+            return cls.from_arrow(table, source=spec_label(path), keep_weights=keep_weights)
+        parquet = _ParquetEdges(Path(single), spec_label(path))
         for _start, _users, _items, _weights in parquet.batches(("userid", "itemid", "weight")):
             pass  # every batch is validated as it is converted
         edges = cls.__new__(cls)
-        edges.source = str(path)
+        edges.source = spec_label(path)
         edges._arrays = None
         edges._num_rows = parquet.num_rows
         edges._keep_weights = keep_weights
@@ -643,8 +694,8 @@ def _edge_table(
 class _ParquetEdges:
     """One open Parquet edge file, read in validated batches of at most `EDGE_BATCH_ROWS` rows."""
 
-    def __init__(self, path: Path) -> None:
-        self.source = str(path)
+    def __init__(self, path: Path, source: str) -> None:
+        self.source = source
         # The file stays open: a later pass reads what was validated even if the path is
         # removed or replaced; a change to the file itself is caught by its size and mtime.
         self._file = pa.OSFile(str(path))
