@@ -733,6 +733,25 @@ class TrainConfig:
     num_workers: int = _key(_Int(1, 1024), "Ray Train workers", 1)
     use_gpu: bool | Literal["auto"] = _key(_BoolOrAuto(), "train on GPUs; auto: when there are some", "auto")
     eval_ks: tuple[int, ...] = _key(_List(item=_Int(1)), "K of HR@K and NDCG@K", (10, 50, 200))
+    lr_schedule: Literal["constant", "cosine", "linear"] = _key(
+        _Choice(values=("constant", "cosine", "linear")),
+        "after the warmup the LR stays (constant) or decays to 0 at the last planned step",
+        "cosine",
+    )
+    warmup_fraction: float = _key(
+        _Float(0.0, 1.0, high_open=True), "share of the planned steps the LR rises linearly from 0", 0.05
+    )
+    eval_every: int = _key(
+        _Int(0), "epochs between validations of the valid split (0: only after the last step)", 1
+    )
+    patience: int = _key(
+        _Int(0), "validations without a better monitor value before training stops (0: never)", 3
+    )
+    monitor: str = _key(
+        _Text(what='"MRR", or "HR@K" or "NDCG@K" with K in eval_ks', pattern=r"MRR|(HR|NDCG)@[0-9]+"),
+        "validation metric that picks the best epoch (whose weights are evaluated and exported)",
+        "NDCG@10",
+    )
     max_failures: int = _key(_Int(-1), "worker-group restarts from the last checkpoint (-1: no limit)", 1)
     seed: int = _key(_Int(0, _SEED_LIMIT), "seed of the initial weights and dropout", 0)
 
@@ -1351,6 +1370,12 @@ class _Resolver:
             raise self.fail(
                 f"[model] num_heads: expected at most embedding_dim ({model.embedding_dim}) while "
                 f"attention_dim or hidden_dim defaults to embedding_dim / num_heads, got {model.num_heads}"
+            )
+        train: TrainConfig = self.sections["train"]
+        if train.monitor != "MRR" and int(train.monitor.split("@")[1]) not in train.eval_ks:
+            raise self.fail(
+                f"[train] monitor: expected MRR or a K of eval_ks {list(train.eval_ks)}, "
+                f"got {json.dumps(train.monitor)}"
             )
         ray: RayConfig = self.sections["ray"]
         if ray.max_actors < ray.min_actors:

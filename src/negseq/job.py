@@ -40,15 +40,18 @@ from negseq.model.export import export, predict
 from negseq.model.metrics import evaluate
 from negseq.sampler import ItemTable, build_sampler
 from negseq.synthetic import generate_interactions
-from negseq.train.loop import make_optimizer, train
+from negseq.train.fit import fit_stream
+from negseq.train.loop import make_optimizer
 from negseq.train.progress import StepProgress
 from negseq.train.settings import TrainSettings, build_model
+from negseq.train.validation import ValidationSettings, Validator
 
 TRAIN_WORKER_CPUS = 1.0  # CPUs a Ray Train worker reserves
 
 
 def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, pa.Table, ItemTable]:
-    """Interactions -> the prepared folder; returns it, the eval table and the item vocabulary."""
+    """Interactions -> the prepared folder; returns it, the eval table and the item vocabulary
+    (the valid table is `prepared.valid`)."""
     data = config.data
     assert data is not None and config.prepare.dir is not None
     if data.synthetic is not None:
@@ -74,8 +77,14 @@ def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, pa.Tab
     return prepared, pq.read_table(prepared.eval), ItemTable.read(prepared.items)
 
 
-def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
-    """The model and optimizer settings of a job, for every trainer."""
+def train_settings(
+    config: JobConfig,
+    num_items: int,
+    *,
+    num_batches: int | None = None,
+    validation: ValidationSettings | None = None,
+) -> TrainSettings:
+    """The model and optimizer settings of a job, for every trainer (`num_batches`: an epoch's)."""
     model, data = config.model, config.data
     assert data is not None
     return TrainSettings(
@@ -104,6 +113,24 @@ def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
         checkpoint_every=config.train.checkpoint_every,
         max_steps=config.train.max_steps,
         seed=config.train.seed,
+        lr_schedule=config.train.lr_schedule,
+        warmup_fraction=config.train.warmup_fraction,
+        num_batches=num_batches,
+        epochs=config.train.epochs,
+        validation=validation,
+    )
+
+
+def validation_settings(config: JobConfig, valid_table: pa.Table, items: ItemTable) -> ValidationSettings:
+    """The job's validation: its valid split, metrics, monitor, schedule and patience."""
+    train = config.train
+    return ValidationSettings(
+        valid_table,
+        items,
+        ks=train.eval_ks,
+        monitor=train.monitor,
+        every=train.eval_every,
+        patience=train.patience,
     )
 
 
@@ -166,9 +193,15 @@ class _Stage:
 
     @property
     def total_steps(self) -> int:
-        plan = self.work.plan
-        total = plan.num_batches * len(plan.epochs)
-        return total if self.settings.max_steps is None else min(total, self.settings.max_steps)
+        return self.settings.step_plan(self.config.train.num_workers).total_steps
+
+    def show_validation(self, entry: dict[str, Any]) -> None:
+        """One line a validation: the progress of the curve."""
+        monitor = self.config.train.monitor
+        self.say(
+            f"epoch {entry['epoch']} (step {entry['step']}): train loss {entry['train_loss']:.4f}, "
+            f"valid {monitor} {entry[monitor]:.4f}"
+        )
 
 
 def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
@@ -185,7 +218,6 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     out = Path(config.output.dir)
     claim_run_folder(out, config.prepare.dir)  # DESIGN §9: before anything is written
     prepared, eval_table, items = _prepare(config, say)
-    settings = train_settings(config, len(items))
     sampler = build_sampler(config.sampler)
     cand = config.candidates
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
@@ -193,6 +225,8 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     plan = SamplingPlan(
         Source.open(str(prepared.train)), cand.batch_size, spec, epochs=tuple(range(config.train.epochs))
     )
+    validation = validation_settings(config, pq.read_table(prepared.valid), items)
+    settings = train_settings(config, len(items), num_batches=plan.num_batches, validation=validation)
     samples_dir = out / "samples"
     sink = None
     if config.output.write_samples:
@@ -210,14 +244,20 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
             manifest = sink.finish(
                 expected_batches=range(plan.num_batches), describe=work.describe(config.sampler.table())
             )
-            say(
-                f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}"
-            )
+            say(f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}")
     except BaseException:
         if sink is not None:
             sink.abort()
         raise
     say(f"trained {train_metrics.get('step')} steps, last loss {train_metrics.get('loss', float('nan')):.4f}")
+    validated = train_metrics.pop("validation", None)
+    if validated is not None and validated["best"] is not None:
+        best = validated["best"]
+        say(
+            f"kept the weights of epoch {best['epoch']} (step {best['step']}): best valid "
+            f"{validated['monitor']} {best[validated['monitor']]:.4f}"
+            + (", stopped early" if validated["stopped_early"] else "")
+        )
 
     metrics = evaluate(model, eval_table, items, ks=config.train.eval_ks)
     export_paths = export(model, out / "export", item_ids=items.ids)
@@ -227,6 +267,7 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
         "most_popular": metrics["most_popular"],
         "num_eval_users": metrics["num_users"],
         "train": train_metrics,
+        "validation": validated,
         "outputs": {
             "dir": str(out),
             "metrics": str(out / "metrics.json"),
@@ -265,6 +306,15 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
             f"sampled by {pool.min_size}-{pool.max_size} actor(s)"
         )
         bar = StepProgress(stage.total_steps, quiet=stage.quiet)
+        shown = 0
+
+        def show(progress: dict[str, Any]) -> None:
+            nonlocal shown
+            bar.update(progress["step"], progress["loss"], progress["rows"])
+            for entry in progress["validations"][shown:]:
+                stage.show_validation(entry)
+            shown = len(progress["validations"])
+
         try:
             use_gpu = config.train.use_gpu
             model, metrics = fit(
@@ -277,7 +327,7 @@ def _train_on_ray(stage: _Stage) -> tuple[Any, dict[str, Any]]:
                 use_gpu=None if use_gpu == "auto" else bool(use_gpu),
                 max_failures=config.train.max_failures,
                 deterministic=config.ray.deterministic,
-                on_progress=lambda p: bar.update(p["step"], p["loss"], p["rows"]),
+                on_progress=show,
             )
         finally:
             bar.close()
@@ -305,14 +355,19 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 
     stream = batches()
     bar = StepProgress(stage.total_steps, quiet=stage.quiet)
+    validator = None if settings.validation is None else Validator(settings.validation)
+    plan = settings.step_plan()
     try:
-        report = train(
+        report = fit_stream(
             model,
             stream,
             optimizer=optimizer,
-            max_steps=settings.max_steps,
+            plan=plan,
+            schedule=settings.schedule(plan),
+            validator=validator,
             device=device,
             on_step=bar.add_step,
+            on_validate=stage.show_validation,
         )
     finally:
         stream.close()  # lets the worker threads finish before the unwritten batches are counted
@@ -321,5 +376,9 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
         writer = LocalExecutor(replace(work, collate=None), num_workers=executor.num_workers)
         for _ in writer.run(work.write_epoch, batches=work.unwritten()):
             pass
+    metrics: dict[str, Any] = report.metrics()
+    if validator is not None:
+        metrics["validation"] = validator.summary()
+        validator.restore_best(model)
     model.to("cpu")
-    return model, report.metrics()
+    return model, metrics
