@@ -67,6 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         max_seq_len=data.max_seq_len,
         min_len=data.min_len,
         item_weight_power=data.item_weight_power,
+        action_field=data.action_field,
     )
     if not args.quiet:
         print(

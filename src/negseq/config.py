@@ -529,6 +529,11 @@ class DataConfig:
     user_field: str = _key(_Text(), "user column of the interaction log", "user_id")
     item_field: str = _key(_Text(), "item column of the interaction log", "item_id")
     time_field: str = _key(_Text(), "timestamp column of the interaction log", "timestamp")
+    action_field: str | None = _key(
+        _Text(),
+        "integer action column (e.g. a rating, 0..62): each history item's action, the bit 1 << value",
+        default_text="no actions",
+    )
     max_seq_len: int = _key(_Int(1, 1 << 16), "history items kept per user (the most recent)", 200)
     min_len: int = _key(
         _Int(3), "fewest interactions a user needs (a training, a validation and an eval target)", 3
@@ -712,7 +717,14 @@ class ModelConfig:
         "every history position predicts the next item, or the last one predicts the target",
         "autoregressive",
     )
-    num_time_buckets: int = _key(_Int(0, 1 << 20), "timestamp buckets of the positional encoder (0: off)", 0)
+    num_time_buckets: int = _key(
+        _Int(0, 1 << 20), "buckets of the time since each history item (sqrt of minutes; 0: off)", 0
+    )
+    num_action_types: int = _key(
+        _Int(0, 63),
+        "action types embedded with each history item (0: off); > every [data] action_field value",
+        0,
+    )
     max_attn_len: int = _key(_Int(0), "keys a query attends to, most recent first (0: all)", 0)
     kernel: Literal["auto", "pytorch", "triton"] = _key(
         _Choice(values=("auto", "pytorch", "triton")),
@@ -962,6 +974,7 @@ FLAGS: dict[Command, dict[str, tuple[str, str]]] = {
         "--user-field": ("data", "user_field"),
         "--item-field": ("data", "item_field"),
         "--time-field": ("data", "time_field"),
+        "--action-field": ("data", "action_field"),
         "--max-seq-len": ("data", "max_seq_len"),
         "--min-len": ("data", "min_len"),
         "--item-weight-power": ("data", "item_weight_power"),
@@ -1287,7 +1300,15 @@ class _Resolver:
         if data.synthetic is not None:
             reading = [
                 k
-                for k in ("format", "delimiter", "column_names", "user_field", "item_field", "time_field")
+                for k in (
+                    "format",
+                    "delimiter",
+                    "column_names",
+                    "user_field",
+                    "item_field",
+                    "time_field",
+                    "action_field",
+                )
                 if k in self.present.get("data", ())
             ]
             if reading:
@@ -1370,6 +1391,12 @@ class _Resolver:
             raise self.fail(
                 f"[model] num_heads: expected at most embedding_dim ({model.embedding_dim}) while "
                 f"attention_dim or hidden_dim defaults to embedding_dim / num_heads, got {model.num_heads}"
+            )
+        data = self.data
+        if model.num_action_types and self.command == "run" and (data is None or data.action_field is None):
+            raise self.fail(
+                f"[model] num_action_types: {model.num_action_types} action types need [data] "
+                "action_field (the column holding each interaction's action), got nothing"
             )
         train: TrainConfig = self.sections["train"]
         if train.monitor != "MRR" and int(train.monitor.split("@")[1]) not in train.eval_ks:

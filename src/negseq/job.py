@@ -32,7 +32,7 @@ from negseq.config import JobConfig
 from negseq.errors import NegseqError
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
-from negseq.io.prepare import prepare
+from negseq.io.prepare import ACTIONS_COLUMN, prepare
 from negseq.io.rundir import claim_run_folder
 from negseq.io.sinks import SampledSink
 from negseq.io.sources import CsvOptions, Source
@@ -72,8 +72,15 @@ def _prepare(config: JobConfig, say: Callable[[str], None]) -> tuple[Any, pa.Tab
         max_seq_len=data.max_seq_len,
         min_len=data.min_len,
         item_weight_power=data.item_weight_power,
+        action_field=data.action_field,
     )
     say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
+    types = config.model.num_action_types
+    if types and counts["max_action"] >= types:
+        raise NegseqError(
+            f"{config.source}: [model] num_action_types {types}, but [data] action_field "
+            f"{data.action_field!r} holds the value {counts['max_action']}: expected values below {types}"
+        )
     return prepared, pq.read_table(prepared.eval), ItemTable.read(prepared.items)
 
 
@@ -99,6 +106,7 @@ def train_settings(
             "objective": model.objective,
             "input_dropout_ratio": model.input_dropout,
             "num_time_buckets": model.num_time_buckets,
+            "num_action_types": model.num_action_types,
         },
         stu={
             "num_heads": model.num_heads,
@@ -234,7 +242,8 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
             str(samples_dir), format=config.output.format, inputs=[str(prepared.folder)]
         )
     time_field = "uih_ts" if config.model.num_time_buckets else None
-    collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
+    action_field = ACTIONS_COLUMN if config.model.num_action_types else None
+    collate = Collation(items, settings.model["max_seq_len"], "uih", time_field, action_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
     stage = _Stage(config, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally

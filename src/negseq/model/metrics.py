@@ -16,7 +16,7 @@ import torch
 
 from negseq.errors import NegseqError
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import DenseRows, history_feature, list_column
+from negseq.model.inputs import DenseRows, history_feature, history_inputs, list_column
 
 
 def target_ranks(
@@ -90,14 +90,14 @@ def evaluate(
     if counts.shape != (len(items) + 1,):
         raise NegseqError(f"counts must have len(items) + 1 = {len(items) + 1} entries, got {counts.shape}")
     popularity = torch.from_numpy(counts.astype(np.float64)).view(1, -1)
-    with_ts = model.positional.time_emb is not None
+    inputs = history_inputs(model)
     was_training = model.training
     model.eval()
     item_emb = model.item_embeddings(torch.arange(len(items) + 1))
     model_ranks, pop_ranks = [], []
     for start in range(0, eval_table.num_rows, batch_size):
         chunk = eval_table.slice(start, batch_size)
-        uih = history_feature(chunk, items, with_timestamps=with_ts)
+        uih = history_feature(chunk, items, **inputs)
         targets = torch.from_numpy(
             np.asarray(items.dense_rows(chunk.column("target").to_numpy()), dtype=np.int64)
         )
