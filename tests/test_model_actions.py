@@ -128,7 +128,7 @@ def test_a_job_trains_evaluates_and_exports_with_actions_and_time_buckets(tmp_pa
     with ipc.open_file(tmp_path / "out" / "embeddings" / "user_embeddings.arrow") as reader:
         predicted = reader.read_all().column("embedding").combine_chunks().flatten().to_numpy()
     torch.testing.assert_close(
-        exported, torch.from_numpy(predicted).view(exported.shape), rtol=1e-4, atol=1e-5
+        exported, torch.from_numpy(predicted.copy()).view(exported.shape), rtol=1e-4, atol=1e-5
     )
     # the actions matter: other actions give other user embeddings
     other = load_tower(tmp_path / "out" / "export" / "user_tower.pt2")(rows, lengths, times, actions * 2)
