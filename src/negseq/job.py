@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
@@ -218,7 +220,8 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
 
     def say(message: str) -> None:
         if not quiet:
-            print(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", flush=True)
+            # through tqdm: a line said while the progress bar runs goes above it, not into it
+            tqdm.write(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", file=sys.stdout)
 
     assert config.output.dir is not None and config.sampler is not None
     if config.ray.executor == "ray" and not _ray_address(config):
