@@ -119,17 +119,17 @@ def read_tables(data: bench_data.BenchData) -> tuple:
     )
 
 
-def load_negseq(data: bench_data.BenchData, num_sample: int, num_hard: int) -> dict:
-    """The tables and the four samplers that serve every benchmark call."""
+def load_negseq(data: bench_data.BenchData, num_sample: int, num_hard: int, exclude: str = "batch") -> dict:
+    """The tables and the four samplers that serve every benchmark call (`exclude`: the V1 ones')."""
     from negseq import sampler as ns
 
     items, pos_edges, hard_edges = read_tables(data)
     common = {"num_sample": num_sample, "attr_fields": ATTR_FIELDS, "item_id_field": ITEM_ID_FIELD}
     with_user = {**common, "user_id_field": USER_ID_FIELD}
     samplers = (
-        ns.NegativeSampler(items, **common),
+        ns.NegativeSampler(items, exclude=exclude, **common),
         ns.NegativeSamplerV2(items, pos_edges, **with_user),
-        ns.HardNegativeSampler(items, hard_edges, num_hard_sample=num_hard, **with_user),
+        ns.HardNegativeSampler(items, hard_edges, num_hard_sample=num_hard, exclude=exclude, **with_user),
         ns.HardNegativeSamplerV2(items, pos_edges, hard_edges, num_hard_sample=num_hard, **with_user),
     )
     return {"samplers": dict(zip(SAMPLERS, samplers, strict=True)), "items": items, "hard_edges": hard_edges}
@@ -205,6 +205,8 @@ def negseq_cases(loaded: dict, batches: list, args: argparse.Namespace) -> Itera
                     sampler.num_sample = args.batch * ef
                     per_positive = ef if mode == "per_positive" else None
                     res = sampler.get(batches[k % num_batches], batch_index=k, per_positive=per_positive)
+                    if args.with_probability:  # what sample_batch adds: each negative's exact p
+                        sampler.probability(res)
                     rows = {"negatives": len(res.ids)}
                     if sampler.is_hard:
                         rows["hard"] = len(res.hard_ids)
@@ -498,6 +500,12 @@ def main() -> None:
     parser.add_argument("--gl-calls", type=int, default=None, help="graph-learn calls a rep")
     parser.add_argument("--num-hard", type=int, default=16, help="num_hard_sample")
     parser.add_argument("--cpu", type=int, default=0, help="the one core to run on")
+    parser.add_argument(
+        "--exclude", choices=("batch", "user", "none"), default="batch", help="the V1 samplers' policy"
+    )
+    parser.add_argument(
+        "--with-probability", action="store_true", help="also compute each negative's exact probability"
+    )
     parser.add_argument("--no-graphlearn", action="store_true", help="skip graph-learn")
     parser.add_argument(
         "--clock",
@@ -531,6 +539,8 @@ def main() -> None:
             "data": str(data.root),
             "rows": data.manifest["rows"],
             "batch": args.batch,
+            "exclude": args.exclude,
+            "with_probability": args.with_probability,
             "reps": reps,
             "calls_per_rep": calls,
             "graphlearn_calls_per_rep": gl_calls,
@@ -544,7 +554,7 @@ def main() -> None:
     load = {"negseq": run_load_probe(data, args.num_hard)}
     emit({"bench": "load", "impl": "negseq", **load["negseq"]})
 
-    loaded = load_negseq(data, args.batch, args.num_hard)
+    loaded = load_negseq(data, args.batch, args.num_hard, args.exclude)
     batches = query_batches(
         data, args.batch, min(1 + reps * calls, data.manifest["rows"]["pos_edges"] // args.batch)
     )

@@ -134,7 +134,12 @@ def test_to_jagged_equals_the_dense_rows_of_to_arrow(pos, kind, layout, hard, n,
         assert arrays.num_shared_negatives == (sampler.num_sample if flat_pos else 0)
         tail = expected_rows[-1][counts[-1] :]
         assert tail == sampled.negatives.tolist() + sampled.hard_negatives.tolist()
-    probability = WEIGHTS[sampled.negatives - 1] / WEIGHTS.sum()
+    # exact under exclude = "batch": off the batch's positives (mass m) p (1 + m + .. + m^R), on them
+    # (a collision kept after R redraw rounds) p m^R
+    proposal = WEIGHTS[sampled.negatives - 1] / WEIGHTS.sum()
+    m, r = WEIGHTS[np.unique(np.array(flat_pos, np.int64)) - 1].sum() / WEIGHTS.sum(), sampler.max_retries
+    on = np.isin(sampled.negatives, flat_pos)
+    probability = np.where(on, proposal * m**r, proposal * sum(m**t for t in range(r + 1)))
     np.testing.assert_allclose(arrays.neg_probability, probability)
 
 

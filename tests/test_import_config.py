@@ -291,6 +291,7 @@ def test_hstu_match_config_becomes_a_sample_job_that_runs(tmp_path, capsys):
             "attr_fields": ["video_id"],
             "item_id_field": "cand_seq__video_id",
             "attr_delimiter": "\t",
+            "exclude": "batch",  # graph-learn's, not negseq's default
         }
     }
     assert job["candidates"] == {"layout": "suffix", "batch_size": 4, "seq_delim": "|"}
@@ -357,6 +358,7 @@ def test_dssm_hard_negative_config_becomes_a_sample_job_that_runs(tmp_path, caps
         "user_id_field": "user_id",
         "attr_delimiter": "\x02",
         "num_eval_sample": 2,
+        "exclude": "batch",
     }
     assert job["candidates"] == {
         "layout": "suffix",

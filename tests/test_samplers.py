@@ -115,7 +115,15 @@ def test_collisions_that_cannot_be_avoided_are_kept_and_counted():
     sampler = NegativeSampler(ITEMS, num_sample=64, max_retries=3, **COMMON)
     result = sampler.get({"item_id": pa.array(ITEMS.ids)}, per_positive=1)  # every item is a positive
     assert len(result.ids) == NUM_ITEMS
-    assert result.stats == {"draws": NUM_ITEMS, "redraws": 3 * NUM_ITEMS, "collisions_kept": NUM_ITEMS}
+    assert result.stats == {
+        "draws": NUM_ITEMS,
+        "redraws": 3 * NUM_ITEMS,
+        "collisions_kept": NUM_ITEMS,
+        "excluded_mass": pytest.approx(1.0),
+        "excluded_mass_max": pytest.approx(1.0),
+    }
+    # every draw is a kept collision, drawn with its proposal probability (m = 1: p m^R = p)
+    np.testing.assert_allclose(sampler.probability(result), sampler.draw_probability(result.rows))
 
 
 def test_v2_never_draws_the_users_positive_items():

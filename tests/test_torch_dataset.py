@@ -107,6 +107,7 @@ input_path = "{items}"
 num_sample = 3
 item_id_field = "target"
 seed = 9
+exclude = "batch"  # as _sampler's NegativeSampler (the classes' default; job files' is "user")
 
 [candidates]
 layout = "{layout}"

@@ -38,7 +38,9 @@ Renames and default changes against the commands before this module (one name, o
   `[output] format`: "parquet" or "ipc" (the alias "arrow" is refused).
 - New keys: `[sampler.negative_sampler] item_id_delim` (TorchEasyRec's field 8, the same thing as
   `[candidates] seq_delim`: set one, or both equal); `exclude` on the two samplers that draw from
-  the item table ("batch", TorchEasyRec's behaviour, "user" or "none"); `[ray] deterministic`;
+  the item table ("batch", TorchEasyRec's behaviour, "user" or "none"; default "user": a large
+  batch's positives cover most popular items, so excluding them all leaves rare items to be
+  negatives); `[ray] deterministic`;
   `[service] token_file`, `drain_timeout`, `log_level` (were flags only), `tls_cert`, `tls_key`,
   `tls_client_ca`, `insecure`, `max_concurrent`, `metrics_port`.
 - New checks: `name` must match `[A-Za-z0-9._-]+` and not be dots only (it becomes a folder name);
@@ -653,8 +655,9 @@ class SamplerConfig:
     weighted: bool = _key(_Bool(), "draw candidates by item weight rather than uniformly", False)
     exclude: Literal["batch", "user", "none"] = _key(
         _Choice(values=("batch", "user", "none")),
-        "positives a negative must not be: the batch's (TorchEasyRec), the row's history, or none",
-        "batch",
+        "positives a negative must not be: the batch's (TorchEasyRec), its own row's (the user's "
+        "history), or none (the model masks accidental hits); README: Negatives",
+        "user",
     )
 
     @property

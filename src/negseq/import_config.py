@@ -5,7 +5,8 @@ resolved as TorchEasyRec resolves them, against the folder the command runs in),
 the input (`train_input_path`; `eval_input_path` as the command that samples it), the dataset
 type (Parquet or CSV with its delimiter and column names), and for a candidate sequence (the
 sampler's `item_id_field` is a grouped sequence sub-feature, as in HSTU) its `sequence_delim`
-and the history's `sequence_length`. The layout is TorchEasyRec's: `suffix`. Every other field
+and the history's `sequence_length`. The layout is TorchEasyRec's: `suffix`, and so is the
+exclusion of the samplers that have the key: `exclude = "batch"` (graph-learn's). Every other field
 present in the config is reported, named, with why it cannot be carried over (and so is a
 required sampler field that is absent: protobuf's text parser lets it be). What TorchEasyRec's
 own protos would refuse (a syntax error, an unknown sampler field, a value of the wrong type) is
@@ -395,6 +396,11 @@ def import_pipeline_config(path: str | Path, *, base_dir: str | Path | None = No
     _input(reader, config, data, base, out)
     kind, fields = _sampler(reader, data, base, out)
     _candidates(reader, config, fields, out)
+    if kind in ("negative_sampler", "hard_negative_sampler"):  # graph-learn's exclusion, not negseq's default
+        fields["exclude"] = "batch"
+        out.comments[(f"sampler.{kind}", "exclude")] = (
+            'graph-learn\'s: every positive of the batch (default "user")'
+        )
     out.tables[f"sampler.{kind}"] = fields
     out.tables["output"] = {"dir": "sampled"}
     handled = {"train_input_path", "eval_input_path", "data_config", "feature_configs"}

@@ -32,6 +32,7 @@ from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
 from negseq.config import JobConfig
 from negseq.errors import NegseqError
+from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
 from negseq.io.prepare import ACTIONS_COLUMN, prepare
@@ -248,6 +249,9 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
     action_field = ACTIONS_COLUMN if config.model.num_action_types else None
     collate = Collation(items, settings.model["max_seq_len"], "uih", time_field, action_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
+    warning = exclusion_warning(work)
+    if warning is not None:
+        print(f"[negseq run] {warning}", file=sys.stderr, flush=True)
     stage = _Stage(config, work, settings, quiet, verbose, say)
     train_on = _train_on_ray if config.ray.executor == "ray" else _train_locally
     try:

@@ -2,7 +2,8 @@
 
 `sample_batch` flattens a batch's positives, draws their negatives keyed by
 (seed, epoch, batch_index), and keeps everything apart: the source columns, the positives
-(ids and per-row counts), the negatives (ids, attribute columns, draw probabilities), the hard
+(ids and per-row counts), the negatives (ids, attribute columns, and the exact probability
+each was drawn with under the sampler's `exclude` policy: `negseq.sampler.exclusion`), the hard
 negatives with `hard_neg_indices`, the layout and the key. Two encoders read it and nothing
 else does:
 
@@ -124,7 +125,7 @@ class SampledBatch:
     hard_negatives: np.ndarray
     hard_attributes: pa.RecordBatch | None
     hard_neg_indices: np.ndarray | None
-    stats: Mapping[str, int] = field(default_factory=dict)
+    stats: Mapping[str, int | float] = field(default_factory=dict)
     attributes: tuple[CandidateAttribute, ...] = ()
 
     def __post_init__(self) -> None:
@@ -387,10 +388,15 @@ def sample_batch(
     key = BatchKey(int(sampler.seed), epoch, batch_index)
     if len(positives):
         result = sampler.get(
-            flat, epoch=epoch, batch_index=batch_index, per_positive=per_positive, training=training
+            flat,
+            epoch=epoch,
+            batch_index=batch_index,
+            per_positive=per_positive,
+            training=training,
+            row_lengths=counts,
         )
         negatives, attributes, stats = result.ids, result.negatives, dict(result.stats)
-        probability = sampler.draw_probability(result.rows)
+        probability = sampler.probability(result)
         hard_ids, hard_attributes, hard_indices = (
             result.hard_ids,
             result.hard_negatives,

@@ -49,6 +49,7 @@ import negseq
 from negseq.candidates import SampledBatch
 from negseq.errors import NegseqError
 from negseq.io.sources import resolve_location
+from negseq.sampler.exclusion import json_stats, total_stats
 
 OUTPUT_FORMATS = {"parquet": "parquet", "ipc": "arrow"}
 MANIFEST_STEM = "_manifest"
@@ -187,7 +188,7 @@ class SampledSink:
             "batch_index": sampled.key.batch_index,
             "rows_in": sampled.num_rows,
             "rows_out": table.num_rows,
-            "stats": {k: int(v) for k, v in sampled.stats.items()},
+            "stats": json_stats(sampled.stats),
         }
         table = table.replace_schema_metadata({PART_KEY: json.dumps(summary, sort_keys=True)})
         name = part_name(sampled.key.batch_index, self.format)
@@ -230,10 +231,7 @@ class SampledSink:
                     f"{self.label}: batch {summary['batch_index']} has columns {other}, batch "
                     f"{summaries[0]['batch_index']} has {schema}: the input's rows disagree on types"
                 )
-        totals: dict[str, int] = {}
-        for summary in summaries:
-            for key, value in summary["stats"].items():
-                totals[key] = totals.get(key, 0) + int(value)
+        totals = total_stats(s["stats"] for s in summaries)
         manifest = {
             "negseq_version": negseq.__version__,
             "format": self.format,

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from negseq.config import SAMPLER_KINDS, SamplerConfig, sampler_config
-from negseq.errors import NegseqError
 from negseq.sampler.samplers import (
     HardNegativeSampler,
     HardNegativeSamplerV2,
@@ -29,8 +28,6 @@ def build_sampler(
     against `base_dir`). Reads and validates the tables it names."""
     if not isinstance(config, SamplerConfig):
         config = sampler_config(config, base_dir=base_dir)
-    if config.exclude != "batch":
-        raise NegseqError(f"[sampler.{config.kind}] exclude: {config.exclude!r} is not implemented yet")
     attr_fields = list(config.attr_fields) if config.attr_fields is not None else None
     item_id_field = config.item_id_field
     assert item_id_field is not None and config.num_sample is not None  # required keys: checked
@@ -60,7 +57,9 @@ def build_sampler(
         "seed": config.seed,
     }
     builders: dict[str, Callable[[], _Sampler]] = {
-        "negative_sampler": lambda: NegativeSampler(items, user_id_field=config.user_id_field, **common),
+        "negative_sampler": lambda: NegativeSampler(
+            items, user_id_field=config.user_id_field, exclude=config.exclude, **common
+        ),
         "negative_sampler_v2": lambda: NegativeSamplerV2(
             items,
             edges(config.pos_edge_input_path, keep_weights=False),
@@ -73,6 +72,7 @@ def build_sampler(
             edges(config.hard_neg_edge_input_path, keep_weights=True),
             num_hard_sample=config.num_hard_sample,
             user_id_field=config.user_id_field,
+            exclude=config.exclude,
             **common,
         ),
         "hard_negative_sampler_v2": lambda: HardNegativeSamplerV2(

@@ -119,7 +119,7 @@ def _redraw_rounds(rows, table, pool, key0, key1, max_retries, keep_hits, contex
 
     `keep_hits(slots, rows, context)` moves the slots (ascending) whose draw must be
     redrawn to the front of `slots`, in order, and returns how many there are.
-    Returns (redraws, collisions kept).
+    Returns (redraws, the slots whose kept draw is still excluded: the collisions kept).
     """
     n = rows.shape[0]
     slots = np.arange(n).astype(np.int32)
@@ -141,7 +141,7 @@ def _redraw_rounds(rows, table, pool, key0, key1, max_retries, keep_hits, contex
         for i in range(m):
             rows[slots[i]] = drawn[i]
         slots = slots[: keep_hits(slots, rows, context)]
-    return redraws, slots.shape[0]
+    return redraws, slots.copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -152,6 +152,35 @@ def row_bitmap(rows: np.ndarray, num_rows: int) -> np.ndarray:
         if r >= 0:
             bitmap[r >> 3] |= np.uint8(1 << (r & 7))
     return bitmap
+
+
+@numba.njit(cache=True, nogil=True)
+def row_bitmap_mass(rows: np.ndarray, num_rows: int, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """`row_bitmap(rows, num_rows)` and the summed `weights` of its distinct rows (the weight an
+    exclusion of those rows removes), in one pass."""
+    bitmap = np.zeros((num_rows >> 3) + 1, np.uint8)
+    mass = 0.0
+    for r in rows:
+        if r >= 0:
+            bit = np.uint8(1 << (r & 7))
+            if not bitmap[r >> 3] & bit:
+                bitmap[r >> 3] |= bit
+                mass += weights[r]
+    return bitmap, mass
+
+
+@numba.njit(inline="always")
+def _no_hits(slots, rows, context):
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def draw_rows(
+    rows: np.ndarray, table: np.ndarray, pool: np.ndarray, key0: np.uint64, key1: np.uint64
+) -> None:
+    """Draw every slot once, excluding nothing (the words are those of the excluding kernels'
+    first round, so a slot that none of them would redraw gets the same row)."""
+    _redraw_rounds(rows, table, pool, key0, key1, 0, _no_hits, 0)
 
 
 @numba.njit(inline="always")
@@ -178,7 +207,7 @@ def draw_excluding_rows(
     key0: np.uint64,
     key1: np.uint64,
     max_retries: int,
-) -> tuple[int, int]:
+) -> tuple[int, np.ndarray]:
     """Draw every slot, redrawing rows set in the `excluded` bitmap (the call's positives)."""
     return _redraw_rounds(rows, table, pool, key0, key1, max_retries, _hits_in_bitmap, excluded)
 
@@ -218,6 +247,31 @@ def _in_sorted(values: np.ndarray, lo: np.int64, hi: np.int64, row) -> bool:
         n -= half
     base += values[base] < row
     return base < hi and values[base] == row
+
+
+@numba.njit(cache=True, nogil=True)
+def distinct_mass(indptr: np.ndarray, user_items: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """float64 [users]: each user's summed `probability` over its distinct items (ascending lists)."""
+    num_users = indptr.shape[0] - 1
+    mass = np.zeros(num_users)
+    for u in range(num_users):
+        for e in range(indptr[u], indptr[u + 1]):
+            if e == indptr[u] or user_items[e] != user_items[e - 1]:
+                mass[u] += probability[user_items[e]]
+    return mass
+
+
+@numba.njit(cache=True, nogil=True)
+def in_user_items(
+    rows: np.ndarray, user_rows: np.ndarray, indptr: np.ndarray, user_items: np.ndarray
+) -> np.ndarray:
+    """bool [Q]: whether rows[q] is one of user user_rows[q]'s items (an unknown user, -1, has none)."""
+    out = np.zeros(rows.shape[0], np.bool_)
+    for q in range(rows.shape[0]):
+        u = user_rows[q]
+        if u >= 0:
+            out[q] = _in_sorted(user_items, indptr[u], indptr[u + 1], rows[q])
+    return out
 
 
 @numba.njit(inline="always")
@@ -271,7 +325,7 @@ def draw_excluding_user_items(
     key0: np.uint64,
     key1: np.uint64,
     max_retries: int,
-) -> tuple[int, int]:
+) -> tuple[int, np.ndarray]:
     """Draw every slot, redrawing a slot's positive and its user's positive items."""
     context = (group, positive_rows, user_rows, indptr, user_items, signatures)
     return _redraw_rounds(rows, table, pool, key0, key1, max_retries, _hits_in_user_items, context)

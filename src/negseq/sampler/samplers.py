@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,7 @@ from negseq.errors import NegseqError
 from negseq.sampler import gather, kernels
 from negseq.sampler.arrow_numpy import check_int64_ids, numeric_values
 from negseq.sampler.csr import UserItemsCSR, distinct_rows, hard_items_csr, positive_items_csr
+from negseq.sampler.exclusion import EXCLUDE_POLICIES, ExcludePolicy, Exclusion, Stats, no_exclusion
 from negseq.sampler.tables import EdgeTable, ItemTable
 
 Batch = pa.RecordBatch | Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray]
@@ -31,6 +33,33 @@ def expand_factor(num_sample: int, num_positives: int) -> int:
     return max(1, math.ceil(num_sample / max(1, num_positives)))
 
 
+def _row_of_positive(row_lengths: np.ndarray | None, num_positives: int) -> np.ndarray | None:
+    """int64 [Q]: the source row of each positive (None: a row a positive)."""
+    if row_lengths is None:
+        return None
+    lengths = np.asarray(row_lengths)
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer) or (lengths < 0).any():
+        raise NegseqError("row_lengths must be a 1-d array of counts >= 0")
+    if int(lengths.sum()) != num_positives:
+        raise NegseqError(f"row_lengths sum to {int(lengths.sum())}, the batch has {num_positives} positives")
+    return np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """One call's draws: fill `rows`; slot s belongs to positive s // `group` (`shared`: the call's
+    num_sample draws, else `group` a positive); `row_of` the source row of each positive (None: a
+    row a positive); `key` the call's Philox key."""
+
+    rows: np.ndarray
+    group: int
+    shared: bool
+    positives: np.ndarray
+    users: np.ndarray | None
+    row_of: np.ndarray | None
+    key: tuple[np.uint64, np.uint64]
+
+
 @dataclass
 class SampleResult:
     """What one `get` call drew. `ids` are always there; hard fields are empty/None when H = 0."""
@@ -41,8 +70,9 @@ class SampleResult:
     hard_negatives: pa.RecordBatch | None
     hard_neg_indices: np.ndarray | None
     expand_factor: int
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: Stats = field(default_factory=dict)
     rows: np.ndarray | None = None  # the negatives' item-table rows (None when decoded off the wire)
+    exclusion: Exclusion | None = None  # what the draws excluded (None when decoded off the wire)
 
 
 def _column(batch: Batch, name: str, role: str) -> np.ndarray:
@@ -157,8 +187,12 @@ class _Sampler:
         batch_index: int = 0,
         per_positive: int | None = None,
         training: bool = True,
+        row_lengths: np.ndarray | None = None,
     ) -> SampleResult:
-        """Draw negatives for the batch's positives: `num_sample` shared, or `per_positive` each."""
+        """Draw negatives for the batch's positives: `num_sample` shared, or `per_positive` each.
+
+        `row_lengths` [B] (sum Q): how many of the positives, in order, each source row holds,
+        the rows whose positives `exclude = "user"` keeps apart (default: a row a positive)."""
         positives = _column(batch, self.item_id_field, "item id")
         users = None
         if self.user_id_field is not None:
@@ -171,6 +205,7 @@ class _Sampler:
         if not (0 <= epoch < _KEY_LIMIT and 0 <= batch_index < _KEY_LIMIT):
             raise NegseqError(f"epoch and batch_index must be in [0, 2**32), got {epoch}, {batch_index}")
         num_pos = len(positives)
+        row_of = _row_of_positive(row_lengths, num_pos)
         if per_positive is None:
             total = self.shared_sample_num(training)
             group = expand_factor(total, num_pos)
@@ -180,8 +215,14 @@ class _Sampler:
             total, group = num_pos * per_positive, per_positive
         key = (np.uint64(self.seed), np.uint64((epoch << 32) | batch_index))
         rows = np.empty(total, dtype=np.int64)
-        redraws, kept = self._draw(rows, group, positives, users, key)
-        stats = {"draws": total, "redraws": int(redraws), "collisions_kept": int(kept)}
+        draws = _Draws(rows, group, per_positive is None, positives, users, row_of, key)
+        redraws, exclusion = self._draw(draws)
+        stats: Stats = {
+            "draws": total,
+            "redraws": int(redraws),
+            "collisions_kept": len(exclusion.kept),
+            **exclusion.stats(),
+        }
         hard_rows = np.empty(0, np.int64)
         hard_indices = None
         if self.hard is not None and users is not None:
@@ -205,30 +246,33 @@ class _Sampler:
             expand_factor=group,
             stats=stats,
             rows=rows,
+            exclusion=exclusion,
         )
 
     def draw_probability(self, rows: np.ndarray) -> np.ndarray:
-        """float64 [len(rows)]: the probability that one draw picks each item row, before any
-        exclusion redraw (the proposal q of a sampled softmax's logQ correction)."""
+        """float64 [len(rows)]: the probability that one draw of the proposal picks each item
+        row, before any exclusion redraw."""
         raise NotImplementedError
 
-    def _draw(
-        self,
-        rows: np.ndarray,
-        group: int,
-        positives: np.ndarray,
-        users: np.ndarray | None,
-        key: tuple[np.uint64, np.uint64],
-    ) -> tuple[int, int]:
-        """Fill `rows` with drawn item rows; slot s belongs to positive s // group.
+    def probability(self, result: SampleResult) -> np.ndarray:
+        """float64 [len(result.ids)]: the exact probability with which each negative of `result`
+        was drawn, after its exclusion (`negseq.sampler.exclusion`): the p of the logQ correction."""
+        if result.rows is None or result.exclusion is None:
+            raise NegseqError("probability: the result does not say what it drew (decoded off the wire?)")
+        return result.exclusion.probability(self.draw_probability(result.rows), result.rows)
 
-        `key` is the call's Philox key; returns (redraws, collisions kept).
-        """
+    def _draw(self, draws: _Draws) -> tuple[int, Exclusion]:
+        """Fill `draws.rows` with drawn item rows; returns (redraws, what the draws excluded)."""
         raise NotImplementedError
 
 
 class NegativeSampler(_Sampler):
-    """Draws items by weight (alias table), redrawing any draw that is a positive of the call."""
+    """Draws items by weight (alias table), redrawing a draw that is an excluded positive.
+
+    `exclude` (`negseq.sampler.exclusion`): "batch", every positive of the call (graph-learn's
+    behaviour, this class's default: a drop-in for TorchEasyRec); "user", the positives of the
+    draw's own row (`get`'s `row_lengths`); "none", nothing.
+    """
 
     def __init__(
         self,
@@ -241,6 +285,7 @@ class NegativeSampler(_Sampler):
         max_retries: int = 5,
         seed: int = 0,
         user_id_field: str | None = None,
+        exclude: ExcludePolicy = "batch",
     ) -> None:
         super().__init__(
             items,
@@ -252,15 +297,66 @@ class NegativeSampler(_Sampler):
             max_retries=max_retries,
             seed=seed,
         )
+        if exclude not in EXCLUDE_POLICIES:
+            raise NegseqError(
+                f"{type(self).__name__}: exclude must be one of {EXCLUDE_POLICIES}, got {exclude!r}"
+            )
+        self.exclude: ExcludePolicy = exclude
         self._alias = kernels.build_alias_table(items.weights)
         self._total_weight = float(items.weights.sum())
 
     def draw_probability(self, rows: np.ndarray) -> np.ndarray:
         return self.items.weights[rows] / self._total_weight
 
-    def _draw(self, rows, group, positives, users, key):
-        excluded = kernels.row_bitmap(self.items.rows(positives), len(self.items))
-        return kernels.draw_excluding_rows(rows, self._alias, _NO_POOL, excluded, *key, self.max_retries)
+    def _draw(self, draws: _Draws) -> tuple[int, Exclusion]:
+        rows, key, retries = draws.rows, draws.key, self.max_retries
+        sets = {"group": draws.group, "num_draws": len(rows), "shared": draws.shared}
+        num_positives = len(draws.positives)
+        if self.exclude == "none":
+            kernels.draw_rows(rows, self._alias, _NO_POOL, *key)
+            return 0, no_exclusion(num_positives=num_positives, **sets)
+        num_items = len(self.items)
+        positive_rows = self.items.rows(draws.positives)
+        if self.exclude == "batch":
+            excluded, weight = kernels.row_bitmap_mass(positive_rows, num_items, self.items.weights)
+            redraws, kept = kernels.draw_excluding_rows(rows, self._alias, _NO_POOL, excluded, *key, retries)
+            mass = np.array([weight / self._total_weight])
+            return redraws, Exclusion.of_sets(
+                max_retries=retries, mass=mass, kept=kept, num_positives=num_positives, **sets
+            )
+        # "user": set r holds row r's distinct positives, searched as the V2 kernel searches a user's
+        row_of = draws.row_of if draws.row_of is not None else np.arange(num_positives, dtype=np.int64)
+        num_sets = int(row_of[-1]) + 1 if num_positives else 0
+        known = positive_rows >= 0
+        members = np.unique(row_of[known] * num_items + positive_rows[known])
+        set_of_member, member_rows = np.divmod(members, num_items)
+        indptr = np.zeros(num_sets + 1, np.int64)
+        np.cumsum(np.bincount(set_of_member, minlength=num_sets), out=indptr[1:])
+        set_items = member_rows.astype(np.int32)
+        weights = np.bincount(set_of_member, weights=self.items.weights[set_items], minlength=num_sets)
+        redraws, kept = kernels.draw_excluding_user_items(
+            rows,
+            self._alias,
+            _NO_POOL,
+            draws.group,
+            positive_rows,
+            row_of,
+            indptr,
+            set_items,
+            kernels.user_signatures(indptr, set_items),
+            *key,
+            retries,
+        )
+        return redraws, Exclusion.of_sets(
+            max_retries=retries,
+            mass=weights / self._total_weight,
+            kept=kept,
+            num_positives=num_positives,
+            set_of_positive=row_of,
+            members=lambda: members,
+            num_items=num_items,
+            **sets,
+        )
 
 
 class NegativeSamplerV2(_Sampler):
@@ -302,27 +398,76 @@ class NegativeSamplerV2(_Sampler):
         # An empty alias table draws uniformly from the pool.
         self._alias = kernels.build_alias_table(pool_weights) if weighted else _UNIFORM
         self._pool_weight = float(pool_weights.sum())
+        self._pool_probability = np.zeros(len(items))  # one draw's probability of each item row
+        self._pool_probability[self._pool] = pool_weights / self._pool_weight
+        self._user_mass = kernels.distinct_mass(
+            self._positives.indptr, self._positives.items, self._pool_probability
+        )
 
     def draw_probability(self, rows: np.ndarray) -> np.ndarray:
         if self.weighted:
             return self.items.weights[rows] / self._pool_weight
         return np.full(len(rows), 1.0 / len(self._pool))
 
-    def _draw(self, rows, group, positives, users, key):
+    def _draw(self, draws: _Draws) -> tuple[int, Exclusion]:
         csr = self._positives
-        return kernels.draw_excluding_user_items(
-            rows,
+        positive_rows = self.items.rows(draws.positives)
+        user_rows = csr.user_rows(draws.users)
+        redraws, kept = kernels.draw_excluding_user_items(
+            draws.rows,
             self._alias,
             self._pool,
-            group,
-            self.items.rows(positives),
-            csr.user_rows(users),
+            draws.group,
+            positive_rows,
+            user_rows,
             csr.indptr,
             csr.items,
             self._signatures,
-            *key,
+            *draws.key,
             self.max_retries,
         )
+        return redraws, self._exclusion(draws, positive_rows, user_rows, kept)
+
+    def _exclusion(
+        self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray, kept: np.ndarray
+    ) -> Exclusion:
+        """Set q: positive q and its user's items; its mass, and in shared mode its members."""
+        csr, num_items, num_positives = self._positives, len(self.items), len(positive_rows)
+        known_user = user_rows >= 0
+        mass = np.where(known_user, self._user_mass[np.maximum(user_rows, 0)], 0.0)
+        own = kernels.in_user_items(positive_rows, user_rows, csr.indptr, csr.items)
+        extra = (positive_rows >= 0) & ~own
+        mass[extra] += self._pool_probability[positive_rows[extra]]
+        members = partial(self._members, draws, positive_rows, user_rows) if draws.shared else None
+        return Exclusion.of_sets(
+            group=draws.group,
+            num_draws=len(draws.rows),
+            shared=draws.shared,
+            max_retries=self.max_retries,
+            mass=mass,
+            kept=kept,
+            num_positives=num_positives,
+            set_of_positive=np.arange(num_positives, dtype=np.int64),
+            members=members,
+            num_items=num_items,
+        )
+
+    def _members(self, draws: _Draws, positive_rows: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
+        """The sets of the positives that own draws, as sorted keys set * num_items + item row."""
+        csr, num_items = self._positives, len(self.items)
+        owners = np.arange(min(len(positive_rows), -(-len(draws.rows) // draws.group)), dtype=np.int64)
+        users = user_rows[owners]
+        known = users >= 0
+        starts = np.where(known, csr.indptr[np.maximum(users, 0)], 0)
+        counts = np.where(known, csr.indptr[np.maximum(users, 0) + 1] - starts, 0)
+        edges = np.repeat(starts + counts - np.cumsum(counts), counts) + np.arange(int(counts.sum()))
+        own_rows = positive_rows[owners]
+        has = own_rows >= 0
+        keys = [
+            np.repeat(owners, counts) * num_items + csr.items[edges],
+            owners[has] * num_items + own_rows[has],
+        ]
+        return np.unique(np.concatenate(keys))
 
 
 class HardNegativeSampler(NegativeSampler):

@@ -55,6 +55,7 @@ import pyarrow as pa
 
 from negseq.errors import NegseqError
 from negseq.sampler import SampleResult
+from negseq.sampler.exclusion import json_stats
 
 MODES = ("negatives", "candidates")
 LAYOUTS = ("interleaved", "suffix")
@@ -170,7 +171,7 @@ def encode_negatives(result: SampleResult, hard: bool) -> tuple[pa.RecordBatch, 
         "num_negatives": num_neg,
         "num_hard": num_hard,
         "expand_factor": result.expand_factor,
-        "stats": {k: int(v) for k, v in result.stats.items()},
+        "stats": json_stats(result.stats),
     }
     return batch, meta
 

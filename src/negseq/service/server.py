@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from negseq.errors import NegseqError
+from negseq.sampler.exclusion import json_stats
 from negseq.service.admission import ConcurrencyCapMiddlewareFactory, default_max_concurrent
 from negseq.service.auth import BearerTokenMiddlewareFactory
 from negseq.service.job import CandidateDefaults
@@ -304,7 +305,7 @@ class SamplerServer(flight.FlightServerBase):
             batch_index=request.batch_index,
             training=request.training,
         )
-        stats = {k: int(v) for k, v in sampled.stats.items()}
+        stats = json_stats(sampled.stats)
         return sampled.to_arrow(), {"layout": layout, "stats": stats}, stats.get("draws", 0)
 
     # -- actions ---------------------------------------------------------------------------
