@@ -1,6 +1,7 @@
 """Model quality of a shipped job: HR@10 / NDCG@10 against most-popular, and the wall time.
 
     python benchmarks/quality_bench.py [--job examples/ml100k.toml] [--repeat] [--exclude none user batch]
+                                       [--parallel]
 
 Runs `negseq run` on the job as shipped, then its suffix-layout variant (the same job with
 `[candidates] layout = "suffix"`: the sampler's `num_sample` shared negatives a batch instead of
@@ -8,8 +9,9 @@ Runs `negseq run` on the job as shipped, then its suffix-layout variant (the sam
 exclusion policy (`[sampler.*] exclude`). `--repeat` runs the shipped job a second time and
 says whether its metrics are identical. Each run writes under `--out` (a fresh folder a run).
 Prints one JSON line a run (wall seconds, steps, best validation epoch, test metrics and
-most-popular's on the same users), then a summary line. Wall times depend on the host's load:
-record `uptime` beside them.
+most-popular's on the same users), then a summary line. `--parallel` runs them at the same time,
+one process each (a loaded shared host finishes sooner; each run's wall time grows). Wall times
+depend on the host's load: record `uptime` beside them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import copy
 import json
 import os
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -68,6 +72,22 @@ def _run(name: str, raw: dict[str, Any], job_path: Path, out: Path) -> dict[str,
     }
 
 
+def _in_parallel(names: list[str], argv: list[str]) -> list[dict[str, Any]]:
+    """Each named run in its own process, all at once; their result lines in `names` order."""
+    base = [a for a in argv if a != "--parallel"]
+    procs = [
+        subprocess.Popen([sys.executable, __file__, *base, "--only", name], stdout=subprocess.PIPE, text=True)
+        for name in names
+    ]
+    results = []
+    for name, proc in zip(names, procs, strict=True):
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"quality_bench: run {name!r} failed with exit code {proc.returncode}")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", default=str(REPO / "examples" / "ml100k.toml"))
@@ -75,6 +95,8 @@ def main() -> None:
     parser.add_argument("--repeat", action="store_true", help="run the shipped job twice")
     parser.add_argument("--no-suffix", action="store_true", help="skip the suffix-layout variant")
     parser.add_argument("--exclude", nargs="*", default=[], choices=["batch", "user", "none"])
+    parser.add_argument("--parallel", action="store_true", help="one process a run, all at once")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # one run, its full line (--parallel's child)
     args = parser.parse_args()
     job_path = Path(args.job).resolve()
     raw = tomllib.loads(job_path.read_text())
@@ -86,10 +108,14 @@ def main() -> None:
     if not args.no_suffix:
         runs.append(("suffix", _variant(raw, layout="suffix")))
     runs += [(f"exclude_{policy}", _variant(raw, exclude=policy)) for policy in args.exclude]
-    results = []
-    for name, job in runs:
-        line = _run(name, job, job_path, out)
-        results.append(line)
+    if args.only is not None:
+        print(json.dumps(_run(args.only, dict(runs)[args.only], job_path, out)), flush=True)
+        return
+    if args.parallel:
+        results = _in_parallel([name for name, _ in runs], sys.argv[1:])
+    else:
+        results = [_run(name, job, job_path, out) for name, job in runs]
+    for line in results:
         print(json.dumps({k: v for k, v in line.items() if k != "metrics"}), flush=True)
     by_name = {r["run"]: r for r in results}
     summary: dict[str, Any] = {
