@@ -96,10 +96,15 @@ def main() -> None:
     parser.add_argument("--no-suffix", action="store_true", help="skip the suffix-layout variant")
     parser.add_argument("--exclude", nargs="*", default=[], choices=["batch", "user", "none"])
     parser.add_argument("--parallel", action="store_true", help="one process a run, all at once")
+    parser.add_argument(
+        "--executor", choices=["ray", "local"], help="[ray] executor for every run (default: the job's)"
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one run, its full line (--parallel's child)
     args = parser.parse_args()
     job_path = Path(args.job).resolve()
     raw = tomllib.loads(job_path.read_text())
+    if args.executor is not None:
+        raw.setdefault("ray", {})["executor"] = args.executor
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = [("job", raw)]
@@ -121,6 +126,7 @@ def main() -> None:
     summary: dict[str, Any] = {
         "bench": "quality_bench",
         "job": str(job_path.relative_to(REPO) if job_path.is_relative_to(REPO) else job_path),
+        "executor": raw.get("ray", {}).get("executor", "ray"),
         "load_avg": os.getloadavg(),
         "cpus": os.cpu_count(),
         "job_HR@10": by_name["job"]["HR@10"],
