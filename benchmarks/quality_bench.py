@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -50,9 +51,22 @@ def _run(name: str, raw: dict[str, Any], job_path: Path, out: Path) -> dict[str,
     job.setdefault("output", {})["dir"] = str(folder)
     job["output"]["write_samples"] = False
     config = load_config(job, command="run", source=str(job_path))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     result = run_job(config, quiet=True)
-    wall = time.perf_counter() - started
+    line = _line(name, result, time.perf_counter() - started)
+    # this process's CPU time (all of a local run; Ray's workers not included): wall time on a
+    # loaded host says more about the host than the run
+    line["process_cpu_s"] = round(_cpu_seconds() - cpu, 1)
+    return line
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _line(name: str, result: dict[str, Any], wall: float) -> dict[str, Any]:
+    """A run's result line from what `run_job` returned (or its metrics.json)."""
     model, pop = result["model"], result["most_popular"]
     validation = result.get("validation") or {}
     best = validation.get("best") or {}
@@ -99,6 +113,9 @@ def main() -> None:
     parser.add_argument(
         "--executor", choices=["ray", "local"], help="[ray] executor for every run (default: the job's)"
     )
+    parser.add_argument(
+        "--from-runs", action="store_true", help="summarise the runs' metrics.json under --out, run nothing"
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one run, its full line (--parallel's child)
     args = parser.parse_args()
     job_path = Path(args.job).resolve()
@@ -113,10 +130,15 @@ def main() -> None:
     if not args.no_suffix:
         runs.append(("suffix", _variant(raw, layout="suffix")))
     runs += [(f"exclude_{policy}", _variant(raw, exclude=policy)) for policy in args.exclude]
-    if args.only is not None:
+    if args.from_runs:  # what earlier runs of these variants wrote (their metrics.json)
+        results = []
+        for name, _ in runs:
+            result = json.loads((out / name / "metrics.json").read_text())
+            results.append(_line(name, result, result["seconds"]))
+    elif args.only is not None:
         print(json.dumps(_run(args.only, dict(runs)[args.only], job_path, out)), flush=True)
         return
-    if args.parallel:
+    elif args.parallel:
         results = _in_parallel([name for name, _ in runs], sys.argv[1:])
     else:
         results = [_run(name, job, job_path, out) for name, job in runs]
