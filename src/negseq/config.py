@@ -43,6 +43,11 @@ Renames and default changes against the commands before this module (one name, o
   negatives); `[ray] deterministic`;
   `[service] token_file`, `drain_timeout`, `log_level` (were flags only), `tls_cert`, `tls_key`,
   `tls_client_ca`, `insecure`, `max_concurrent`, `metrics_port`.
+- `[train]` validates (`eval_every`, default every epoch), stops after `patience` (default 3)
+  validations without a better `monitor` (default "NDCG@10") and keeps the best validation's
+  weights; the LR warms up over `warmup_fraction` (0.05) of the steps, then decays
+  (`lr_schedule`, default "cosine"; "constant" is the behaviour before these keys).
+  `[data] action_field` and `[model] num_action_types` add actions to the history.
 - New checks: `name` must match `[A-Za-z0-9._-]+` and not be dots only (it becomes a folder name);
   `num_sample`, `num_eval_sample`, `num_hard_sample`, `neg_per_pos` at most 2^24; `seq_delim` holds
   no digit or sign; a plaintext token off the loopback needs `insecure = true`; every table a job
