@@ -235,7 +235,7 @@ def test_predict_writes_arrow_embeddings(tmp_path, items):
 
 def test_export_refuses_contextual_models(tmp_path):
     model = HSTUMatch(6, 8, contextual_vocab_size=3, contextual_seq_len=1)
-    with pytest.raises(NegseqError, match="history-only user towers"):
+    with pytest.raises(NegseqError, match="user towers without a contextual prefix"):
         export(model, tmp_path, item_ids=np.arange(6))
 
 

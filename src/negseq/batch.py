@@ -148,8 +148,9 @@ class JaggedBatch:
     def from_arrays(cls, arrays: JaggedArrays) -> JaggedBatch:
         """A collated sampled batch as tensors (no copy where numpy owns the memory)."""
         timestamps = None if arrays.uih_timestamps is None else _tensor(arrays.uih_timestamps)
+        actions = None if arrays.uih_actions is None else _tensor(arrays.uih_actions)
         return cls(
-            uih=JaggedFeature(_tensor(arrays.uih_values), _tensor(arrays.uih_offsets), timestamps),
+            uih=JaggedFeature(_tensor(arrays.uih_values), _tensor(arrays.uih_offsets), timestamps, actions),
             candidate=JaggedFeature(_tensor(arrays.candidate_values), _tensor(arrays.candidate_offsets)),
             cand_pos_lengths=_tensor(arrays.cand_pos_lengths),
             layout=arrays.layout,

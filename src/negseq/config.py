@@ -43,6 +43,11 @@ Renames and default changes against the commands before this module (one name, o
   negatives); `[ray] deterministic`;
   `[service] token_file`, `drain_timeout`, `log_level` (were flags only), `tls_cert`, `tls_key`,
   `tls_client_ca`, `insecure`, `max_concurrent`, `metrics_port`.
+- `[train]` validates (`eval_every`, default every epoch), stops after `patience` (default 3)
+  validations without a better `monitor` (default "NDCG@10") and keeps the best validation's
+  weights; the LR warms up over `warmup_fraction` (0.05) of the steps, then decays
+  (`lr_schedule`, default "cosine"; "constant" is the behaviour before these keys).
+  `[data] action_field` and `[model] num_action_types` add actions to the history.
 - New checks: `name` must match `[A-Za-z0-9._-]+` and not be dots only (it becomes a folder name);
   `num_sample`, `num_eval_sample`, `num_hard_sample`, `neg_per_pos` at most 2^24; `seq_delim` holds
   no digit or sign; a plaintext token off the loopback needs `insecure = true`; every table a job
@@ -531,6 +536,11 @@ class DataConfig:
     user_field: str = _key(_Text(), "user column of the interaction log", "user_id")
     item_field: str = _key(_Text(), "item column of the interaction log", "item_id")
     time_field: str = _key(_Text(), "timestamp column of the interaction log", "timestamp")
+    action_field: str | None = _key(
+        _Text(),
+        "integer action column (e.g. a rating, 0..62): each history item's action, the bit 1 << value",
+        default_text="no actions",
+    )
     max_seq_len: int = _key(_Int(1, 1 << 16), "history items kept per user (the most recent)", 200)
     min_len: int = _key(
         _Int(3), "fewest interactions a user needs (a training, a validation and an eval target)", 3
@@ -730,7 +740,14 @@ class ModelConfig:
         "every history position predicts the next item, or the last one predicts the target",
         "autoregressive",
     )
-    num_time_buckets: int = _key(_Int(0, 1 << 20), "timestamp buckets of the positional encoder (0: off)", 0)
+    num_time_buckets: int = _key(
+        _Int(0, 1 << 20), "buckets of the time since each history item (sqrt of minutes; 0: off)", 0
+    )
+    num_action_types: int = _key(
+        _Int(0, 63),
+        "action types embedded with each history item (0: off); > every [data] action_field value",
+        0,
+    )
     max_attn_len: int = _key(_Int(0), "keys a query attends to, most recent first (0: all)", 0)
     kernel: Literal["auto", "pytorch", "triton"] = _key(
         _Choice(values=("auto", "pytorch", "triton")),
@@ -751,6 +768,25 @@ class TrainConfig:
     num_workers: int = _key(_Int(1, 1024), "Ray Train workers", 1)
     use_gpu: bool | Literal["auto"] = _key(_BoolOrAuto(), "train on GPUs; auto: when there are some", "auto")
     eval_ks: tuple[int, ...] = _key(_List(item=_Int(1)), "K of HR@K and NDCG@K", (10, 50, 200))
+    lr_schedule: Literal["constant", "cosine", "linear"] = _key(
+        _Choice(values=("constant", "cosine", "linear")),
+        "after the warmup the LR stays (constant) or decays to 0 at the last planned step",
+        "cosine",
+    )
+    warmup_fraction: float = _key(
+        _Float(0.0, 1.0, high_open=True), "share of the planned steps the LR rises linearly from 0", 0.05
+    )
+    eval_every: int = _key(
+        _Int(0), "epochs between validations of the valid split (0: only after the last step)", 1
+    )
+    patience: int = _key(
+        _Int(0), "validations without a better monitor value before training stops (0: never)", 3
+    )
+    monitor: str = _key(
+        _Text(what='"MRR", or "HR@K" or "NDCG@K" with K in eval_ks', pattern=r"MRR|(HR|NDCG)@[0-9]+"),
+        "validation metric that picks the best epoch (whose weights are evaluated and exported)",
+        "NDCG@10",
+    )
     max_failures: int = _key(_Int(-1), "worker-group restarts from the last checkpoint (-1: no limit)", 1)
     seed: int = _key(_Int(0, _SEED_LIMIT), "seed of the initial weights and dropout", 0)
 
@@ -966,6 +1002,7 @@ FLAGS: dict[Command, dict[str, tuple[str, str]]] = {
         "--user-field": ("data", "user_field"),
         "--item-field": ("data", "item_field"),
         "--time-field": ("data", "time_field"),
+        "--action-field": ("data", "action_field"),
         "--max-seq-len": ("data", "max_seq_len"),
         "--min-len": ("data", "min_len"),
         "--item-weight-power": ("data", "item_weight_power"),
@@ -1330,7 +1367,15 @@ class _Resolver:
         if data.synthetic is not None:
             log_keys = [
                 k
-                for k in ("format", "delimiter", "column_names", "user_field", "item_field", "time_field")
+                for k in (
+                    "format",
+                    "delimiter",
+                    "column_names",
+                    "user_field",
+                    "item_field",
+                    "time_field",
+                    "action_field",
+                )
                 if k in self.present.get("data", ())
             ]
             if log_keys:
@@ -1413,6 +1458,18 @@ class _Resolver:
             raise self.fail(
                 f"[model] num_heads: expected at most embedding_dim ({model.embedding_dim}) while "
                 f"attention_dim or hidden_dim defaults to embedding_dim / num_heads, got {model.num_heads}"
+            )
+        data = self.data
+        if model.num_action_types and self.command == "run" and (data is None or data.action_field is None):
+            raise self.fail(
+                f"[model] num_action_types: {model.num_action_types} action types need [data] "
+                "action_field (the column holding each interaction's action), got nothing"
+            )
+        train: TrainConfig = self.sections["train"]
+        if train.monitor != "MRR" and int(train.monitor.split("@")[1]) not in train.eval_ks:
+            raise self.fail(
+                f"[train] monitor: expected MRR or a K of eval_ks {list(train.eval_ks)}, "
+                f"got {json.dumps(train.monitor)}"
             )
         ray: RayConfig = self.sections["ray"]
         if ray.max_actors < ray.min_actors:

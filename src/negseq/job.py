@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
+from tqdm import tqdm
 
 from negseq.batch import JaggedBatch
 from negseq.candidates import CandidateSpec
@@ -31,7 +33,7 @@ from negseq.errors import NegseqError
 from negseq.executors.exclusion_check import exclusion_warning
 from negseq.executors.local import LocalExecutor
 from negseq.executors.plan import BatchWork, Collation, SamplingPlan
-from negseq.io.prepare import Prepared
+from negseq.io.prepare import ACTIONS_COLUMN, Prepared
 from negseq.io.rundir import claim_run_folder
 from negseq.io.sinks import SampledSink
 from negseq.io.sources import Source
@@ -39,25 +41,41 @@ from negseq.model.export import export, predict
 from negseq.model.metrics import evaluate
 from negseq.prepare_job import PrepareStep
 from negseq.sampler import ItemTable, build_sampler
-from negseq.train.loop import make_optimizer, train
+from negseq.train.fit import fit_stream
+from negseq.train.loop import make_optimizer
 from negseq.train.progress import StepProgress
 from negseq.train.settings import TrainSettings, build_model
+from negseq.train.validation import ValidationSettings, Validator
 
 TRAIN_WORKER_CPUS = 1.0  # CPUs a Ray Train worker reserves
 
 
 def _prepare(
-    step: PrepareStep, say: Callable[[str], None], verbose: bool
+    config: JobConfig, step: PrepareStep, say: Callable[[str], None], verbose: bool
 ) -> tuple[Prepared, Source, ItemTable]:
-    """The prepared folder (prepared now, or given); returns it, the eval split and the item vocabulary."""
+    """The prepared folder (prepared now, or given); returns it, the eval split and the items
+    (the valid split is `prepared.valid`)."""
     prepared, counts = step.run(say, verbose=verbose)
     if counts is not None:
         say(f"prepared {counts['train']} training and {counts['eval']} eval rows, {counts['items']} items")
+    types, data = config.model.num_action_types, config.data
+    if types and counts is not None and counts.get("max_action", 0) >= types:
+        assert data is not None
+        raise NegseqError(
+            f"{config.source}: [model] num_action_types {types}, but [data] action_field "
+            f"{data.action_field!r} holds the value {counts['max_action']}: expected values below {types}"
+        )
     return prepared, Source.open(prepared.eval), ItemTable.read(prepared.items)
 
 
-def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
-    """The model and optimizer settings of a job, for every trainer."""
+def train_settings(
+    config: JobConfig,
+    num_items: int,
+    *,
+    num_batches: int | None = None,
+    validation: ValidationSettings | None = None,
+) -> TrainSettings:
+    """The model and optimizer settings of a job, for every trainer (`num_batches`: an epoch's)."""
     model, data = config.model, config.data
     assert data is not None
     return TrainSettings(
@@ -72,6 +90,7 @@ def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
             "objective": model.objective,
             "input_dropout_ratio": model.input_dropout,
             "num_time_buckets": model.num_time_buckets,
+            "num_action_types": model.num_action_types,
         },
         stu={
             "num_heads": model.num_heads,
@@ -86,6 +105,24 @@ def train_settings(config: JobConfig, num_items: int) -> TrainSettings:
         checkpoint_every=config.train.checkpoint_every,
         max_steps=config.train.max_steps,
         seed=config.train.seed,
+        lr_schedule=config.train.lr_schedule,
+        warmup_fraction=config.train.warmup_fraction,
+        num_batches=num_batches,
+        epochs=config.train.epochs,
+        validation=validation,
+    )
+
+
+def validation_settings(config: JobConfig, valid_table: pa.Table, items: ItemTable) -> ValidationSettings:
+    """The job's validation: its valid split, metrics, monitor, schedule and patience."""
+    train = config.train
+    return ValidationSettings(
+        valid_table,
+        items,
+        ks=train.eval_ks,
+        monitor=train.monitor,
+        every=train.eval_every,
+        patience=train.patience,
     )
 
 
@@ -115,9 +152,15 @@ class _Stage:
 
     @property
     def total_steps(self) -> int:
-        plan = self.work.plan
-        total = plan.num_batches * len(plan.epochs)
-        return total if self.settings.max_steps is None else min(total, self.settings.max_steps)
+        return self.settings.step_plan(self.config.train.num_workers).total_steps
+
+    def show_validation(self, entry: dict[str, Any]) -> None:
+        """One line a validation: the progress of the curve."""
+        monitor = self.config.train.monitor
+        self.say(
+            f"epoch {entry['epoch']} (step {entry['step']}): train loss {entry['train_loss']:.4f}, "
+            f"valid {monitor} {entry[monitor]:.4f}"
+        )
 
 
 @contextmanager
@@ -156,7 +199,8 @@ def run_job(config: JobConfig, *, quiet: bool = False, verbose: bool = False) ->
 
     def say(message: str) -> None:
         if not quiet:
-            print(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", flush=True)
+            # through tqdm: a line said while the progress bar runs goes above it, not into it
+            tqdm.write(f"[negseq run {time.perf_counter() - started:6.1f}s] {message}", file=sys.stdout)
 
     assert config.output.dir is not None and config.sampler is not None
     if config.ray.executor == "ray" and not config.ray.cluster_address():
@@ -180,8 +224,7 @@ def _run_claimed(
 ) -> dict[str, Any]:
     """`run_job` once the output folder is claimed (and Ray is up, when the job runs on it)."""
     assert config.sampler is not None
-    prepared, eval_split, items = _prepare(step, say, verbose)
-    settings = train_settings(config, len(items))
+    prepared, eval_split, items = _prepare(config, step, say, verbose)
     sampler = build_sampler(config.sampler)
     cand = config.candidates
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
@@ -189,6 +232,8 @@ def _run_claimed(
     plan = SamplingPlan(
         Source.open(prepared.train), cand.batch_size, spec, epochs=tuple(range(config.train.epochs))
     )
+    validation = validation_settings(config, Source.open(prepared.valid).read_all(), items)
+    settings = train_settings(config, len(items), num_batches=plan.num_batches, validation=validation)
     samples_dir = out / "samples"
     sink = None
     if config.output.write_samples:
@@ -196,7 +241,8 @@ def _run_claimed(
             str(samples_dir), format=config.output.format, inputs=[str(prepared.folder)]
         )
     time_field = "uih_ts" if config.model.num_time_buckets else None
-    collate = Collation(items, settings.model["max_seq_len"], "uih", time_field)
+    action_field = ACTIONS_COLUMN if config.model.num_action_types else None
+    collate = Collation(items, settings.model["max_seq_len"], "uih", time_field, action_field)
     work = BatchWork(sampler, plan, sink=sink, collate=collate)
     warning = exclusion_warning(work)
     if warning is not None:
@@ -215,6 +261,14 @@ def _run_claimed(
             sink.abort()
         raise
     say(f"trained {train_metrics.get('step')} steps, last loss {train_metrics.get('loss', float('nan')):.4f}")
+    validated = train_metrics.pop("validation", None)
+    if validated is not None and validated["best"] is not None:
+        best = validated["best"]
+        say(
+            f"kept the weights of epoch {best['epoch']} (step {best['step']}): best valid "
+            f"{validated['monitor']} {best[validated['monitor']]:.4f}"
+            + (", stopped early" if validated["stopped_early"] else "")
+        )
 
     metrics = _evaluate(config, model, eval_split, items, out)
     export_paths = export(model, out / "export", item_ids=items.ids)
@@ -223,6 +277,7 @@ def _run_claimed(
         "most_popular": metrics["most_popular"],
         "num_eval_users": metrics["num_users"],
         "train": train_metrics,
+        "validation": validated,
         "outputs": {
             "dir": str(out),
             "metrics": str(out / "metrics.json"),
@@ -267,6 +322,15 @@ def _fit_on_ray(stage: _Stage, storage: Path) -> tuple[Any, dict[str, Any]]:
         f"sampled by {pool.min_size}-{pool.max_size} actor(s)"
     )
     bar = StepProgress(stage.total_steps, quiet=stage.quiet)
+    shown = 0
+
+    def show(progress: dict[str, Any]) -> None:
+        nonlocal shown
+        bar.update(progress["step"], progress["loss"], progress["rows"])
+        for entry in progress["validations"][shown:]:
+            stage.show_validation(entry)
+        shown = len(progress["validations"])
+
     try:
         use_gpu = config.train.use_gpu
         model, metrics = fit(
@@ -279,7 +343,7 @@ def _fit_on_ray(stage: _Stage, storage: Path) -> tuple[Any, dict[str, Any]]:
             use_gpu=None if use_gpu == "auto" else bool(use_gpu),
             max_failures=config.train.max_failures,
             deterministic=config.ray.deterministic,
-            on_progress=lambda p: bar.update(p["step"], p["loss"], p["rows"]),
+            on_progress=show,
         )
     finally:
         bar.close()
@@ -303,14 +367,19 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
 
     stream = batches()
     bar = StepProgress(stage.total_steps, quiet=stage.quiet)
+    validator = None if settings.validation is None else Validator(settings.validation)
+    plan = settings.step_plan()
     try:
-        report = train(
+        report = fit_stream(
             model,
             stream,
             optimizer=optimizer,
-            max_steps=settings.max_steps,
+            plan=plan,
+            schedule=settings.schedule(plan),
+            validator=validator,
             device=device,
             on_step=bar.add_step,
+            on_validate=stage.show_validation,
         )
     finally:
         stream.close()  # lets the worker threads finish before the unwritten batches are counted
@@ -319,5 +388,9 @@ def _train_locally(stage: _Stage) -> tuple[Any, dict[str, Any]]:
         writer = LocalExecutor(replace(work, collate=None), num_workers=executor.num_workers)
         for _ in writer.run(work.write_epoch, batches=work.unwritten()):
             pass
+    metrics: dict[str, Any] = report.metrics()
+    if validator is not None:
+        metrics["validation"] = validator.summary()
+        validator.restore_best(model)
     model.to("cpu")
-    return model, report.metrics()
+    return model, metrics

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from negseq.config import JobConfig
+from negseq.errors import NegseqError
 from negseq.io.prepare import Prepared, prepare
 from negseq.io.rundir import PREPARE_STAGING_PREFIX, install_prepared, prepared_files
 from negseq.io.sources import CsvOptions, Source
@@ -50,6 +51,11 @@ class PrepareStep:
             source.require([data.user_field, data.item_field, data.time_field])
         if data.prepare != "ray":
             return cls(config, source, None)
+        if data.action_field is not None:
+            raise NegseqError(
+                f'{config.source}: [data] action_field: prepare = "ray" does not carry actions yet; '
+                'use prepare = "local"'
+            )
         from negseq.io.prepare_ray import default_shards
 
         assert source is not None  # config: prepare = "ray" needs interactions
@@ -102,6 +108,7 @@ class PrepareStep:
             max_seq_len=data.max_seq_len,
             min_len=data.min_len,
             item_weight_power=data.item_weight_power,
+            action_field=data.action_field,
         )
 
     def _on_ray(

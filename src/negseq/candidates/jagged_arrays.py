@@ -93,6 +93,7 @@ class JaggedArrays:
     uih_timestamps: np.ndarray | None = None
     hard_neg_indices: np.ndarray | None = None
     neg_probability: np.ndarray | None = None
+    uih_actions: np.ndarray | None = None  # int64 action bitmask a history item
 
     def __post_init__(self) -> None:
         rows = len(self.cand_pos_lengths)
@@ -114,6 +115,8 @@ class JaggedArrays:
             raise NegseqError(f"batch {self.key.batch_index}: history offsets disagree with its values")
         if self.uih_timestamps is not None and len(self.uih_timestamps) != len(self.uih_values):
             raise NegseqError(f"batch {self.key.batch_index}: history timestamps and items differ in length")
+        if self.uih_actions is not None and len(self.uih_actions) != len(self.uih_values):
+            raise NegseqError(f"batch {self.key.batch_index}: history actions and items differ in length")
         hard_shape = (self.num_hard_negatives, 2)
         if self.num_hard_negatives and (
             self.hard_neg_indices is None or self.hard_neg_indices.shape != hard_shape
@@ -142,6 +145,7 @@ _ARRAYS = {  # JaggedArrays field -> its element type (a 2-d array travels flatt
     "cand_pos_lengths": np.int32,
     "hard_neg_indices": np.int32,
     "neg_probability": np.float64,
+    "uih_actions": np.int64,
 }
 _COUNTS = ("neg_per_pos", "num_shared_negatives", "num_hard_negatives")
 
@@ -208,4 +212,5 @@ def arrays_from_table(table: pa.Table) -> Iterator[JaggedArrays]:
                 uih_timestamps=lists["uih_timestamps"][i],
                 hard_neg_indices=None if hard is None else hard.reshape(-1, 2),
                 neg_probability=lists["neg_probability"][i],
+                uih_actions=lists["uih_actions"][i],
             )

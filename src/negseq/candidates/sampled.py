@@ -215,11 +215,13 @@ class SampledBatch:
         uih_field: str,
         max_seq_len: int,
         timestamp_field: str | None = None,
+        action_field: str | None = None,
     ) -> JaggedArrays:
         """The batch as `JaggedArrays`: the `uih_field` history (its most recent `max_seq_len`
-        items, with `timestamp_field` beside it) and the candidates, as dense item rows."""
-        history = _History(vocab, uih_field, max_seq_len, timestamp_field)
-        uih_values, uih_offsets, timestamps = history.arrays(self.source, self.key.batch_index)
+        items, with `timestamp_field` and `action_field` beside it) and the candidates, as dense
+        item rows."""
+        history = _History(vocab, uih_field, max_seq_len, timestamp_field, action_field)
+        uih_values, uih_offsets, timestamps, actions = history.arrays(self.source, self.key.batch_index)
         lengths = self.pos_lengths.astype(np.int64)
         if self.spec.layout == "interleaved":
             block = np.empty((len(self.positives), 1 + self.neg_per_pos), np.int64)
@@ -240,6 +242,7 @@ class SampledBatch:
             uih_values=uih_values,
             uih_offsets=uih_offsets,
             uih_timestamps=timestamps,
+            uih_actions=actions,
             candidate_values=np.asarray(vocab.dense_rows(candidates), np.int64),
             candidate_offsets=offsets,
             cand_pos_lengths=self.pos_lengths.astype(np.int32),
@@ -263,24 +266,34 @@ class _History:
     uih_field: str
     max_seq_len: int
     timestamp_field: str | None
+    action_field: str | None = None
 
     def arrays(
         self, batch: pa.RecordBatch, batch_index: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(dense rows, offsets, timestamps) of the most recent `max_seq_len` history items."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(dense rows, offsets, timestamps, actions) of the most recent `max_seq_len` history items."""
         if self.max_seq_len < 1:
             raise NegseqError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         ids, counts = truncate_recent(*_id_lists(batch, self.uih_field), self.max_seq_len)
-        timestamps = None
-        if self.timestamp_field is not None:
-            timestamps, ts_counts = truncate_recent(*_id_lists(batch, self.timestamp_field), self.max_seq_len)
-            if not np.array_equal(ts_counts, counts):
-                row = int(np.flatnonzero(ts_counts != counts)[0])
-                raise NegseqError(
-                    f"batch {batch_index}, row {row}: {self.timestamp_field!r} and {self.uih_field!r} "
-                    "differ in length"
-                )
-        return np.asarray(self.vocab.dense_rows(ids), np.int64), offsets_of(counts), timestamps
+        beside = [
+            self._beside(batch, batch_index, name, counts)
+            for name in (self.timestamp_field, self.action_field)
+        ]
+        return np.asarray(self.vocab.dense_rows(ids), np.int64), offsets_of(counts), beside[0], beside[1]
+
+    def _beside(
+        self, batch: pa.RecordBatch, batch_index: int, name: str | None, counts: np.ndarray
+    ) -> np.ndarray | None:
+        """A list column aligned with the history (its most recent values), None when not asked."""
+        if name is None:
+            return None
+        values, value_counts = truncate_recent(*_id_lists(batch, name), self.max_seq_len)
+        if not np.array_equal(value_counts, counts):
+            row = int(np.flatnonzero(value_counts != counts)[0])
+            raise NegseqError(
+                f"batch {batch_index}, row {row}: {name!r} and {self.uih_field!r} differ in length"
+            )
+        return values
 
 
 def jagged_from_arrow(
@@ -293,6 +306,7 @@ def jagged_from_arrow(
     uih_field: str,
     max_seq_len: int,
     timestamp_field: str | None = None,
+    action_field: str | None = None,
 ) -> JaggedArrays:
     """A written sampled batch (`to_arrow`'s columns) as `JaggedArrays`, the candidate column read
     in its layout: what `to_jagged` gave when it was sampled, but for `neg_probability`, which
@@ -313,8 +327,8 @@ def jagged_from_arrow(
         neg_per_pos = (len(ids) - num_pos) // num_pos if num_pos else spec.neg_per_pos or 0
     else:
         num_shared = len(ids) - num_pos - num_hard
-    history = _History(vocab, uih_field, max_seq_len, timestamp_field)
-    uih_values, uih_offsets, timestamps = history.arrays(part, index)
+    history = _History(vocab, uih_field, max_seq_len, timestamp_field, action_field)
+    uih_values, uih_offsets, timestamps, actions = history.arrays(part, index)
     try:
         return JaggedArrays(
             key=key,
@@ -322,6 +336,7 @@ def jagged_from_arrow(
             uih_values=uih_values,
             uih_offsets=uih_offsets,
             uih_timestamps=timestamps,
+            uih_actions=actions,
             candidate_values=np.asarray(vocab.dense_rows(ids), np.int64),
             candidate_offsets=offsets_of(counts),
             cand_pos_lengths=pos_lengths,

@@ -76,12 +76,13 @@ class SamplingPlan:
 @dataclass(frozen=True)
 class Collation:
     """How a sampled batch becomes training arrays: the item vocabulary (dense rows), the history
-    column, its timestamps and the history length kept."""
+    column, its timestamps and actions, and the history length kept."""
 
     vocab: DenseRows
     max_seq_len: int
     uih_field: str = "uih"
     timestamp_field: str | None = None
+    action_field: str | None = None
 
     def __call__(self, sampled: SampledBatch) -> JaggedArrays:
         return sampled.to_jagged(
@@ -89,6 +90,7 @@ class Collation:
             uih_field=self.uih_field,
             max_seq_len=self.max_seq_len,
             timestamp_field=self.timestamp_field,
+            action_field=self.action_field,
         )
 
 

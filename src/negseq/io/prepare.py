@@ -10,6 +10,10 @@ deterministic. With items i_1..i_K (K >= min_len >= 3):
 
 Histories keep the most recent `max_seq_len` items. `next_items` = uih[1:] + [target], the
 positive of every history position for the autoregressive objective.
+
+With an `action_field` (an integer column such as MovieLens' rating), `uih_actions` holds, for
+each history item, the bitmask `1 << value` of its action: the model's action input (DESIGN §6,
+as generative-recommenders embeds actions), so a model needs `num_action_types` > every value.
 """
 
 from __future__ import annotations
@@ -73,9 +77,13 @@ def _next_items(items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.A
     return _gather_lists(items, np.where(nonempty, starts + 1, starts), np.where(nonempty, ends + 1, ends))
 
 
-def _rows(users, items, times, first, target_pos, max_seq_len) -> pa.Table:
+ACTIONS_COLUMN = "uih_actions"
+MAX_ACTION = 62  # an action value v becomes the int64 bit 1 << v
+
+
+def _rows(users, items, times, first, target_pos, max_seq_len, actions=None) -> pa.Table:
     starts = np.maximum(first, target_pos - max_seq_len)
-    return pa.Table.from_arrays(
+    table = pa.Table.from_arrays(
         [
             pa.array(users[target_pos]),
             _gather_lists(items, starts, target_pos),
@@ -86,6 +94,23 @@ def _rows(users, items, times, first, target_pos, max_seq_len) -> pa.Table:
         ],
         schema=SEQUENCE_SCHEMA,
     )
+    if actions is not None:
+        table = table.append_column(
+            ACTIONS_COLUMN, _gather_lists(np.left_shift(1, actions), starts, target_pos)
+        )
+    return table
+
+
+def _actions(interactions: pa.Table, name: str) -> np.ndarray:
+    """The action column's values, each in [0, MAX_ACTION] (it becomes one bit)."""
+    values = _int64_column(interactions, name)
+    bad = np.flatnonzero((values < 0) | (values > MAX_ACTION))
+    if len(bad):
+        raise NegseqError(
+            f"interactions column {name!r}, row {int(bad[0])}: action value {int(values[bad[0]])} "
+            f"is not in [0, {MAX_ACTION}] (each value becomes one bit of the action mask)"
+        )
+    return values
 
 
 @dataclass(frozen=True)
@@ -97,10 +122,16 @@ class _Split:
     times: np.ndarray
     first: np.ndarray
     last: np.ndarray
+    actions: np.ndarray | None = None
 
 
 def _split(
-    interactions: pa.Table | pa.RecordBatch, user_field: str, item_field: str, time_field: str, min_len: int
+    interactions: pa.Table | pa.RecordBatch,
+    user_field: str,
+    item_field: str,
+    time_field: str,
+    min_len: int,
+    action_field: str | None = None,
 ) -> _Split:
     if min_len < 3:
         raise NegseqError(
@@ -111,13 +142,15 @@ def _split(
     users = _int64_column(interactions, user_field)
     items = _int64_column(interactions, item_field)
     times = _int64_column(interactions, time_field)
+    actions = None if action_field is None else _actions(interactions, action_field)
     order = np.lexsort((items, times, users))
     users, items, times = users[order], items[order], times[order]
+    actions = None if actions is None else actions[order]
     boundary = np.flatnonzero(np.diff(users)) + 1 if len(users) else np.empty(0, np.int64)
     first = np.concatenate([[0], boundary]).astype(np.int64) if len(users) else boundary
     last = np.concatenate([boundary, [len(users)]]).astype(np.int64) if len(users) else boundary
     keep = (last - first) >= min_len
-    return _Split(users, items, times, first[keep], last[keep])
+    return _Split(users, items, times, first[keep], last[keep], actions)
 
 
 class Splits(NamedTuple):
@@ -132,7 +165,9 @@ def _sequences(split: _Split, max_seq_len: int) -> Splits:
     if max_seq_len < 1:
         raise NegseqError(f"max_seq_len must be >= 1, got {max_seq_len}")
     u, i, t = split.users, split.items, split.times
-    return Splits(*(_rows(u, i, t, split.first, split.last - back, max_seq_len) for back in (3, 2, 1)))
+    return Splits(
+        *(_rows(u, i, t, split.first, split.last - back, max_seq_len, split.actions) for back in (3, 2, 1))
+    )
 
 
 def _catalogue(split: _Split, weight_power: float) -> pa.Table:
@@ -153,13 +188,16 @@ def prepare_sequences(
     time_field: str,
     max_seq_len: int,
     min_len: int = 3,
+    action_field: str | None = None,
 ) -> Splits:
     """(train, valid, eval) sequence tables, one row per user with at least `min_len`
     interactions (the others are left out of all three).
 
-    Columns: user_id, uih, uih_ts, target, target_ts, next_items (see the module docstring).
+    Columns: user_id, uih, uih_ts, target, target_ts, next_items (+ uih_actions with an
+    `action_field`; see the module docstring).
     """
-    return _sequences(_split(interactions, user_field, item_field, time_field, min_len), max_seq_len)
+    split = _split(interactions, user_field, item_field, time_field, min_len, action_field)
+    return _sequences(split, max_seq_len)
 
 
 TABLES = ("train", "valid", "eval", "items")
@@ -213,11 +251,13 @@ def prepare(
     max_seq_len: int = 200,
     min_len: int = 3,
     item_weight_power: float = 0.75,
+    action_field: str | None = None,
 ) -> tuple[Prepared, dict[str, int]]:
-    """Write the prepared folder for an interaction log; returns it and its row counts. The one
-    prepare of `negseq prepare` and `negseq run`. Item weights are count ** `item_weight_power`
-    (0: uniform; 1: by popularity; 0.75: word2vec's unigram^0.75)."""
-    split = _split(interactions, user_field, item_field, time_field, min_len)
+    """Write the prepared folder for an interaction log; returns it and its row counts (and
+    `max_action`, the largest action value, with an `action_field`). The one prepare of `negseq
+    prepare` and `negseq run`. Item weights are count ** `item_weight_power` (0: uniform; 1: by
+    popularity; 0.75: word2vec's unigram^0.75)."""
+    split = _split(interactions, user_field, item_field, time_field, min_len, action_field)
     splits = _sequences(split, max_seq_len)
     items = _catalogue(split, item_weight_power)
     folder = Path(out)
@@ -227,4 +267,6 @@ def prepare(
     for name, table in {**tables, "items": items}.items():
         pq.write_table(table, prepared.table(name))
     counts = {"interactions": interactions.num_rows, **{n: t.num_rows for n, t in tables.items()}}
+    if split.actions is not None:
+        counts["max_action"] = int(split.actions.max()) if len(split.actions) else 0
     return prepared, {**counts, "items": items.num_rows}

@@ -4,7 +4,8 @@
 (inputs, dims, the vocabulary's file and columns). The programs hold their weights and
 need only torch to run (`load_tower(path)` is `torch.export.load(path).module()`), not
 negseq. The user tower takes a right-padded batch, `item_rows` int64 [B, N] and `lengths`
-int64 [B] (+ `timestamps` [B, N] when the model has time buckets), B and N dynamic, any
+int64 [B] (+ `timestamps` [B, N] when the model has time buckets, + `actions` [B, N] action
+bitmasks when it has action types), B and N dynamic, any
 N >= 1, and returns [B, D]; a history longer than `max_seq_len` keeps its most recent
 `max_seq_len` items. The item tower takes `item_rows` [N] and returns [N, D].
 
@@ -30,7 +31,14 @@ from torch import nn
 from negseq.errors import NegseqError
 from negseq.io.sources import Source
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import Catalogue, DenseRows, history_feature, split_batches
+from negseq.model.inputs import (
+    Catalogue,
+    DenseRows,
+    history_columns,
+    history_feature,
+    history_inputs,
+    split_batches,
+)
 from negseq.model.jagged import jagged_to_padded_dense
 
 
@@ -48,6 +56,28 @@ class _TimedUserTower(_UserTower):
         self, item_rows: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
         return self.model.user_embeddings_padded(item_rows, lengths, timestamps)
+
+
+class _ActedUserTower(_UserTower):
+    def forward(  # type: ignore[override]
+        self, item_rows: torch.Tensor, lengths: torch.Tensor, actions: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.user_embeddings_padded(item_rows, lengths, actions=actions)
+
+
+class _TimedActedUserTower(_UserTower):
+    def forward(  # type: ignore[override]
+        self, item_rows: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor, actions: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.user_embeddings_padded(item_rows, lengths, timestamps, actions)
+
+
+_USER_TOWERS = {  # (timestamps, actions) -> the tower taking them
+    (False, False): _UserTower,
+    (True, False): _TimedUserTower,
+    (False, True): _ActedUserTower,
+    (True, True): _TimedActedUserTower,
+}
 
 
 class _ItemTower(nn.Module):
@@ -84,23 +114,25 @@ def export(model: HSTUMatch, out_dir: str | Path, *, item_ids: np.ndarray) -> di
     `item_ids`: the item ids in embedding-row order (`items.ids`: id `item_ids[r - 1]` is row
     r). Returns the written paths.
     """
-    if model.contextual_seq_len or model.preprocessor.action_emb is not None:
-        raise NegseqError("export supports history-only user towers (no contextual prefix, no actions)")
+    if model.contextual_seq_len:
+        raise NegseqError("export supports user towers without a contextual prefix")
     vocabulary = _vocabulary(model, item_ids)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     timed = model.positional.time_emb is not None
+    acted = model.preprocessor.action_emb is not None
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
     rows = torch.ones(3, 5, dtype=torch.int64)
     lengths = torch.tensor([5, 2, 0])
     user_args: tuple[torch.Tensor, ...] = (rows, lengths)
     user_dims: tuple[dict[int, torch.export.Dim], ...] = ({0: batch, 1: seq}, {0: batch})
-    if timed:
-        user_args += (torch.zeros(3, 5, dtype=torch.int64),)
-        user_dims += ({0: batch, 1: seq},)
-    user_tower = (_TimedUserTower if timed else _UserTower)(model)
+    for present in (timed, acted):  # timestamps, then action bitmasks: [B, N] int64 each
+        if present:
+            user_args += (torch.zeros(3, 5, dtype=torch.int64),)
+            user_dims += ({0: batch, 1: seq},)
+    user_tower = _USER_TOWERS[timed, acted](model)
     paths = {
         "user_tower": out / "user_tower.pt2",
         "item_tower": out / "item_tower.pt2",
@@ -122,7 +154,9 @@ def export(model: HSTUMatch, out_dir: str | Path, *, item_ids: np.ndarray) -> di
         "max_seq_len": model.max_seq_len,
         "history": "a row longer than max_seq_len keeps its most recent max_seq_len items",
         "similarity": model.similarity,
-        "user_tower_inputs": ["item_rows", "lengths"] + (["timestamps"] if timed else []),
+        "user_tower_inputs": ["item_rows", "lengths"]
+        + (["timestamps"] if timed else [])
+        + (["actions"] if acted else []),
         "item_tower_inputs": ["item_rows"],
         "item_vocabulary": {
             "file": paths["item_ids"].name,
@@ -188,7 +222,7 @@ class EmbeddingWriter:
 
 def predict_columns(model: HSTUMatch) -> list[str]:
     """The columns of a sequence table that `predict` reads."""
-    return ["user_id", "uih"] + (["uih_ts"] if model.positional.time_emb is not None else [])
+    return ["user_id", *history_columns(model)]
 
 
 @torch.no_grad()
@@ -227,12 +261,12 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
-    with_ts = model.positional.time_emb is not None
+    inputs = history_inputs(model)
     paths = {"users": out / "user_embeddings.arrow", "items": out / "item_embeddings.arrow"}
     try:
         with EmbeddingWriter(paths["users"], "user_id", model.embedding_dim) as writer:
             for batch in split_batches(sequences, batch_size, predict_columns(model)):
-                emb = model.user_embeddings(history_feature(batch, items, with_timestamps=with_ts))
+                emb = model.user_embeddings(history_feature(batch, items, **inputs))
                 writer.write(batch.column("user_id").to_numpy(), emb)
         ids = np.asarray(items.ids if item_ids is None else item_ids, dtype=np.int64)
         write_item_embeddings(model, items, paths["items"], ids)

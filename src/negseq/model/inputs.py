@@ -8,7 +8,7 @@ dense rows through the item table (`items.dense_rows`, 0 for an unknown id).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -51,19 +51,25 @@ def list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return flat.to_numpy(zero_copy_only=False).astype(np.int64), offsets
 
 
-def history_feature(table: pa.Table, items: DenseRows, *, with_timestamps: bool) -> JaggedFeature:
-    """The `uih` column (and `uih_ts` when asked) as a JaggedFeature of dense item rows."""
+def history_feature(
+    table: pa.Table, items: DenseRows, *, with_timestamps: bool, with_actions: bool = False
+) -> JaggedFeature:
+    """The `uih` column (and `uih_ts`, `uih_actions` when asked) as a JaggedFeature of dense item rows."""
     ids, offsets = list_column(table, "uih")
-    timestamps = None
-    if with_timestamps:
-        ts, ts_offsets = list_column(table, "uih_ts")
-        if not np.array_equal(ts_offsets, offsets):
-            raise NegseqError("sequence table columns 'uih' and 'uih_ts' differ in length on some row")
-        timestamps = torch.from_numpy(ts)
+    beside = []
+    for wanted, name in ((with_timestamps, "uih_ts"), (with_actions, "uih_actions")):
+        values = None
+        if wanted:
+            column, column_offsets = list_column(table, name)
+            if not np.array_equal(column_offsets, offsets):
+                raise NegseqError(f"sequence table columns 'uih' and {name!r} differ in length on some row")
+            values = torch.from_numpy(column)
+        beside.append(values)
     return JaggedFeature(
         torch.from_numpy(np.asarray(items.dense_rows(ids), dtype=np.int64)),
         torch.from_numpy(offsets),
-        timestamps,
+        beside[0],
+        beside[1],
     )
 
 
@@ -80,3 +86,21 @@ def split_batches(
     reader = SourceReader(split, columns)
     for descriptor in split.plan(batch_size):
         yield pa.Table.from_batches([reader.read(descriptor)])
+
+
+def history_inputs(model: Any) -> dict[str, bool]:
+    """Which history columns `model` reads beside the items (`history_feature`'s flags)."""
+    return {
+        "with_timestamps": model.positional.time_emb is not None,
+        "with_actions": model.preprocessor.action_emb is not None,
+    }
+
+
+def history_columns(model: Any) -> list[str]:
+    """The history columns `history_feature` reads for `model`."""
+    inputs = history_inputs(model)
+    return (
+        ["uih"]
+        + (["uih_ts"] if inputs["with_timestamps"] else [])
+        + (["uih_actions"] if inputs["with_actions"] else [])
+    )

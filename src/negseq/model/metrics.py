@@ -24,7 +24,14 @@ import torch
 from negseq.errors import NegseqError
 from negseq.io.sources import Source
 from negseq.model.hstu_match import HSTUMatch
-from negseq.model.inputs import DenseRows, history_feature, list_column, split_batches
+from negseq.model.inputs import (
+    DenseRows,
+    history_columns,
+    history_feature,
+    history_inputs,
+    list_column,
+    split_batches,
+)
 
 ITEM_CHUNK = 16384  # corpus columns scored at once: a batch holds [batch_size, ITEM_CHUNK] scores
 
@@ -142,7 +149,7 @@ def item_counts(table: pa.Table, items: DenseRows, columns: Sequence[str] = ("ui
 
 def eval_columns(model: HSTUMatch) -> list[str]:
     """The columns of a sequence table that evaluation reads."""
-    return ["uih", "target"] + (["uih_ts"] if model.positional.time_emb is not None else [])
+    return [*history_columns(model), "target"]
 
 
 def check_split(split: pa.Table | Source, model: HSTUMatch) -> None:
@@ -189,7 +196,7 @@ class BatchRanker:
             )
         self.model, self.items, self.chunk = model.eval(), items, chunk
         self.num_columns = len(items) + 1
-        self.with_ts = model.positional.time_emb is not None
+        self.inputs = history_inputs(model)
         self.device = next(model.parameters()).device
         if item_embeddings is None:
             with torch.no_grad():
@@ -207,7 +214,7 @@ class BatchRanker:
         """The ranks and the user embeddings [rows, D] they were scored with (for `predict`)."""
         if batch.column("target").null_count:
             raise NegseqError("eval split column 'target' holds nulls")
-        uih = history_feature(batch, self.items, with_timestamps=self.with_ts).to(self.device)
+        uih = history_feature(batch, self.items, **self.inputs).to(self.device)
         targets = torch.from_numpy(
             np.asarray(self.items.dense_rows(batch.column("target").to_numpy()), dtype=np.int64)
         ).to(self.device)

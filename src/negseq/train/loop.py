@@ -68,6 +68,8 @@ def train(
     max_steps: int | None = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, float, int], None] | None = None,
+    lr_at: Callable[[int], float] | None = None,
+    first_step: int = 0,
 ) -> TrainReport:
     """One pass over `batches` (or `max_steps` of them): forward, loss, backward, AdamW step.
 
@@ -76,6 +78,8 @@ def train(
     The model must already be on `device`; on CUDA the forward runs under bf16 autocast
     (pick the attention kernel with `negseq.model.device.select_kernel` in `STUConfig`).
     `on_step(step, loss, rows)` follows every step (progress bars, checkpoints).
+    `lr_at(global step)` sets the learning rate of each update (`negseq.train.schedule`);
+    `first_step` is the global step of this call's first update.
     """
     optimizer = optimizer or make_optimizer(model, lr, weight_decay)
     report = TrainReport(optimizer)
@@ -97,6 +101,10 @@ def train(
             out = model(batch)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
+        if lr_at is not None:
+            rate = lr_at(first_step + report.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
         optimizer.step()
         loss = float(out["loss"].detach())
         report.losses.append(loss)

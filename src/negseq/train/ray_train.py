@@ -33,8 +33,10 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from negseq.batch import JaggedBatch
 from negseq.candidates import arrays_from_table
 from negseq.model.hstu_match import HSTUMatch
-from negseq.train.loop import make_optimizer, train
+from negseq.train.fit import fit_stream
+from negseq.train.loop import make_optimizer
 from negseq.train.settings import TrainSettings, build_model
+from negseq.train.validation import Validator
 
 STATE_FILE = "state.pt"
 TRAINED_FILE = "trained_batches_rank{rank}.npy"  # int64 keys (epoch << 32 | batch) trained so far
@@ -42,10 +44,20 @@ PREFETCH_BATCHES = 4  # sampled batches (rows) the worker's iterator keeps ready
 
 
 def save_state(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, trained: list[int]
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    trained: list[int],
+    validator: Validator | None = None,
 ) -> None:
-    """Model, optimizer and step, and this worker's trained batch keys beside them."""
-    state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    """Model, optimizer, step and validation state, and this worker's trained batch keys beside them."""
+    state = {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "validation": None if validator is None else validator.state_dict(),
+    }
     torch.save(state, path / STATE_FILE)
     rank = ray.train.get_context().get_world_rank()
     np.save(path / TRAINED_FILE.format(rank=rank), np.asarray(trained, np.int64))
@@ -81,13 +93,16 @@ def _batches(skip: set[int], trained: list[int]) -> Iterator[JaggedBatch]:
 
 @ray.remote(num_cpus=0)
 class TrainProgress:
-    """Where rank 0 reports each step, for the driver's progress bar."""
+    """Where rank 0 reports each step and validation, for the driver's progress."""
 
     def __init__(self) -> None:
-        self.state = {"step": 0, "loss": float("nan"), "rows": 0}
+        self.state: dict[str, Any] = {"step": 0, "loss": float("nan"), "rows": 0, "validations": []}
 
     def update(self, step: int, loss: float, rows: int) -> None:
-        self.state = {"step": step, "loss": loss, "rows": rows}
+        self.state = {**self.state, "step": step, "loss": loss, "rows": rows}
+
+    def validated(self, entry: dict[str, Any]) -> None:
+        self.state = {**self.state, "validations": [*self.state["validations"], entry]}
 
     def get(self) -> dict[str, Any]:
         return self.state
@@ -98,9 +113,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     settings: TrainSettings = config["settings"]
     progress = config["progress"]
     device = ray.train.torch.get_device()
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     model = build_model(settings)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    # every worker validates (the same weights at the same step): they all stop together
+    validator = None if settings.validation is None else Validator(settings.validation)
     start_step = 0
     trained: list[int] = []  # batch keys: every worker's before a restart, then this worker's
     checkpoint = ray.train.get_checkpoint()
@@ -109,9 +127,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         trained = state["trained"]
+        if validator is not None and state.get("validation") is not None:
+            validator.load_state_dict(state["validation"])
     trainable = ray.train.torch.prepare_model(model)  # a DDP wrapper with several workers
     batches = _batches(skip=set(trained), trained=trained)
-    max_steps = None if settings.max_steps is None else max(0, settings.max_steps - start_step)
+    plan = settings.step_plan(context.get_world_size())
     rows = 0
 
     def on_step(step: int, loss: float, batch_rows: int) -> None:
@@ -122,26 +142,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.update.remote(done, loss, rows)
         if done % settings.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
-                save_state(Path(folder), trainable, optimizer, done, trained)
+                save_state(Path(folder), trainable, optimizer, done, trained, validator)
                 ray.train.report(
                     {"step": done, "loss": loss}, checkpoint=ray.train.Checkpoint.from_directory(folder)
                 )
 
-    report = train(
+    def on_validate(entry: dict[str, Any]) -> None:
+        if rank == 0 and progress is not None:
+            progress.validated.remote(entry)
+
+    report = fit_stream(
         trainable,  # through the DDP wrapper with several workers: it averages the gradients
         batches,
         optimizer=optimizer,
-        max_steps=max_steps,
+        plan=plan,
+        schedule=settings.schedule(plan),
+        validator=validator,
+        first_step=start_step,
         device=device,
         on_step=on_step,
+        on_validate=on_validate,
     )
-    metrics = {
+    metrics: dict[str, Any] = {
         **report.metrics(first_step=start_step),
         "resumed_from_step": start_step,
         "distinct_batches_trained": len(set(trained)),  # rank 0's, restarts included
     }
+    if validator is not None:
+        metrics["validation"] = validator.summary()
+        validator.restore_best(model)  # the final checkpoint holds the weights the job keeps
     with tempfile.TemporaryDirectory() as folder:
-        save_state(Path(folder), trainable, optimizer, int(metrics["step"]), trained)
+        save_state(Path(folder), trainable, optimizer, int(metrics["step"]), trained, validator)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
