@@ -57,6 +57,8 @@ class StepPlan:
 
 
 def _merge(total: TrainReport, part: TrainReport) -> None:
+    if not total.losses:  # the stream's first batch: the data path's start-up
+        total.first_batch_wait_seconds = part.first_batch_wait_seconds
     total.losses.extend(part.losses)
     total.rows += part.rows
     total.queries += part.queries
