@@ -47,7 +47,7 @@ def test_prepare_writes_each_history_items_action_bit():
         action_field="rating",
     )
     for table in (train, valid, eval_):
-        assert table.column("uih_actions").to_pylist() is not None
+        assert table.column("uih_actions").null_count == 0
         lengths = [len(r) for r in table.column("uih").to_pylist()]
         assert [len(r) for r in table.column("uih_actions").to_pylist()] == lengths
     # user 1's log in time order: eval history = its first 4 (kept: the last 3), as bits
