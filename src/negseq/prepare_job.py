@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -99,17 +100,20 @@ class PrepareStep:
             interactions = self.source.read_all()
             say(f"read {interactions.num_rows} interactions from {self.source.spec}")
         install_prepared(folder)  # shard folders of an earlier Ray prepare would shadow the files
-        return prepare(
-            interactions,
-            folder,
-            user_field=data.user_field,
-            item_field=data.item_field,
-            time_field=data.time_field,
-            max_seq_len=data.max_seq_len,
-            min_len=data.min_len,
-            item_weight_power=data.item_weight_power,
-            action_field=data.action_field,
-        )
+        return prepare(interactions, folder, **self._split_options(), action_field=data.action_field)
+
+    def _split_options(self) -> dict[str, Any]:
+        """The columns and limits both prepares split the log by (the same tables either way)."""
+        data = self.config.data
+        assert data is not None
+        return {
+            "user_field": data.user_field,
+            "item_field": data.item_field,
+            "time_field": data.time_field,
+            "max_seq_len": data.max_seq_len,
+            "min_len": data.min_len,
+            "item_weight_power": data.item_weight_power,
+        }
 
     def _on_ray(
         self, folder: Path, say: Callable[[str], None], *, verbose: bool
@@ -129,12 +133,7 @@ class PrepareStep:
                     source,
                     pafs.LocalFileSystem(),
                     staging,
-                    user_field=data.user_field,
-                    item_field=data.item_field,
-                    time_field=data.time_field,
-                    max_seq_len=data.max_seq_len,
-                    min_len=data.min_len,
-                    item_weight_power=data.item_weight_power,
+                    **self._split_options(),
                     shards=self.shards,
                 )
                 install_prepared(folder, staging)
