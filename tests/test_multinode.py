@@ -159,7 +159,9 @@ def test_actors_on_two_nodes_write_the_bytes_of_one_node_and_of_negseq_sample(cl
     assert {r["node_id"] for r in one_reports} == _node_ids() and len(_node_ids()) == 1
     _with_workers(cluster, 1)
     reports: list[dict] = []
-    two = _sample_on_ray(job, tmp_path / "two", ActorPool(2, 2, 0.5), reports)
+    # a whole CPU an actor on nodes of one CPU: one actor a node (two half-CPU actors may both
+    # be packed onto the head, which is Ray's placement to make, not what this test is about)
+    two = _sample_on_ray(job, tmp_path / "two", ActorPool(2, 2, 1.0), reports)
     nodes = by_node(reports)
     assert set(nodes) == _node_ids() and len(nodes) == 2, f"the actors did not run on both nodes: {nodes}"
     assert sorted(r["batch_index"] for r in reports) == list(range(25))
@@ -181,14 +183,18 @@ def test_a_node_removed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
     _with_workers(cluster, 1)
     worker = next(iter(cluster.worker_nodes))
     removed: list[int] = []
+    reports: list[dict] = []
 
     def remove_when_started() -> None:
-        """Kill the worker node (all its processes, no grace) once 20 parts are staged."""
+        """Kill the worker node (all its processes, no grace) once 20 parts are staged and a
+        batch sampled there has reached the driver (on a slow host the worker's actor may start
+        late, and a node that sampled nothing yet would test nothing)."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             staging = list((tmp_path / "faulty").glob(".negseq-staging-*"))
             staged = len(list(staging[0].glob("part-*"))) if staging else 0
-            if staged >= 20:
+            sampled_there = any(r["node_id"] == worker.node_id for r in list(reports))
+            if staged >= 20 and sampled_there:
                 cluster.remove_node(worker, allow_graceful=False)
                 removed.append(staged)
                 return
@@ -196,8 +202,7 @@ def test_a_node_removed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
 
     killer = threading.Thread(target=remove_when_started, daemon=True)
     killer.start()
-    reports: list[dict] = []
-    faulty = _sample_on_ray(job, tmp_path / "faulty", ActorPool(2, 2, 0.5), reports)
+    faulty = _sample_on_ray(job, tmp_path / "faulty", ActorPool(2, 2, 1.0), reports)  # one a node
     killer.join()
     assert removed, "the worker node was not removed while the run was in progress"
     assert len(_node_ids()) == 1
