@@ -33,7 +33,14 @@ from negseq.io.sources import BatchDescriptor, Source, SourceReader
 from negseq.model.export import EmbeddingWriter, predict_columns, write_item_embeddings
 from negseq.model.hstu_match import HSTUMatch
 from negseq.model.inputs import Catalogue, DenseRows
-from negseq.model.metrics import BatchRanker, RankCounts, check_split, eval_columns, item_counts
+from negseq.model.metrics import (
+    BatchRanker,
+    RankCounts,
+    check_split,
+    eval_columns,
+    evaluation_result,
+    item_counts,
+)
 
 COUNT_BATCH_ROWS = 4096  # rows a batch of the popularity-count pass
 
@@ -201,9 +208,4 @@ def evaluate_on_ray(
             write_item_embeddings(model, items, Path(embeddings_to) / "item_embeddings.arrow", ids)
     finally:
         model.train(was_training)
-    return {
-        "model": by_model.metrics(ks),
-        "most_popular": by_popularity.metrics(ks),
-        "num_users": by_model.total,
-        "nodes": nodes,
-    }
+    return {**evaluation_result(by_model, by_popularity, ks), "nodes": nodes}

@@ -263,6 +263,12 @@ def evaluate(
             by_popularity.add(pop_ranks)
     finally:
         model.train(was_training)
+    return evaluation_result(by_model, by_popularity, ks)
+
+
+def evaluation_result(by_model: RankCounts, by_popularity: RankCounts, ks: Sequence[int]) -> dict:
+    """What an evaluation returns, wherever its ranks were counted: {"model", "most_popular",
+    "num_users"}."""
     return {
         "model": by_model.metrics(ks),
         "most_popular": by_popularity.metrics(ks),
