@@ -139,11 +139,12 @@ def test_negseq_run_samples_open_in_pyarrow_duckdb_and_polars(tmp_path):
     assert main(["run", str(tmp_path / "job.toml"), "--quiet"]) == 0
     folder = tmp_path / "run" / "samples"
     parts = _opens_everywhere(folder)
-    manifest = _describes_itself(folder, parts)
-    assert manifest["candidate_column"] == "next_items"
-    assert manifest["attribute_columns"] == {"count": "count"}
-    assert (manifest["layout"], manifest["neg_per_pos"], manifest["num_sample"]) == ("interleaved", 3, 3)
+    assert "count" in parts.column_names  # the negatives' attr_fields reach negseq run's samples
     items = pq.read_table(tmp_path / "run" / "prepared" / "items.parquet")
     count_of = dict(zip(items["id"].to_pylist(), items["count"].to_pylist(), strict=True))
     for ids, counts in zip(parts["next_items"].to_pylist(), parts["count"].to_pylist(), strict=True):
         assert counts == [count_of[i] for i in ids]  # each candidate's own count, positives included
+    manifest = _describes_itself(folder, parts)
+    assert manifest["candidate_column"] == "next_items"
+    assert manifest["attribute_columns"] == {"count": "count"}
+    assert (manifest["layout"], manifest["neg_per_pos"], manifest["num_sample"]) == ("interleaved", 3, 3)
