@@ -140,6 +140,32 @@ def test_any_header_names(tmp_path, attrs_name):
     assert users.ids.tolist() == [1, 2]
 
 
+def test_user_table_headed_userid_as_the_proto_comment_writes_it(tmp_path):
+    """tzrec/protos/sampler.proto: `user_input_path` "schema => userid:int64 | weight:float"."""
+    _sampler_test_items(tmp_path / "item_gl")
+    users = _write(tmp_path / "user_gl", "userid:int64\tweight:float", ["1\t1", "2\t1"])
+    _write(tmp_path / "hard_neg_edge_gl", EDGE_HEADER, ["1\t7\t1", "2\t8\t1"])
+    config = {
+        "hard_negative_sampler": {
+            "user_input_path": "user_gl",
+            "item_input_path": "item_gl",
+            "hard_neg_edge_input_path": "hard_neg_edge_gl",
+            "num_sample": 2,
+            "num_hard_sample": 1,
+            "attr_fields": ["int_a", "float_b", "str_c"],
+            "item_id_field": "item_id",
+            "user_id_field": "user_id",
+        }
+    }
+    sampler = build_sampler(config, base_dir=tmp_path)
+    result = sampler.get({"item_id": pa.array([1, 2]), "user_id": pa.array([1, 2])})
+    assert result.hard_ids.tolist() == [7, 8]
+    # the user table is read (by position), not skipped: its bad row is named
+    _write(users, "userid:int64\tweight:float", ["1\t1", "u2\t1"])
+    with pytest.raises(NegseqError, match=r"user_gl: column 'userid', row 1: cannot parse 'u2' as int64"):
+        build_sampler(config, base_dir=tmp_path)
+
+
 def test_tdm_style_edge_header(tmp_path):
     # tzrec/datasets/dataset_test.py: edge.write("src_id:int64\tdst_id:int\tweight:float\n")
     path = _write(

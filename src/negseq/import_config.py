@@ -4,14 +4,15 @@ What carries over: the sampler message (one of the four negseq has, its fields 1
 resolved as TorchEasyRec resolves them, against the folder the command runs in), the batch size,
 the input (`train_input_path`; `eval_input_path` as the command that samples it), the dataset
 type (Parquet or CSV with its delimiter and column names), and for a candidate sequence (the
-sampler's `item_id_field` is a grouped sequence sub-feature, as in HSTU) its `sequence_delim`
-and the history's `sequence_length`. The layout is TorchEasyRec's: `suffix`, and so is the
-exclusion of the samplers that have the key: `exclude = "batch"` (graph-learn's). Every other field
-present in the config is reported, named, with why it cannot be carried over (and so is a
-required sampler field that is absent: protobuf's text parser lets it be). What TorchEasyRec's
-own protos would refuse (a syntax error, an unknown sampler field, a value of the wrong type) is
-an error naming file, line and field. The sampler field lists here are TorchEasyRec's alone:
-negseq's own keys (seed, max_retries, ...) cannot appear in a pipeline config.
+sampler's `item_id_field` is a grouped sequence sub-feature, as in HSTU) its `sequence_delim`;
+the sequences' `sequence_length`s are reported, not written. The layout is TorchEasyRec's:
+`suffix`, and so is the exclusion of the samplers that have the key: `exclude = "batch"`
+(graph-learn's). Every other field present in the config is reported, named, with why it cannot
+be carried over (and so is a required sampler field that is absent: protobuf's text parser lets
+it be). What TorchEasyRec's own protos would refuse (a syntax error, an unknown sampler field, a
+value of the wrong type) is an error naming file, line and field. The sampler field lists here
+are TorchEasyRec's alone: negseq's own keys (seed, max_retries, ...) cannot appear in a pipeline
+config.
 """
 
 from __future__ import annotations
@@ -342,8 +343,9 @@ def _input(reader: _Reader, config: Message, data: Message, base_dir: Path, out:
 
 
 def _candidates(reader: _Reader, config: Message, sampler: dict[str, Any], out: Imported) -> None:
-    """[candidates] (TorchEasyRec's suffix layout, the candidate sequence's delimiter) and
-    [data] max_seq_len (the history's sequence_length) when item_id_field is in a sequence."""
+    """[candidates] (TorchEasyRec's suffix layout, the candidate sequence's delimiter) when
+    item_id_field is in a sequence; the sequences' lengths are reported (negseq sample keeps
+    whole sequences; a history's length is negseq run's [data] max_seq_len, set by the user)."""
     cand = out.tables.setdefault("candidates", {"layout": "suffix"})
     item_field = sampler["item_id_field"]
     sequences = _sequences(reader, config)
