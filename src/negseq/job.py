@@ -48,6 +48,9 @@ from negseq.train.settings import TrainSettings, build_model
 from negseq.train.validation import ValidationSettings, Validator
 
 TRAIN_WORKER_CPUS = 1.0  # CPUs a Ray Train worker reserves
+# Below this many (user, item) scores an eval split is ranked in this process: a second or two
+# of one core, less than starting a Ray actor pool (processes, imports, the model shipped).
+RAY_EVAL_MIN_SCORES = 500_000_000
 
 
 def _prepare(
@@ -178,9 +181,10 @@ def _ray_session(config: JobConfig, verbose: bool) -> Iterator[None]:
 
 def _evaluate(config: JobConfig, model: Any, split: Source, items: ItemTable, out: Path) -> dict[str, Any]:
     """Metrics of the eval split, and its user embeddings: on Ray actors when the job runs on
-    Ray, else in this process; both stream the split (DESIGN §5) and give the same numbers."""
+    Ray and the split is large (`RAY_EVAL_MIN_SCORES`), else in this process; both stream the
+    split (DESIGN §5) and give the same numbers."""
     ks = config.train.eval_ks
-    if config.ray.executor != "ray":
+    if config.ray.executor != "ray" or split.num_rows * len(items) < RAY_EVAL_MIN_SCORES:
         metrics = evaluate(model, split, items, ks=ks)
         predict(model, split, items, out / "embeddings", item_ids=items.ids)
         return metrics

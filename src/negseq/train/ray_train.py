@@ -16,10 +16,11 @@ none is trained twice or missed whatever order the batches arrive in.
 
 from __future__ import annotations
 
+import queue
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,40 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def _batches(skip: set[int], trained: list[int]) -> Iterator[JaggedBatch]:
-    """The worker's shard of sampled batches whose key is not in `skip`; appends each key to
+class _ShardBlocks:
+    """The worker's shard of sampled batches (Arrow blocks), pulled by a thread from the moment
+    the worker starts: the sampler pipeline starts on the first pull, so it starts while the
+    worker builds its model, reads its validation split and restores its checkpoint."""
+
+    def __init__(self) -> None:
+        shard = ray.train.get_dataset_shard("train")
+        self._blocks = shard.iter_batches(
+            batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH_BATCHES
+        )
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        threading.Thread(target=self._pull, name="negseq-shard", daemon=True).start()
+
+    def _pull(self) -> None:
+        try:
+            for block in self._blocks:
+                self._queue.put(("block", block))
+            self._queue.put(("end", None))
+        except BaseException as exc:  # re-raised on the training thread
+            self._queue.put(("error", exc))
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+
+def _batches(blocks: Iterable[Any], skip: set[int], trained: list[int]) -> Iterator[JaggedBatch]:
+    """The sampled batches of `blocks` whose key is not in `skip`; appends each key to
     `trained` as its batch is handed over (the loop trains a batch before it asks for the next)."""
-    shard = ray.train.get_dataset_shard("train")
-    blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH_BATCHES)
     for block in blocks:
         for arrays in arrays_from_table(block):
             if arrays.key.packed in skip:
@@ -110,6 +140,7 @@ class TrainProgress:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
+    blocks = _ShardBlocks()  # first: the sampler pipeline starts while the rest is set up
     settings: TrainSettings = config["settings"]
     progress = config["progress"]
     device = ray.train.torch.get_device()
@@ -130,7 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if validator is not None and state.get("validation") is not None:
             validator.load_state_dict(state["validation"])
     trainable = ray.train.torch.prepare_model(model)  # a DDP wrapper with several workers
-    batches = _batches(skip=set(trained), trained=trained)
+    batches = _batches(blocks, skip=set(trained), trained=trained)
     plan = settings.step_plan(context.get_world_size())
     rows = 0
 
