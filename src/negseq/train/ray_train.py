@@ -217,11 +217,36 @@ class _Trainer(ray.train.torch.TorchTrainer):
         return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
 
 
-def _data_config(deterministic: bool) -> ray.train.DataConfig:
-    """Ray Train's standard split, keeping batch order when `deterministic`."""
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = deterministic
-    return ray.train.DataConfig(execution_options=options)
+class _SplitAtStart(ray.train.DataConfig):
+    """Ray Train's standard split (`streaming_split(n, equal=True)`), made as the run starts.
+
+    Ray Train makes the split when the first worker asks for its shard, so the split's
+    coordinator (a process of its own) starts on the way to the first batch; made here, it
+    starts while Ray Train starts its controller and workers. A restarted worker group gets the
+    same iterators: a new pass over them is a new epoch of the split, from its first batch."""
+
+    def __init__(self, dataset: ray.data.Dataset, num_workers: int, deterministic: bool) -> None:
+        options = ray.train.DataConfig.default_ingest_options()
+        options.preserve_order = deterministic
+        super().__init__(execution_options=options)
+        dataset = dataset.copy(dataset)
+        dataset.context.execution_options = self._resolve_execution_options("train")
+        self._splits = dataset.streaming_split(num_workers, equal=True)
+
+    def configure(
+        self,
+        datasets: dict[str, ray.data.Dataset],
+        world_size: int,
+        worker_handles: Any,
+        worker_node_ids: Any,
+        **kwargs: Any,
+    ) -> list[dict[str, ray.data.DataIterator]]:
+        if set(datasets) != {"train"} or world_size != len(self._splits):
+            raise ValueError(
+                f"the split was made for {len(self._splits)} worker(s) and the 'train' dataset, "
+                f"Ray Train asks for {world_size} and {sorted(datasets)}"
+            )
+        return [{"train": split} for split in self._splits]
 
 
 def fit(
@@ -261,7 +286,7 @@ def fit(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": dataset},
-        dataset_config=_data_config(deterministic),
+        dataset_config=_SplitAtStart(dataset, num_workers, deterministic),
     )
     result = _fit_reporting(trainer, progress, on_progress)
     model = build_model(settings)
