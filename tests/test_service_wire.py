@@ -12,6 +12,7 @@ import pytest
 
 from negseq.sampler import EdgeTable, HardNegativeSampler, ItemTable, NegativeSampler
 from negseq.service import Request, SamplerClient, SamplerServer
+from negseq.service.protocol import decode_negatives
 from negseq.service.wire import DICTIONARY_MAX_BYTES, dictionary_codes, wire_sampler
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -125,3 +126,19 @@ def test_answer_carries_dictionaries_and_decodes_to_the_in_process_answer(hard):
             assert got.hard_negatives.equals(want.hard_negatives)
     finally:
         server.shutdown()
+
+
+def test_codes_out_of_the_dictionary_are_refused_not_read():
+    dictionary = pa.array([10, 20, 30], pa.int32())
+    batch = pa.record_batch(
+        {
+            "_id": pa.array([1, 2, 3], pa.int32()),
+            "cate": pa.DictionaryArray.from_arrays(pa.array([0, 2, 1], pa.int8()), dictionary),
+        }
+    )
+    meta = {"num_negatives": 3, "num_hard": 0, "expand_factor": 1, "dict_attrs": ["cate"]}
+    assert decode_negatives(batch, meta).negatives.column("cate").to_pylist() == [10, 30, 20]
+    for codes in ([0, 3, 1], [0, -1, 1], [0, None, 7]):
+        bad = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), dictionary, safe=False)
+        with pytest.raises(IndexError):
+            decode_negatives(batch.set_column(1, "cate", bad), meta)
