@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from negseq.errors import NegseqError
 from negseq.sampler import EdgeTable, HardNegativeSampler, ItemTable, NegativeSampler
 from negseq.service import Request, SamplerClient, SamplerServer
 from negseq.service.protocol import decode_negatives
@@ -138,6 +139,9 @@ def test_codes_out_of_the_dictionary_are_refused_not_read():
     )
     meta = {"num_negatives": 3, "num_hard": 0, "expand_factor": 1, "dict_attrs": ["cate"]}
     assert decode_negatives(batch, meta).negatives.column("cate").to_pylist() == [10, 30, 20]
+    for names in (["_id"], ["nope"]):
+        with pytest.raises(NegseqError, match="which is no dictionary column"):
+            decode_negatives(batch, {**meta, "dict_attrs": names})
     for codes in ([0, 3, 1], [0, -1, 1], [0, None, 7]):
         bad = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), dictionary, safe=False)
         with pytest.raises(IndexError):

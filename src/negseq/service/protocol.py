@@ -260,6 +260,8 @@ def decode_negatives(batch: pa.RecordBatch, meta: dict[str, Any]) -> SampleResul
     attrs = batch.select(attr_names)
     for name in meta.get("dict_attrs", ()):  # back to the values, typed as the item table declares
         position = attrs.schema.get_field_index(name)
+        if position < 0 or not pa.types.is_dictionary(attrs.schema.field(position).type):
+            raise NegseqError(f"response: dict_attrs names {name!r}, which is no dictionary column")
         attrs = attrs.set_column(position, name, _dictionary_values(attrs.column(position)))
     for name, position in sorted(meta.get("id_attrs", {}).items(), key=lambda item: item[1]):
         attrs = attrs.add_column(int(position), name, arrow_int64(ids))  # as the sampler makes it
