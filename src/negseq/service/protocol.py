@@ -31,14 +31,18 @@ rows [num_negatives, num_negatives + num_hard) the hard negatives:
     <attr_fields...>          the sampler's attribute columns, typed as the item table declares,
                               except those that hold the item ids again (`id_attributes`, e.g.
                               TorchEasyRec's `item_id`): left out, `id_attrs` in the metadata maps
-                              each to its position among the attribute columns (int64, = `_id`)
+                              each to its position among the attribute columns (int64, = `_id`);
+                              and except those with few distinct values (`wire.dictionary_codes`):
+                              dictionary<int8 or int16, the declared type>, the dictionary sent
+                              once an exchange, named by `dict_attrs` in the metadata
     _hard_query_row   int32   hard samplers only: hard_neg_indices[:, 0]; null on simple rows
     _hard_offset      int32   hard samplers only: hard_neg_indices[:, 1]; null on simple rows
 
 and `app_metadata` JSON: the request key plus `num_negatives`, `num_hard`, `expand_factor`, the
-sampler's `stats` and, when some were left out, `id_attrs`. Response, candidates mode: the batch's
-`SampledBatch.to_arrow()`, as files hold it (the item column replaced by candidate sequences; the
-sampler's attribute columns, named and laid out as the candidates
+sampler's `stats`, when some were left out, `id_attrs`, and when some travel as codes,
+`dict_attrs`. Response, candidates mode: the batch's `SampledBatch.to_arrow()`, as files hold it
+(the item column replaced by candidate sequences; the sampler's attribute columns, named and laid
+out as the candidates
 (`negseq.candidates.attributes`); `cand_pos_lengths` and, for hard samplers, `hard_neg_indices`),
 with `app_metadata` JSON: the request key plus `stats`. A request
 whose columns collide with those (an already sampled batch, an attribute column that cannot line
@@ -53,12 +57,13 @@ server keeps serving other exchanges.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from negseq.errors import NegseqError
 from negseq.layout import LAYOUTS, Layout
@@ -182,12 +187,18 @@ def negatives_schema(attr_schema: pa.Schema, hard: bool, ids: pa.DataType = INT6
 
 
 def encode_negatives(
-    result: SampleResult, hard: bool, ids_type: pa.DataType = INT64, id_attrs: Sequence[str] = ()
+    result: SampleResult,
+    hard: bool,
+    ids_type: pa.DataType = INT64,
+    id_attrs: Sequence[str] = (),
+    dictionaries: Mapping[str, pa.Array] | None = None,
 ) -> tuple[pa.RecordBatch, dict[str, Any]]:
     """One response batch (simple rows, then hard rows) and its metadata fields; `ids_type` is the
     server's `id_type` (int32 only when every id of the item table fits). Attribute columns named
     in `id_attrs` hold the ids again (`id_attributes`): they stay out of the batch, and the
-    metadata's `id_attrs` says where `decode_negatives` puts them back."""
+    metadata's `id_attrs` says where `decode_negatives` puts them back. Attribute columns named in
+    `dictionaries` hold codes into their dictionary (`wire.dictionary_codes`): they travel
+    dictionary-encoded, and the metadata's `dict_attrs` names them for `decode_negatives`."""
     num_neg, num_hard = len(result.ids), len(result.hard_ids)
     # without hard negatives and with int64 ids the ids are used as they are (zero-copy): a copy a
     # request showed up in the server's profile under the GIL
@@ -199,6 +210,19 @@ def encode_negatives(
     left_out = {name: i for i, name in enumerate(attrs.schema.names) if name in id_attrs}
     if left_out:
         attrs = attrs.drop_columns(list(left_out))
+    dictionaries = dictionaries or {}
+    names = attrs.schema.names
+    coded = [name for name in names if name in dictionaries]
+    if coded:  # the codes came from the dictionary's own encoding: no bounds check needed
+        attrs = pa.RecordBatch.from_arrays(
+            [
+                pa.DictionaryArray.from_arrays(column, dictionaries[name], safe=False)
+                if name in coded
+                else column
+                for name, column in zip(names, attrs.columns, strict=True)
+            ],
+            names=names,
+        )
     columns = [ids, *attrs.columns]
     if hard:
         indices = result.hard_neg_indices
@@ -218,6 +242,8 @@ def encode_negatives(
     }
     if left_out:
         meta["id_attrs"] = left_out
+    if coded:
+        meta["dict_attrs"] = coded
     return batch, meta
 
 
@@ -232,6 +258,11 @@ def decode_negatives(batch: pa.RecordBatch, meta: dict[str, Any]) -> SampleResul
     ids = batch.column(ID_COLUMN).to_numpy().astype(np.int64)
     attr_names = [n for n in batch.schema.names if n not in RESERVED_COLUMNS]
     attrs = batch.select(attr_names)
+    for name in meta.get("dict_attrs", ()):  # back to the values, typed as the item table declares
+        position = attrs.schema.get_field_index(name)
+        if position < 0 or not pa.types.is_dictionary(attrs.schema.field(position).type):
+            raise NegseqError(f"response: dict_attrs names {name!r}, which is no dictionary column")
+        attrs = attrs.set_column(position, name, _dictionary_values(attrs.column(position)))
     for name, position in sorted(meta.get("id_attrs", {}).items(), key=lambda item: item[1]):
         attrs = attrs.add_column(int(position), name, arrow_int64(ids))  # as the sampler makes it
     hard_negatives = hard_indices = None
@@ -253,6 +284,18 @@ def decode_negatives(batch: pa.RecordBatch, meta: dict[str, Any]) -> SampleResul
         expand_factor=int(meta["expand_factor"]),
         stats=dict(meta.get("stats", {})),
     )
+
+
+def _dictionary_values(column: pa.DictionaryArray) -> pa.Array:
+    """A dictionary-encoded answer column as its values. The codes came over the network, so they
+    are checked: all at once by numpy's min and max, a tenth of what Arrow's take spends checking
+    them one by one, which then runs unchecked; codes with nulls take Arrow's checked path."""
+    codes, dictionary = column.indices, column.dictionary
+    if codes.null_count == 0 and len(codes):
+        values = codes.to_numpy()
+        if values.min() >= 0 and values.max() < len(dictionary):
+            return pc.take(dictionary, codes, boundscheck=False)
+    return pc.take(dictionary, codes)  # an out-of-range code raises IndexError here
 
 
 def encode_metadata(fields: dict[str, Any]) -> bytes:

@@ -22,12 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from negseq.errors import NegseqError
-from negseq.sampler import ItemTable, Sampler
 from negseq.sampler.exclusion import json_stats
 from negseq.service.admission import ConcurrencyCapMiddlewareFactory, default_max_concurrent
 from negseq.service.auth import BearerTokenMiddlewareFactory
@@ -44,6 +42,7 @@ from negseq.service.protocol import (
 )
 from negseq.service.stats import MetricsEndpoint, ServiceStats
 from negseq.service.tls import ServerTls, is_loopback
+from negseq.service.wire import wire_sampler
 
 log = logging.getLogger("negseq.service")
 
@@ -129,7 +128,8 @@ class SamplerServer(flight.FlightServerBase):
         self.sampler = sampler
         self.id_type = id_type(sampler.items.ids)  # the `_id` column's type in every answer
         self.id_attrs = id_attributes(sampler)  # attribute columns an answer leaves out (= `_id`)
-        self._negatives_sampler = _gathering_wire_ids(sampler, self.id_type)
+        # what negatives mode gathers: int32 ids, small-vocabulary attributes as codes (`wire`)
+        self._negatives_sampler, self.dictionaries = wire_sampler(sampler, self.id_type, self.id_attrs)
         self.limits = limits or Limits()
         self.candidates = candidates or CandidateDefaults()
         self.sampler_config = config
@@ -276,7 +276,7 @@ class SamplerServer(flight.FlightServerBase):
             per_positive=request.per_positive,
             training=request.training,
         )
-        out, meta = encode_negatives(result, sampler.is_hard, self.id_type, self.id_attrs)
+        out, meta = encode_negatives(result, sampler.is_hard, self.id_type, self.id_attrs, self.dictionaries)
         return out, meta, out.num_rows
 
     def _candidates(self, batch: pa.RecordBatch, request: Request) -> tuple[pa.RecordBatch, dict, int]:
@@ -353,22 +353,6 @@ class SamplerServer(flight.FlightServerBase):
             "candidates": dataclasses.asdict(self.candidates),
             "limits": dataclasses.asdict(self.limits),
         }
-
-
-def _gathering_wire_ids(sampler: Any, ids_type: pa.DataType) -> Any:
-    """The sampler negatives mode draws with: when `_id` travels as int32, a shallow copy whose
-    item table gathers the drawn ids from an int32 copy of its ids (`get` reads `items.ids` only to
-    gather them; rows, exclusion and attributes do not depend on it). Half the bytes to read at
-    random, and no cast: on 1M items the gather of 131k ids costs about half as much.
-    Candidates mode keeps the sampler as it is: its sequences hold int64 ids. Anything but one of
-    negseq's samplers (a wrapper) is used as it is; the answer's ids are cast then."""
-    if ids_type != pa.int32() or not isinstance(sampler, Sampler) or not isinstance(sampler.items, ItemTable):
-        return sampler
-    items = copy.copy(sampler.items)
-    items.ids = sampler.items.ids.astype(np.int32)
-    wire = copy.copy(sampler)
-    wire.items = items
-    return wire
 
 
 def _chunks(reader) -> Iterator[flight.FlightStreamChunk]:
