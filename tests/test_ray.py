@@ -113,13 +113,13 @@ def _descendant_pids(marker: str) -> list[int]:
     return found
 
 
-def _kill_when(marker: str, ready, killed: list[int], timeout: float = 120) -> threading.Thread:
+def _kill_when(marker: str, ready, killed: list[int], done: threading.Event) -> threading.Thread:
     """A thread that SIGKILLs the first process titled `marker` once `ready()` (what ray.kill,
-    an OOM kill or a lost node does to it)."""
+    an OOM kill or a lost node does to it); it watches until `done` is set (the run returned),
+    so a slow host only makes it wait longer."""
 
     def run() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not killed:
+        while not killed and not done.is_set():
             pids = _descendant_pids(marker)
             if pids and ready():
                 os.kill(pids[0], signal.SIGKILL)
@@ -140,8 +140,10 @@ def test_a_killed_actor_loses_and_duplicates_nothing(tmp_path):
         staging = list((tmp_path / "faulty").glob(".negseq-staging-*"))
         return bool(staging) and len(list(staging[0].glob("part-*"))) >= 20
 
-    killer = _kill_when("MapWorker", enough_written, killed)
+    done = threading.Event()
+    killer = _kill_when("MapWorker", enough_written, killed, done)
     faulty = _write(tmp_path / "faulty", source, actors=2, batch_size=8)
+    done.set()
     killer.join()
     assert killed, "no pool actor was found to kill while the run was in progress"
     assert (
@@ -233,10 +235,12 @@ def test_a_killed_trainer_resumes_from_its_checkpoint_and_trains_every_batch_onc
         first_seen.append(time.monotonic())
         return time.monotonic() - first_seen[0] > 5
 
-    killer = _kill_when("RayTrainWorker", checkpoint_registered, killed, timeout=300)
+    done = threading.Event()
+    killer = _kill_when("RayTrainWorker", checkpoint_registered, killed, done)
     _, metrics = fit(
         _settings(checkpoint_every=3), dataset, storage_path=storage, name="k", max_failures=1, use_gpu=False
     )
+    done.set()
     killer.join()
     assert killed, "no trainer worker was found to kill while the run was in progress"
     assert metrics["resumed_from_step"] >= 3  # restored from a checkpoint, not from scratch
