@@ -44,6 +44,7 @@ from negseq.sampler import ItemTable, build_sampler
 from negseq.train.fit import fit_stream
 from negseq.train.loop import make_optimizer
 from negseq.train.progress import StepProgress
+from negseq.train.row_exclusion import masks_row_positives, training_sampler_config
 from negseq.train.settings import TrainSettings, build_model
 from negseq.train.validation import ValidationSettings, Validator
 
@@ -91,6 +92,7 @@ def train_settings(
             "input_dropout_ratio": model.input_dropout,
             "num_time_buckets": model.num_time_buckets,
             "num_action_types": model.num_action_types,
+            "mask_row_positives": masks_row_positives(config),
         },
         stu={
             "num_heads": model.num_heads,
@@ -225,7 +227,7 @@ def _run_claimed(
     """`run_job` once the output folder is claimed (and Ray is up, when the job runs on it)."""
     assert config.sampler is not None
     prepared, eval_split, items = _prepare(config, step, say, verbose)
-    sampler = build_sampler(config.sampler)
+    sampler = build_sampler(training_sampler_config(config))
     cand = config.candidates
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
     spec.check_sampler(sampler)
