@@ -43,7 +43,8 @@ def _variant(raw: dict[str, Any], *, layout: str | None = None, exclude: str | N
 
 
 def _override(raw: dict[str, Any], assignment: str) -> None:
-    """`table.key=value` (the value in TOML syntax; `sampler.key` is the job's one sampler's)."""
+    """`table.key=value` (the value in TOML syntax; `sampler.key` is the job's one sampler's);
+    `table.key=` removes the key."""
     path, sep, value = assignment.partition("=")
     *tables, key = path.strip().split(".")
     if not sep or not tables:
@@ -53,6 +54,9 @@ def _override(raw: dict[str, Any], assignment: str) -> None:
         table = table.setdefault(name, {})
         if name == "sampler":
             ((_, table),) = table.items()
+    if not value.strip():
+        table.pop(key, None)
+        return
     table[key] = tomllib.loads(f"v = {value}")["v"]
 
 
@@ -135,7 +139,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="TABLE.KEY=VALUE",
-        help="override a job key in every run (VALUE in TOML: train.epochs=30, candidates.layout='suffix')",
+        help="set a job key in every run (VALUE in TOML: train.epochs=30, layout='suffix'; empty: remove)",
     )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one run, its full line (--parallel's child)
     args = parser.parse_args()
