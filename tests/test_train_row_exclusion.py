@@ -51,11 +51,16 @@ def test_samplers_without_exclude_never_mask():
 
 @pytest.mark.timeout(300)
 def test_suffix_user_job_trains_with_the_mask(tmp_path):
+    from negseq.io.sinks import read_manifest
     from negseq.job import run_job
 
     raw = _job("suffix", "user", str(tmp_path / "out"))
     raw["ray"]["executor"] = "local"
+    raw["output"]["write_samples"] = True
     result = run_job(load_config(raw, command="run", source="job.toml"), quiet=True)
     assert result["train"]["step"] == 3
+    # the written samples' manifest says how they were drawn: with no exclusion
+    sampler = read_manifest(result["outputs"]["samples"])["sampler"]
+    assert sampler["type"] == "negative_sampler" and sampler["config"]["exclude"] == "none"
     assert 0.0 <= result["model"]["HR@10"] <= 1.0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["model"] == result["model"]

@@ -227,7 +227,8 @@ def _run_claimed(
     """`run_job` once the output folder is claimed (and Ray is up, when the job runs on it)."""
     assert config.sampler is not None
     prepared, eval_split, items = _prepare(config, step, say, verbose)
-    sampler = build_sampler(training_sampler_config(config))
+    drawn_with = training_sampler_config(config)  # what the written samples' manifest describes
+    sampler = build_sampler(drawn_with)
     cand = config.candidates
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
     spec.check_sampler(sampler)
@@ -255,7 +256,7 @@ def _run_claimed(
         model, train_metrics = train_on(stage)
         if sink is not None:
             manifest = sink.finish(
-                expected_batches=range(plan.num_batches), describe=work.describe(config.sampler.table())
+                expected_batches=range(plan.num_batches), describe=work.describe(drawn_with.table())
             )
             say(f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}")
     except BaseException:
