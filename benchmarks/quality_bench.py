@@ -42,6 +42,24 @@ def _variant(raw: dict[str, Any], *, layout: str | None = None, exclude: str | N
     return job
 
 
+def _override(raw: dict[str, Any], assignment: str) -> None:
+    """`table.key=value` (the value in TOML syntax; `sampler.key` is the job's one sampler's);
+    `table.key=` removes the key."""
+    path, sep, value = assignment.partition("=")
+    *tables, key = path.strip().split(".")
+    if not sep or not tables:
+        raise SystemExit(f"quality_bench: --set {assignment!r}: expected TABLE.KEY=VALUE")
+    table = raw
+    for name in tables:
+        table = table.setdefault(name, {})
+        if name == "sampler":
+            ((_, table),) = table.items()
+    if not value.strip():
+        table.pop(key, None)
+        return
+    table[key] = tomllib.loads(f"v = {value}")["v"]
+
+
 def _run(name: str, raw: dict[str, Any], job_path: Path, out: Path) -> dict[str, Any]:
     from negseq.config import load_config
     from negseq.job import run_job
@@ -116,12 +134,21 @@ def main() -> None:
     parser.add_argument(
         "--from-runs", action="store_true", help="summarise the runs' metrics.json under --out, run nothing"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="set a job key in every run (VALUE in TOML: train.epochs=30, layout='suffix'; empty: remove)",
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one run, its full line (--parallel's child)
     args = parser.parse_args()
     job_path = Path(args.job).resolve()
     raw = tomllib.loads(job_path.read_text())
     if args.executor is not None:
         raw.setdefault("ray", {})["executor"] = args.executor
+    for assignment in args.set:
+        _override(raw, assignment)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = [("job", raw)]

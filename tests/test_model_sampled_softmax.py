@@ -317,3 +317,69 @@ def test_in_batch_negatives_in_every_layout_and_objective(layout, objective):
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert m.item_embedding.weight.grad is not None
+
+
+# ----- a query's own row's positives (exclude = "user") ----------------------------------
+
+
+def test_suffix_masks_each_querys_row_positives_and_corrects_by_hand():
+    m = model(layout="suffix", objective="last", temperature=1.0, mask_row_positives=True)
+    uih = jf([[1, 2], [3]])
+    # row 0 holds positives 4, 6; row 1 holds 5; shared negatives 6, 5, 8 (drawn with no exclusion)
+    cand = jf([[4, 6], [5, 6, 5, 8]])
+    p = [0.25, 0.5, 0.125]
+    batch = JaggedBatch(
+        uih, cand, t([2, 1]), "suffix", num_shared_negatives=3, neg_probability=t(p, dtype=torch.float64)
+    )
+    out = {key: value.detach() for key, value in m(batch).items()}
+    # query 0 (row 0, positive 4): 6 is row 0's other positive -> masked; 5 and 8 are negatives
+    # query 1 (row 0, positive 6): 6 is its own positive -> masked; 5 and 8 are negatives
+    # query 2 (row 1, positive 5): 5 is its own positive -> masked; 6 (row 0's) and 8 are negatives
+    assert out["mask"].tolist() == [
+        [True, False, True, True],
+        [True, False, True, True],
+        [True, True, False, True],
+    ]
+    s = scores(m, uih, [0, 0, 1], [[4, 6, 5, 8], [6, 6, 5, 8], [5, 6, 5, 8]])
+    k = 3
+    expected = [
+        [s[0][0], None, s[0][2] - math.log(k * p[1]), s[0][3] - math.log(k * p[2])],
+        [s[1][0], None, s[1][2] - math.log(k * p[1]), s[1][3] - math.log(k * p[2])],
+        [s[2][0], s[2][1] - math.log(k * p[0]), None, s[2][3] - math.log(k * p[2])],
+    ]
+    got = out["logits"].tolist()
+    for q in range(3):
+        for c in range(4):
+            if expected[q][c] is None:
+                assert got[q][c] == float("-inf")
+            else:
+                assert got[q][c] == pytest.approx(expected[q][c], abs=1e-4)
+    loss = sum(softmax_loss(row) for row in expected) / 3
+    assert float(out["loss"]) == pytest.approx(loss, abs=1e-4)
+    # without the switch only the accidental hits are masked
+    m.mask_row_positives = False
+    assert m(batch)["mask"].tolist() == [
+        [True, True, True, True],
+        [True, False, True, True],
+        [True, True, False, True],
+    ]
+
+
+def test_interleaved_and_in_batch_mask_the_row_positives():
+    m = model(temperature=1.0, objective="autoregressive", in_batch_negatives=True, mask_row_positives=True)
+    m.set_item_prior(np.ones(NUM_ITEMS + 1))
+    uih = jf([[1, 2], [3]])
+    # row 0: positives 2, 7 (negatives 7 and 9: 7 is the row's other positive); row 1: positive 2
+    # (negative 7: row 0's positive, a real negative for row 1)
+    cand = jf([[2, 7, 9, 7, 9, 9], [2, 7, 7]])
+    batch = JaggedBatch(uih, cand, t([2, 1]), "interleaved", neg_per_pos=2, neg_probability=t([0.1] * 6))
+    mask = m(batch)["mask"]
+    # columns: positive | own negatives (2) | in-batch: the positives 2, 7, 2
+    assert mask.tolist() == [
+        [True, False, True, False, False, False],  # row 0 query 0 (positive 2): 7 is row 0's
+        [True, True, True, False, False, False],  # row 0 query 1 (positive 7, negatives 9, 9)
+        [True, True, True, False, True, False],  # row 1 (positive 2): 7 is row 0's, a negative
+    ]
+    one = model(temperature=1.0, mask_row_positives=True)  # a single query, its own negatives
+    single = JaggedBatch(jf([[1]]), jf([[2, 2, 3]]), t([1]), "interleaved", neg_per_pos=2)
+    assert one(single)["mask"].tolist() == [[True, False, True]]

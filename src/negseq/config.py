@@ -676,7 +676,8 @@ class SamplerConfig:
     exclude: Literal["batch", "user", "none"] = _key(
         _Choice(values=("batch", "user", "none")),
         "positives a negative must not be: the batch's (TorchEasyRec), its own row's (the user's "
-        "history), or none (the model masks accidental hits); README: Negatives",
+        "history; negseq run also masks them per query), or none (the model masks accidental hits); "
+        "README: Negatives",
         "user",
     )
 

@@ -44,6 +44,7 @@ from negseq.sampler import ItemTable, build_sampler
 from negseq.train.fit import fit_stream
 from negseq.train.loop import make_optimizer
 from negseq.train.progress import StepProgress
+from negseq.train.row_exclusion import masks_row_positives, training_sampler_config
 from negseq.train.settings import TrainSettings, build_model
 from negseq.train.validation import ValidationSettings, Validator
 
@@ -94,6 +95,7 @@ def train_settings(
             "input_dropout_ratio": model.input_dropout,
             "num_time_buckets": model.num_time_buckets,
             "num_action_types": model.num_action_types,
+            "mask_row_positives": masks_row_positives(config),
         },
         stu={
             "num_heads": model.num_heads,
@@ -229,7 +231,8 @@ def _run_claimed(
     """`run_job` once the output folder is claimed (and Ray is up, when the job runs on it)."""
     assert config.sampler is not None
     prepared, eval_split, items = _prepare(config, step, say, verbose)
-    sampler = build_sampler(config.sampler)
+    drawn_with = training_sampler_config(config)  # what the written samples' manifest describes
+    sampler = build_sampler(drawn_with)
     cand = config.candidates
     spec = CandidateSpec(layout=cand.layout, neg_per_pos=cand.neg_per_pos, seq_delim=cand.seq_delim)
     spec.check_sampler(sampler)
@@ -257,7 +260,7 @@ def _run_claimed(
         model, train_metrics = train_on(stage)
         if sink is not None:
             manifest = sink.finish(
-                expected_batches=range(plan.num_batches), describe=work.describe(config.sampler.table())
+                expected_batches=range(plan.num_batches), describe=work.describe(drawn_with.table())
             )
             say(f"wrote {manifest['num_files']} sampled batches ({manifest['rows_out']} rows), {samples_dir}")
     except BaseException:

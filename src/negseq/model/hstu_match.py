@@ -16,10 +16,13 @@ the M shared negatives for every query plus its hard negatives scattered by
 `in_batch_negatives`, Q more columns: column j is query j's positive, a negative for every
 other query. Entries that do not exist, and negatives equal to the query's positive
 (accidental hits, the query's own column among the in-batch ones included), are masked to
--inf; `mask` says which entries are real. Logits are divided by the temperature and, with
-`logq_correction`, sampled and in-batch negatives are corrected by their sampling
-probability (`negseq.model.sampled_softmax`: the batch's `neg_probability`, the model's
-`item_log_prior`). Loss: softmax cross-entropy, label 0.
+-inf; `mask` says which entries are real. With `mask_row_positives` (the job's
+`exclude = "user"`), a sampled or in-batch negative that is any positive of the query's own row
+(its user's items) is masked as well, per query: in the suffix layout every query scores every
+shared negative, so no draw-time exclusion can keep each user's own items out of its negatives.
+Logits are divided by the temperature and, with `logq_correction`, sampled and in-batch
+negatives are corrected by their sampling probability (`negseq.model.sampled_softmax`: the
+batch's `neg_probability`, the model's `item_log_prior`). Loss: softmax cross-entropy, label 0.
 
 The padded user tower (`user_embeddings_padded`, what export traces) keeps each row's most
 recent `max_seq_len` items of a longer history; the jagged tower refuses a longer row (the
@@ -93,6 +96,7 @@ class HSTUMatch(nn.Module):
         contextual_seq_len: int = 0,
         logq_correction: bool = True,
         in_batch_negatives: bool = False,
+        mask_row_positives: bool = False,
     ) -> None:
         super().__init__()
         if similarity not in ("cosine", "inner_product"):
@@ -117,6 +121,7 @@ class HSTUMatch(nn.Module):
         self.contextual_seq_len = contextual_seq_len
         self.logq_correction = logq_correction
         self.in_batch_negatives = in_batch_negatives
+        self.mask_row_positives = mask_row_positives
         # log training frequency of each item row (in-batch negatives' logQ); NaN until set
         self.register_buffer("item_log_prior", torch.full((num_items + 1,), float("nan")))
         # every rank sets the same prior: DDP need not broadcast it (num_items floats) each step
@@ -290,11 +295,11 @@ class HSTUMatch(nn.Module):
                 )
             query = seq
         if self.layout == "interleaved":
-            pos_ids, blocks = self._interleaved_blocks(batch, query)
+            pos_ids, blocks = self._interleaved_blocks(batch, query, query_rows)
         else:
             pos_ids, blocks = self._suffix_blocks(batch, query, query_rows, cand_pos_lengths)
         if self.in_batch_negatives:
-            blocks.append(self._in_batch_block(query, pos_ids))
+            blocks.append(self._in_batch_block(query, pos_ids, query_rows, batch.batch_size))
         logits, mask = sampled_softmax_logits(blocks, self.temperature, logq_correction=self.logq_correction)
         loss = self.loss(logits, cand_pos_lengths, sample_weights)
         return {
@@ -319,7 +324,7 @@ class HSTUMatch(nn.Module):
         return torch.log(batch.neg_probability.to(torch.float64)).view(shape)
 
     def _interleaved_blocks(
-        self, batch: JaggedBatch, query: torch.Tensor
+        self, batch: JaggedBatch, query: torch.Tensor, query_rows: torch.Tensor
     ) -> tuple[torch.Tensor, list[LogitBlock]]:
         """(positive ids [Q], [positive, sampled negatives]): each query's own n negatives."""
         num_queries, n = query.shape[0], batch.neg_per_pos
@@ -337,7 +342,8 @@ class HSTUMatch(nn.Module):
             LogitBlock(scores[:, :1], torch.ones_like(scores[:, :1], dtype=torch.bool)),
             LogitBlock(
                 scores[:, 1:],
-                neg_ids != pos_ids.unsqueeze(1),
+                (neg_ids != pos_ids.unsqueeze(1))
+                & self._not_row_positive(neg_ids, pos_ids, query_rows, batch.batch_size),
                 self._sampled_log_prob(batch, (num_queries, n)),
                 n,
             ),
@@ -377,7 +383,8 @@ class HSTUMatch(nn.Module):
             LogitBlock(pos_score, torch.ones_like(pos_score, dtype=torch.bool)),
             LogitBlock(
                 query @ self._item_lookup(shared_ids).T,
-                shared_ids.unsqueeze(0) != pos_ids.unsqueeze(1),
+                (shared_ids.unsqueeze(0) != pos_ids.unsqueeze(1))
+                & self._not_row_positive(shared_ids.unsqueeze(0), pos_ids, query_rows, batch.batch_size),
                 self._sampled_log_prob(batch, (1, num_shared)),
                 num_shared,
             ),
@@ -411,9 +418,12 @@ class HSTUMatch(nn.Module):
         mask[index[:, 0], index[:, 1]] = hard_ids != pos_ids[index[:, 0]]
         return LogitBlock(scores, mask)
 
-    def _in_batch_block(self, query: torch.Tensor, pos_ids: torch.Tensor) -> LogitBlock:
+    def _in_batch_block(
+        self, query: torch.Tensor, pos_ids: torch.Tensor, query_rows: torch.Tensor, num_rows: int
+    ) -> LogitBlock:
         """Every query's positive as a negative of every other query: [Q, Q], column j = query
-        j's positive, masked where it equals the row's own positive (the diagonal included)."""
+        j's positive, masked where it equals the row's own positive (the diagonal included) and,
+        with `mask_row_positives`, where it is a positive of the query's own row."""
         log_prob = None
         if self.logq_correction:
             log_prob = self.item_log_prior[pos_ids].unsqueeze(0)
@@ -431,10 +441,27 @@ class HSTUMatch(nn.Module):
                 )
         return LogitBlock(
             query @ self._item_lookup(pos_ids).T,
-            pos_ids.unsqueeze(0) != pos_ids.unsqueeze(1),
+            (pos_ids.unsqueeze(0) != pos_ids.unsqueeze(1))
+            & self._not_row_positive(pos_ids.unsqueeze(0), pos_ids, query_rows, num_rows),
             log_prob,
             max(pos_ids.numel() - 1, 0),
         )
+
+    def _not_row_positive(
+        self, ids: torch.Tensor, pos_ids: torch.Tensor, query_rows: torch.Tensor, num_rows: int
+    ) -> torch.Tensor | bool:
+        """With `mask_row_positives`, bool [Q, n]: False where a negative is one of the batch's
+        positives (`pos_ids`, of rows `query_rows`) of its query's own row; True without it.
+        `ids` [Q, n] are each query's own negatives; [1, n] are shared by every query, checked once
+        for each of the `num_rows` rows and spread to the row's queries."""
+        if not self.mask_row_positives:
+            return True
+        width = self.num_items + 1
+        own = query_rows * width + pos_ids  # (row, item) of every positive
+        if ids.shape[0] == 1:  # also right for one query's own negatives
+            rows = torch.arange(num_rows, device=ids.device).unsqueeze(1)
+            return ~torch.isin(rows * width + ids, own)[query_rows]
+        return ~torch.isin(query_rows.unsqueeze(1) * width + ids, own)
 
     @staticmethod
     def loss(
