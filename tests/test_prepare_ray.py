@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny_jobs import TWO_STEP_RUN
 
 from negseq.cli import main
 from negseq.io.prepare import TABLES
@@ -57,43 +58,12 @@ def _log(folder: Path, shards: int = 3) -> None:
         pq.write_table(log.slice(i * step, step), folder / f"log-{i}.parquet", row_group_size=100)
 
 
-JOB = """
-name = "rayprep"
-
-[data]
-{data}
-max_seq_len = 10
-
-[sampler.negative_sampler]
-num_sample = 4
-
-[candidates]
-neg_per_pos = 4
-batch_size = 64
-
-[model]
-embedding_dim = 16
-num_layers = 1
-
-[train]
-epochs = 1
-max_steps = 2
-
-[ray]
-executor = "local"
-
-[output]
-dir = "{out}"
-write_samples = true
-"""
-
-
 def _run(tmp_path: Path, name: str, data: str, out: Path | None = None) -> dict:
     from negseq.config import load_config
     from negseq.job import run_job
 
     job = tmp_path / f"{name}.toml"
-    job.write_text(JOB.format(data=data, out=out or tmp_path / name))
+    job.write_text(TWO_STEP_RUN.format(name="rayprep", data=data, out=out or tmp_path / name))
     result = run_job(load_config(job, command="run"), quiet=True)
     keys = ("step", "loss", "mean_loss", "rows")
     return {"train": [result["train"][k] for k in keys], "model": result["model"]}

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from tiny_jobs import TWO_STEP_RUN
 
 from negseq.cli import main
 from negseq.errors import NegseqError
@@ -218,35 +219,6 @@ def test_negseq_sample_reads_and_writes_a_bucket_as_a_local_disk(s3, tmp_path, c
     assert [i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/job/theirs"))] == ["notes.txt"]
 
 
-RUN_JOB = """
-name = "s3run"
-
-[data]
-{data}
-max_seq_len = 10
-
-[sampler.negative_sampler]
-num_sample = 4
-
-[candidates]
-neg_per_pos = 4
-batch_size = 64
-
-[model]
-embedding_dim = 16
-num_layers = 1
-
-[train]
-epochs = 1
-max_steps = 2
-
-[ray]
-executor = "local"
-
-[output]
-dir = "{out}"
-write_samples = true
-"""
 RUN = """
 import json, sys
 sys.modules["ray"] = None  # the local executor needs no Ray
@@ -275,7 +247,7 @@ def test_negseq_run_from_a_log_and_from_prepared_tables_in_a_bucket(s3, tmp_path
 
     def job(name: str, data: str) -> Path:
         path = tmp_path / f"{name}.toml"
-        path.write_text(RUN_JOB.format(data=data, out=tmp_path / name))
+        path.write_text(TWO_STEP_RUN.format(name="s3run", data=data, out=tmp_path / name))
         return path
 
     local = _run(job("local", f'interactions = "{tmp_path / "log.parquet"}"'))
